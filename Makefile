@@ -1,0 +1,38 @@
+# Plain targets over one virtual environment (.venv). On a GPU machine install your own CUDA torch
+# first, or override TORCH_SPEC, e.g. `make test TORCH_SPEC=torch`.
+PYTHON      ?= python3
+VENV        ?= .venv
+TORCH_SPEC  ?= torch==2.13.0
+# The oldest transformers release the remote code supports; `make test` re-runs the fresh-process
+# remote-code test under it in a second small venv.
+OLDEST_TRANSFORMERS ?= transformers==5.10.4
+OLDEST_VENV ?= .venv-oldest
+
+BIN := $(VENV)/bin
+
+.PHONY: install test test-oldest lint demo clean
+
+install: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q "$(TORCH_SPEC)"
+	$(BIN)/pip install -q -e ".[dev]"
+	touch $@
+
+$(OLDEST_VENV)/.installed:
+	$(PYTHON) -m venv $(OLDEST_VENV)
+	$(OLDEST_VENV)/bin/pip install -q "$(TORCH_SPEC)" "$(OLDEST_TRANSFORMERS)"
+	touch $@
+
+lint: install
+	$(BIN)/ruff check .
+
+test: lint test-oldest
+	$(BIN)/python -m pytest -q
+
+test-oldest: install $(OLDEST_VENV)/.installed
+	PG_GPT2_REMOTE_PYTHON=$(abspath $(OLDEST_VENV))/bin/python $(BIN)/python -m pytest -q tests/test_remote_code.py
+
+clean:
+	rm -rf $(VENV) $(OLDEST_VENV)

@@ -1,0 +1,397 @@
+"""pg_gpt2: GPT-2 written from scratch as a transformers model.
+
+The architecture is GPT-2's (Radford et al., 2019): learned token and position embeddings, a stack of
+pre-LayerNorm blocks (causal self-attention, then a 4x-wide GELU MLP, each on a residual branch), a
+final LayerNorm and a language-model head tied to the token embeddings. Parameter names are GPT-2's
+(`wte`, `wpe`, `h.N.ln_1`, `attn.c_attn`, ...), but every projection is an `nn.Linear`, so GPT-2's
+Conv1D weights are the transpose of ours (see `convert.py`).
+
+This file and `configuration_pg_gpt2.py` are the remote code served from the Hub. They run on the
+transformers version of whoever downloads them, so they only use interfaces that exist from 5.10 on
+and accept both names of the KV-cache argument (`past_key_values`, renamed `cache` in 5.24).
+
+Shapes in comments: B batch, T new tokens, S = past + T attended tokens, C = n_embd, H = n_head,
+D = C / H head size, V = vocab_size.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from transformers import GenerationMixin, PreTrainedModel
+from transformers import initialization as init
+from transformers.activations import ACT2FN
+from transformers.cache_utils import Cache, DynamicCache
+from transformers.masking_utils import create_causal_mask
+from transformers.modeling_layers import GradientCheckpointingLayer
+from transformers.modeling_outputs import BaseModelOutputWithPast, CausalLMOutputWithPast
+from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
+
+from .configuration_pg_gpt2 import PgGPT2Config
+
+# transformers 5.24 renamed the KV-cache field of model outputs from `past_key_values` to `cache`.
+_CACHE_FIELD = "cache" if "cache" in CausalLMOutputWithPast.__dataclass_fields__ else "past_key_values"
+
+
+def eager_attention_forward(
+    module: nn.Module,
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    attention_mask: torch.Tensor | None,
+    scaling: float,
+    dropout: float = 0.0,
+    **kwargs: Any,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Plain softmax(q k^T / sqrt(D) + mask) v; the reference every other implementation must match."""
+    # (B, H, T, D) @ (B, H, D, S) -> (B, H, T, S)
+    attn_weights = torch.matmul(query, key.transpose(-1, -2)) * scaling
+    if attention_mask is not None:  # additive: 0 where attended, dtype-min where masked (causal + padding)
+        attn_weights = attn_weights + attention_mask
+    attn_weights = F.softmax(attn_weights, dim=-1, dtype=torch.float32).to(value.dtype)
+    attn_weights = F.dropout(attn_weights, p=dropout, training=module.training)
+    attn_output = torch.matmul(attn_weights, value)  # (B, H, T, D)
+    return attn_output.transpose(1, 2), attn_weights  # (B, T, H, D), (B, H, T, S)
+
+
+class PgGPT2Attention(nn.Module):
+    """Multi-head causal self-attention with one fused q/k/v projection (GPT-2's `c_attn`)."""
+
+    def __init__(self, config: PgGPT2Config, layer_idx: int) -> None:
+        super().__init__()
+        self.config = config
+        self.layer_idx = layer_idx  # where this layer's keys/values live in the KV cache
+        self.n_head = config.n_head
+        self.head_dim = config.n_embd // config.n_head
+        self.scaling = self.head_dim**-0.5
+        self.is_causal = True  # read by the sdpa / flash-attention interfaces
+        self.c_attn = nn.Linear(config.n_embd, 3 * config.n_embd)
+        self.c_proj = nn.Linear(config.n_embd, config.n_embd)
+        self.c_proj.is_residual_projection = True  # scaled init, see _init_weights
+        self.resid_dropout = nn.Dropout(config.resid_pdrop)
+
+    def forward(
+        self,
+        hidden_states: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        cache: Cache | None = None,
+        output_attentions: bool = False,
+        **kwargs: Any,
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        B, T, C = hidden_states.shape
+        # (B, T, 3C) -> three (B, T, H, D) -> (B, H, T, D)
+        q, k, v = self.c_attn(hidden_states).view(B, T, 3, self.n_head, self.head_dim).unbind(dim=2)
+        q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)
+        if cache is not None:  # append this step's keys/values and attend over all S of them
+            k, v = cache.update(k, v, self.layer_idx)
+
+        implementation = self.config._attn_implementation
+        # Only eager materialises the attention probabilities, so asking for them selects it.
+        if implementation == "eager" or output_attentions:
+            attention_interface: Callable = eager_attention_forward
+        else:
+            attention_interface = ALL_ATTENTION_FUNCTIONS[implementation]
+        y, attn_weights = attention_interface(
+            self,
+            q,
+            k,
+            v,
+            attention_mask,
+            dropout=self.config.attn_pdrop if self.training else 0.0,
+            scaling=self.scaling,
+            **kwargs,
+        )
+        y = y.reshape(B, T, C)  # (B, T, H, D) -> (B, T, C): heads side by side again
+        return self.resid_dropout(self.c_proj(y)), attn_weights
+
+
+class PgGPT2MLP(nn.Module):
+    """Position-wise feed-forward: C -> n_inner (4C) -> C."""
+
+    def __init__(self, config: PgGPT2Config) -> None:
+        super().__init__()
+        n_inner = config.n_inner if config.n_inner is not None else 4 * config.n_embd
+        self.c_fc = nn.Linear(config.n_embd, n_inner)
+        self.c_proj = nn.Linear(n_inner, config.n_embd)
+        self.c_proj.is_residual_projection = True
+        # GPT-2's "gelu_new" is the tanh approximation of GELU; torch has it as one fused kernel,
+        # several times faster than transformers' elementwise formula and equal to within 1e-7.
+        if config.activation_function == "gelu_new":
+            self.act = nn.GELU(approximate="tanh")
+        else:
+            self.act = ACT2FN[config.activation_function]
+        self.dropout = nn.Dropout(config.resid_pdrop)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.dropout(self.c_proj(self.act(self.c_fc(x))))
+
+
+class PgGPT2Block(GradientCheckpointingLayer):
+    """Pre-LN transformer block: x + attn(ln_1(x)), then x + mlp(ln_2(x))."""
+
+    def __init__(self, config: PgGPT2Config, layer_idx: int) -> None:
+        super().__init__()
+        self.ln_1 = nn.LayerNorm(config.n_embd, eps=config.layer_norm_epsilon)
+        self.attn = PgGPT2Attention(config, layer_idx)
+        self.ln_2 = nn.LayerNorm(config.n_embd, eps=config.layer_norm_epsilon)
+        self.mlp = PgGPT2MLP(config)
+
+    def forward(
+        self,
+        hidden_states: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        cache: Cache | None = None,
+        output_attentions: bool = False,
+        **kwargs: Any,
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        # hidden_states stays positional: re-entrant activation checkpointing only tracks positional inputs.
+        attn_output, attn_weights = self.attn(
+            self.ln_1(hidden_states), attention_mask, cache=cache, output_attentions=output_attentions, **kwargs
+        )
+        hidden_states = hidden_states + attn_output
+        hidden_states = hidden_states + self.mlp(self.ln_2(hidden_states))
+        return hidden_states, attn_weights
+
+
+class PgGPT2PreTrainedModel(PreTrainedModel):
+    """Weight initialisation and the capabilities transformers checks before loading or generating."""
+
+    config_class = PgGPT2Config
+    base_model_prefix = "transformer"
+    supports_gradient_checkpointing = True
+    _no_split_modules = ["PgGPT2Block"]
+    _supports_sdpa = True
+    _supports_flash_attn = True
+    _supports_attention_backend = True
+    _can_compile_fullgraph = True
+    # OpenAI's checkpoints carry the causal mask as buffers; we build masks on the fly.
+    _keys_to_ignore_on_load_unexpected = [r"attn\.bias", r"attn\.masked_bias"]
+
+    def _init_weights(self, module: nn.Module) -> None:
+        """GPT-2 init: N(0, 0.02) everywhere, residual projections N(0, 0.02 / sqrt(2 * n_layer)).
+
+        The scaled init keeps the residual stream's variance from growing with depth: each block adds
+        two branches (attention, MLP) to it. `_init_weights` only visits modules with direct parameters,
+        so the flag sits on the `c_proj` Linear itself.
+        """
+        super()._init_weights(module)
+        if getattr(module, "is_residual_projection", False):
+            std = self.config.initializer_range / math.sqrt(2 * self.config.n_layer)
+            init.normal_(module.weight, mean=0.0, std=std)
+
+
+class PgGPT2Model(PgGPT2PreTrainedModel):
+    """The bare transformer: token + position embeddings, `n_layer` blocks, final LayerNorm."""
+
+    def __init__(self, config: PgGPT2Config) -> None:
+        super().__init__(config)
+        self.wte = nn.Embedding(config.vocab_size, config.n_embd)
+        self.wpe = nn.Embedding(config.n_positions, config.n_embd)
+        self.drop = nn.Dropout(config.embd_pdrop)
+        self.h = nn.ModuleList([PgGPT2Block(config, layer_idx=i) for i in range(config.n_layer)])
+        self.ln_f = nn.LayerNorm(config.n_embd, eps=config.layer_norm_epsilon)
+        self.post_init()
+
+    def get_input_embeddings(self) -> nn.Embedding:
+        return self.wte
+
+    def set_input_embeddings(self, new_embeddings: nn.Embedding) -> None:
+        self.wte = new_embeddings
+
+    def forward(
+        self,
+        input_ids: torch.LongTensor | None = None,
+        past_key_values: Cache | None = None,
+        attention_mask: torch.Tensor | None = None,
+        position_ids: torch.LongTensor | None = None,
+        inputs_embeds: torch.Tensor | None = None,
+        use_cache: bool | None = None,
+        output_attentions: bool | None = None,
+        output_hidden_states: bool | None = None,
+        return_dict: bool | None = None,
+        cache: Cache | None = None,
+        **kwargs: Any,
+    ) -> BaseModelOutputWithPast | tuple:
+        r"""Run the transformer and return the final hidden states, shape (B, T, C).
+
+        input_ids / inputs_embeds: (B, T) token ids, or (B, T, C) embeddings instead.
+        cache / past_key_values: a `Cache` with the keys and values of earlier tokens (same object,
+            named `cache` from transformers 5.24 on, `past_key_values` before).
+        attention_mask: (B, S) with 1 for tokens to attend to and 0 for padding; S = past + T.
+        position_ids: (B, T); by default counted from the attention mask, so left padding is right.
+        """
+        cache = cache if cache is not None else past_key_values
+        output_attentions = bool(output_attentions if output_attentions is not None else self.config.output_attentions)
+        output_hidden_states = bool(
+            output_hidden_states if output_hidden_states is not None else self.config.output_hidden_states
+        )
+        if (input_ids is None) == (inputs_embeds is None):
+            raise ValueError("Pass exactly one of input_ids or inputs_embeds.")
+        B, T = input_ids.shape if input_ids is not None else inputs_embeds.shape[:2]
+
+        # A cache is for generation: building one in a training step only costs time and memory.
+        use_cache = use_cache if use_cache is not None else self.config.use_cache
+        if use_cache and cache is None and not (self.training and torch.is_grad_enabled()):
+            cache = DynamicCache(config=self.config)
+        past_length = cache.get_seq_length() if cache is not None else 0
+        self._check_inputs(input_ids, attention_mask, past_length, B, T)
+
+        if position_ids is None:
+            if attention_mask is not None and attention_mask.ndim == 2:
+                # Count only real tokens, so a left-padded prompt gets the positions it has alone.
+                position_ids = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)[:, -T:]
+            else:
+                position_ids = torch.arange(past_length, past_length + T, device=self.wte.weight.device)[None]
+
+        if inputs_embeds is None:
+            inputs_embeds = self.wte(input_ids)  # (B, T, C)
+        hidden_states = self.drop(inputs_embeds + self.wpe(position_ids))
+
+        # One mask for all layers, in the form the attention implementation wants. Without padding,
+        # sdpa and flash attention get None and take their fused is_causal path. (Positional
+        # arguments: the cache argument's name differs across transformers releases.)
+        causal_mask = create_causal_mask(self.config, inputs_embeds, attention_mask, cache, position_ids)
+
+        all_hidden_states = () if output_hidden_states else None
+        all_attentions = () if output_attentions else None
+        for block in self.h:
+            if output_hidden_states:
+                all_hidden_states += (hidden_states,)
+            hidden_states, attn_weights = block(
+                hidden_states,
+                causal_mask,
+                cache=cache,
+                output_attentions=output_attentions,
+                position_ids=position_ids,
+                **kwargs,
+            )
+            if output_attentions:
+                all_attentions += (attn_weights,)
+        hidden_states = self.ln_f(hidden_states)
+        if output_hidden_states:
+            all_hidden_states += (hidden_states,)
+
+        output = BaseModelOutputWithPast(
+            last_hidden_state=hidden_states,
+            hidden_states=all_hidden_states,
+            attentions=all_attentions,
+            **{_CACHE_FIELD: cache if use_cache else None},
+        )
+        return output if return_dict is not False else output.to_tuple()
+
+    def _check_inputs(
+        self, input_ids: torch.Tensor | None, attention_mask: torch.Tensor | None, past_length: int, B: int, T: int
+    ) -> None:
+        """Turn inputs that would fail deep inside torch (or silently read garbage) into clear errors."""
+        n_positions = self.config.n_positions
+        if past_length + T > n_positions:
+            raise ValueError(
+                f"Sequence of {past_length + T} tokens ({past_length} cached + {T} new) is longer than the "
+                f"model's context n_positions={n_positions}; truncate the input or generate fewer tokens."
+            )
+        if (
+            attention_mask is not None
+            and attention_mask.ndim == 2
+            and tuple(attention_mask.shape) != (B, past_length + T)
+        ):
+            raise ValueError(
+                f"attention_mask has shape {tuple(attention_mask.shape)} but the input needs "
+                f"({B}, {past_length + T}) = (batch, cached + new tokens)."
+            )
+        # Data-dependent checks synchronise with the device: skip them inside torch.compile graphs.
+        if input_ids is not None and not torch.compiler.is_compiling() and input_ids.numel() > 0:
+            low, high = int(input_ids.min()), int(input_ids.max())
+            if low < 0 or high >= self.config.vocab_size:
+                bad = low if low < 0 else high
+                raise ValueError(
+                    f"Token id {bad} is outside the vocabulary [0, {self.config.vocab_size}); the tokenizer and "
+                    "the model disagree: build the model with vocab_size=len(tokenizer)."
+                )
+
+
+class PgGPT2ForCausalLM(PgGPT2PreTrainedModel, GenerationMixin):
+    """GPT-2 with its language-model head (tied to `wte`): next-token logits, loss, and `generate()`.
+
+    Example:
+        >>> from modeling_pg_gpt2 import PgGPT2Config, PgGPT2ForCausalLM
+        >>> model = PgGPT2ForCausalLM(PgGPT2Config.from_preset("tiny"))
+        >>> out = model(input_ids, labels=input_ids)  # out.loss, out.logits (B, T, V)
+    """
+
+    _tied_weights_keys = {"lm_head.weight": "transformer.wte.weight"}
+
+    def __init__(self, config: PgGPT2Config) -> None:
+        super().__init__(config)
+        self.transformer = PgGPT2Model(config)
+        self.lm_head = nn.Linear(config.n_embd, config.vocab_size, bias=False)
+        self.post_init()
+
+    def forward(
+        self,
+        input_ids: torch.LongTensor | None = None,
+        past_key_values: Cache | None = None,
+        attention_mask: torch.Tensor | None = None,
+        position_ids: torch.LongTensor | None = None,
+        inputs_embeds: torch.Tensor | None = None,
+        labels: torch.LongTensor | None = None,
+        use_cache: bool | None = None,
+        output_attentions: bool | None = None,
+        output_hidden_states: bool | None = None,
+        return_dict: bool | None = None,
+        logits_to_keep: int | torch.Tensor = 0,
+        cache: Cache | None = None,
+        **kwargs: Any,
+    ) -> CausalLMOutputWithPast | tuple:
+        r"""Next-token logits (B, T, V), and the mean cross-entropy when `labels` are given.
+
+        labels: (B, T), usually `input_ids`; the shift by one happens inside. -100 is ignored.
+        logits_to_keep: compute logits only for the last N positions (0 = all) or the given indices;
+            generation needs just the last one, which saves a (B, T, V) matmul.
+        **kwargs: forwarded to the loss, e.g. the Trainer's `num_items_in_batch`, which makes
+            gradient accumulation average over tokens exactly as one large batch would.
+        """
+        outputs = self.transformer(
+            input_ids,
+            attention_mask=attention_mask,
+            position_ids=position_ids,
+            inputs_embeds=inputs_embeds,
+            use_cache=use_cache,
+            output_attentions=output_attentions,
+            output_hidden_states=output_hidden_states,
+            cache=cache if cache is not None else past_key_values,
+            **kwargs,
+        )
+        hidden_states = outputs.last_hidden_state
+        keep = slice(-logits_to_keep, None) if isinstance(logits_to_keep, int) else logits_to_keep
+        logits = self.lm_head(hidden_states[:, keep, :])  # (B, T', V)
+
+        loss = None
+        if labels is not None:
+            loss = self.loss_function(logits, labels, vocab_size=self.config.vocab_size, **kwargs)
+
+        output = CausalLMOutputWithPast(
+            loss=loss,
+            logits=logits,
+            hidden_states=outputs.hidden_states,
+            attentions=outputs.attentions,
+            **{_CACHE_FIELD: getattr(outputs, _CACHE_FIELD)},
+        )
+        return output if return_dict is not False else output.to_tuple()
+
+    def _validate_generated_length(self, generation_config, input_ids_length, has_default_max_length):
+        """Refuse before generating when prompt + new tokens cannot fit the learned positions."""
+        super()._validate_generated_length(generation_config, input_ids_length, has_default_max_length)
+        if generation_config.max_length > self.config.n_positions:
+            raise ValueError(
+                f"Prompt ({input_ids_length} tokens) plus new tokens reach {generation_config.max_length}, more than "
+                f"the model's context n_positions={self.config.n_positions}; shorten the prompt or lower "
+                f"max_new_tokens to at most {max(self.config.n_positions - input_ids_length, 0)}."
+            )
+
+
+__all__ = ["PgGPT2ForCausalLM", "PgGPT2Model", "PgGPT2PreTrainedModel"]
