@@ -1,0 +1,546 @@
+"""Publish a trained output folder to the Hugging Face Hub.
+
+`push_to_hub(output_dir, repo_id, args)` is what `push_to_hub.py` runs:
+
+1. pick the files a user of the model needs (weights, config with `auto_map`, the two remote-code files,
+   tokenizer, generation config, plots, `metrics.json`, model card) and leave the rest of a training folder
+   (checkpoints with optimizer states, TensorBoard logs, trainer state) behind unless `--include` asks;
+2. check the model card's metadata (writing the card first when the folder has none) and make its usage
+   snippets name the repository;
+3. load the folder in a clean Python process where this package cannot be imported, through its remote code
+   with `trust_remote_code=True`, and generate a few tokens: a folder that would not work for others is
+   refused before anything is sent;
+4. with huggingface_hub: check the token, `create_repo`, create the branch, `upload_folder`. Unchanged files
+   are not re-sent, and a push of an unchanged folder makes no commit.
+
+Every failure a user can fix is a one-line `UserError`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fnmatch
+import glob
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .cli import UserError
+
+WEIGHT_PATTERNS = ("*.safetensors", "*.safetensors.index.json")
+TOKENIZER_FILES = (
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+    "added_tokens.json",
+    "vocab.json",
+    "merges.txt",
+    "chat_template.jinja",
+    "chat_template.json",
+)
+# Top-level files uploaded besides weights, tokenizer and remote code.
+MODEL_FILES = ("config.json", "generation_config.json")
+REPORT_PATTERNS = ("metrics.json", "*.png", "README.md")
+
+# What the model card's metadata must declare for the Hub to show and run the model correctly.
+CARD_REQUIREMENTS = "library_name: transformers, pipeline_tag: text-generation, a license, a dataset"
+
+VALIDATION_TIMEOUT_S = 1800
+
+
+@dataclass
+class PushArguments:
+    """Options of `push_to_hub.py`; the folder and the repository id are positional arguments."""
+
+    private: bool = field(default=False, metadata={"help": "Create the repository as private (new repos only)."})
+    revision: str | None = field(
+        default=None, metadata={"help": "Push to this branch instead of main; it is created from main if needed."}
+    )
+    commit_message: str | None = field(default=None, metadata={"help": "Message of the commit on the Hub."})
+    create_pr: bool = field(default=False, metadata={"help": "Open a pull request instead of committing."})
+    dry_run: bool = field(
+        default=False,
+        metadata={"help": "Validate the folder and list what would be uploaded, with sizes; send nothing."},
+    )
+    as_gpt2: bool = field(
+        default=False,
+        metadata={
+            "help": "Push the weights converted to transformers' native `gpt2` (GPT2LMHeadModel), which loads "
+            "without trust_remote_code."
+        },
+    )
+    include: list[str] = field(
+        default_factory=list,
+        metadata={
+            "help": "Extra files to upload, as glob patterns relative to the folder, e.g. 'runs/*' or "
+            "'checkpoint-*/*'. By default checkpoints, logs and trainer state stay local."
+        },
+    )
+    token: str | None = field(
+        default=None,
+        metadata={
+            "help": "Hugging Face token. Prefer the HF_TOKEN environment variable or `hf auth login`: a token "
+            "typed on the command line ends up in your shell history."
+        },
+    )
+
+
+@dataclass(frozen=True)
+class UploadPlan:
+    """The files of `folder` that will be uploaded (paths relative to it, POSIX style) and their sizes."""
+
+    folder: Path
+    files: dict[str, int]
+    left_out: dict[str, int]
+
+    @property
+    def total_size(self) -> int:
+        return sum(self.files.values())
+
+
+def human_size(n_bytes: int) -> str:
+    """`1536` -> `'1.5 KB'`."""
+    size = float(n_bytes)
+    for unit in ("B", "KB", "MB", "GB"):
+        if size < 1024 or unit == "GB":
+            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
+        size /= 1024
+    raise AssertionError("unreachable")
+
+
+def _tree_size(path: Path) -> int:
+    if path.is_file():
+        return path.stat().st_size
+    return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
+
+
+def remote_code_files(config: dict[str, Any]) -> list[str]:
+    """The `.py` files `config.json`'s `auto_map` points at (`"module.Class"` -> `module.py`)."""
+    files = set()
+    for ref in (config.get("auto_map") or {}).values():
+        refs = ref if isinstance(ref, list | tuple) else [ref]
+        for item in refs:
+            if item and "--" not in item:  # "other/repo--module.Class" is hosted in another repository
+                files.add(item.rsplit(".", 1)[0] + ".py")
+    return sorted(files)
+
+
+def read_config(folder: Path) -> dict[str, Any]:
+    path = folder / "config.json"
+    if not path.is_file():
+        raise UserError(f"{folder} has no config.json: pass the --output_dir of run_clm.py (a saved model folder)")
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as err:
+        raise UserError(f"{path} is not valid JSON ({err})") from None
+
+
+def plan_upload(folder: Path, include: list[str] | tuple[str, ...] = (), remote_code: bool = True) -> UploadPlan:
+    """Choose the files to upload from a saved model folder, or explain with a `UserError` what is missing.
+
+    Top-level files only: safetensors weights (and shard index), `config.json`, `generation_config.json`, the
+    remote-code files named by `auto_map` (when `remote_code`), tokenizer files, `metrics.json`, `*.png` plots
+    and `README.md`. `include` adds glob patterns matched against paths relative to `folder`.
+    """
+    config = read_config(folder)
+    top_level = {p.name for p in folder.iterdir() if p.is_file()}
+    chosen = {name for name in top_level if any(fnmatch.fnmatch(name, p) for p in WEIGHT_PATTERNS)}
+    if not any(name.endswith(".safetensors") for name in chosen):
+        found = ", ".join(sorted(n for n in top_level if n.endswith((".bin", ".pt", ".pth")))) or "none"
+        raise UserError(
+            f"{folder} has no safetensors weights (other weight files: {found}); "
+            "save the model with `model.save_pretrained(folder)`"
+        )
+    if remote_code:
+        code = remote_code_files(config)
+        if not code:
+            raise UserError(
+                f"{folder}/config.json has no auto_map, so the model would not load from the Hub: "
+                "save it with `model.save_pretrained(folder)` after `import modeling_pg_gpt2`"
+            )
+        missing = [name for name in code if name not in top_level]
+        if missing:
+            raise UserError(
+                f"{folder} lacks the remote-code file(s) {', '.join(missing)} that config.json's auto_map names: "
+                "save it again with `model.save_pretrained(folder)`"
+            )
+        chosen.update(code)
+    if not {"tokenizer.json", "tokenizer_config.json"} & top_level:
+        raise UserError(
+            f"{folder} has no tokenizer (tokenizer.json / tokenizer_config.json): "
+            "save it there with `tokenizer.save_pretrained(folder)`"
+        )
+    chosen.update(top_level & set(MODEL_FILES + TOKENIZER_FILES))
+    chosen.update(n for n in top_level if any(fnmatch.fnmatch(n, p) for p in REPORT_PATTERNS))
+
+    files = {name: (folder / name).stat().st_size for name in chosen}
+    for pattern in include:
+        matches = [
+            p for p in folder.rglob("*") if p.is_file() and fnmatch.fnmatch(p.relative_to(folder).as_posix(), pattern)
+        ]
+        if not matches:
+            raise UserError(f"--include {pattern!r} matches no file in {folder}")
+        files.update({p.relative_to(folder).as_posix(): p.stat().st_size for p in matches})
+
+    left_out = {}
+    for entry in sorted(folder.iterdir()):
+        rel = entry.name + ("/" if entry.is_dir() else "")
+        if entry.is_file() and entry.name in files:
+            continue
+        if entry.is_dir() and any(path.startswith(rel) for path in files):
+            continue
+        left_out[rel] = _tree_size(entry)
+    return UploadPlan(folder, dict(sorted(files.items())), left_out)
+
+
+# -- model card ----------------------------------------------------------------------------------------------
+
+
+def check_model_card(path: Path, remote_code: bool = True) -> None:
+    """Refuse a model card whose metadata the Hub would not use to show and run the model.
+
+    It must parse (YAML front matter, read with huggingface_hub's `ModelCard`) and declare
+    `library_name: transformers`, `pipeline_tag: text-generation`, a license, the dataset, the tag
+    `custom_code` (for a remote-code model) and a model-index with the evaluation perplexity.
+    """
+    from huggingface_hub import ModelCard
+
+    try:
+        data = ModelCard.load(path).data
+    except Exception as err:  # ModelCard raises ValueError/YAMLError/KeyError for broken metadata
+        raise UserError(f"the model card {path} has unreadable metadata: {str(err).splitlines()[0]}") from None
+    problems = []
+    if data.library_name != "transformers":
+        problems.append(f"library_name is {data.library_name!r}, not 'transformers'")
+    if data.pipeline_tag != "text-generation":
+        problems.append(f"pipeline_tag is {data.pipeline_tag!r}, not 'text-generation'")
+    if not data.license:
+        problems.append("no license")
+    if not data.datasets and not any(r.dataset_type for r in data.eval_results or []):
+        problems.append("no dataset (neither `datasets` nor a model-index result names one)")
+    if remote_code and "custom_code" not in (data.tags or []):
+        problems.append("the tags lack 'custom_code'")
+    if not any("perplexity" in (r.metric_type or "").lower() for r in data.eval_results or []):
+        problems.append("no model-index result with the eval perplexity")
+    if problems:
+        raise UserError(
+            f"the model card {path} is incomplete: {'; '.join(problems)} "
+            "(rewrite it with `modeling_pg_gpt2.model_card.write_model_card(folder)` or edit its metadata)"
+        )
+
+
+# A model reference in a usage snippet: `model="..."` or `.from_pretrained("..."`.
+_SNIPPET_MODEL = re.compile(r"""(model=|from_pretrained\()(\s*)(["'])[^"'\n]+\3""")
+_CODE_BLOCK = re.compile(r"```python\n.*?```", re.DOTALL)
+
+
+def name_repo_in_snippets(text: str, repo_id: str) -> str:
+    """Point the model references in a card's ```python blocks at `repo_id`.
+
+    `model="..."` and `.from_pretrained("..."` change; the rest of the card is left as it is.
+    """
+
+    def point_at_repo(block: re.Match[str]) -> str:
+        return _SNIPPET_MODEL.sub(lambda m: f"{m[1]}{m[2]}{m[3]}{repo_id}{m[3]}", block[0])
+
+    return _CODE_BLOCK.sub(point_at_repo, text)
+
+
+def prepare_model_card(folder: Path, repo_id: str | None) -> str | None:
+    """Write the folder's card if it has none, and make its usage snippets load `repo_id` (when given).
+
+    A card written at the end of training names the local folder; the published one must name the
+    repository. Only the model references inside ```python blocks change, so edits to the card are kept.
+    Returns what was done, or None when the card was already right.
+    """
+    path = folder / "README.md"
+    if not path.is_file():
+        from .model_card import write_model_card
+
+        write_model_card(folder, repo_id=repo_id)
+        return f"wrote the model card {path}"
+    if repo_id is None:
+        return None
+    text = path.read_text(encoding="utf-8")
+    updated = name_repo_in_snippets(text, repo_id)
+    if updated == text:
+        return None
+    path.write_text(updated, encoding="utf-8")
+    return f"updated the usage snippets of {path} to load {repo_id}"
+
+
+_REMOTE_CODE_SENTENCE = re.compile(r"[^.\n]*trust_remote_code[^.\n]*\.")
+
+
+def gpt2_model_card(card_path: Path, destination: Path, repo_id: str) -> None:
+    """The card of the native `gpt2` variant, loading `repo_id`: no `custom_code` tag, no `trust_remote_code`."""
+    from huggingface_hub import ModelCard
+
+    card = ModelCard.load(card_path)
+    card.data.tags = [tag for tag in card.data.tags or [] if tag != "custom_code"]
+    parts = re.split(r"(```.*?```)", card.text, flags=re.DOTALL)  # odd indices: code blocks
+    for i, part in enumerate(parts):
+        if i % 2:
+            parts[i] = re.sub(r",?\s*trust_remote_code=True,?", lambda m: "," if m[0].endswith(",") else "", part)
+        else:
+            parts[i] = _REMOTE_CODE_SENTENCE.sub("", part)
+    note = (
+        "This repository holds the model converted to transformers' native GPT-2 format "
+        "(`GPT2LMHeadModel`): it loads without `trust_remote_code`."
+    )
+    text = name_repo_in_snippets("".join(parts), repo_id)
+    title = re.search(r"^# .*$", text, flags=re.MULTILINE)
+    at = title.end() if title else 0
+    card.text = f"{text[:at]}\n\n{note}{text[at:]}"
+    card.save(destination)
+
+
+# -- validation in a clean process ---------------------------------------------------------------------------
+
+# Runs with `python -I` from an empty directory. `sys.modules[...] = None` makes `import modeling_pg_gpt2`
+# fail even where the package is installed, so the model can only come from the folder's own files.
+_VALIDATE = r"""
+import json, sys
+sys.modules["modeling_pg_gpt2"] = None
+folder, expect_remote = sys.argv[1], sys.argv[2] == "remote"
+
+def done(**report):
+    print("PG_GPT2_VALIDATION " + json.dumps(report))
+    sys.exit(0)
+
+def first_line(err):
+    lines = [line for line in str(err).splitlines() if line.strip()]
+    return f"{type(err).__name__}: {lines[0] if lines else ''}"
+
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+try:
+    tokenizer = AutoTokenizer.from_pretrained(folder, trust_remote_code=True)
+except Exception as err:
+    done(error=f"the tokenizer does not load ({first_line(err)})")
+try:
+    model = AutoModelForCausalLM.from_pretrained(folder, trust_remote_code=True).eval()
+except Exception as err:
+    done(error=f"the model does not load with trust_remote_code=True ({first_line(err)})")
+
+module = type(model).__module__
+if expect_remote and not module.startswith("transformers_modules"):
+    done(error=f"the model class comes from {module}, not from the folder's remote code")
+vocab_size, rows = model.config.vocab_size, model.get_input_embeddings().weight.shape[0]
+if rows != vocab_size:
+    done(error=f"the embedding has {rows} rows but config.vocab_size is {vocab_size}")
+if len(tokenizer) > vocab_size:
+    done(error=f"the tokenizer has {len(tokenizer)} tokens but the model only {vocab_size} (config.vocab_size)")
+
+ids = tokenizer("The", return_tensors="pt").input_ids
+if ids.shape[1] == 0:
+    start = tokenizer.bos_token_id if tokenizer.bos_token_id is not None else tokenizer.eos_token_id
+    ids = torch.tensor([[start if start is not None else 0]])
+try:
+    with torch.no_grad():
+        logits = model(ids).logits
+        out = model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=4, do_sample=False,
+                             pad_token_id=tokenizer.pad_token_id or tokenizer.eos_token_id or 0)
+except Exception as err:
+    done(error=f"generation fails ({first_line(err)})")
+if not torch.isfinite(logits).all():
+    done(error="the model outputs NaN or infinite logits")
+done(model_class=f"{module}.{type(model).__name__}", vocab_size=vocab_size, tokenizer_size=len(tokenizer),
+     sample=tokenizer.decode(out[0]))
+"""
+
+
+def validate_folder(folder: Path, remote_code: bool = True, python: str = sys.executable) -> dict[str, Any]:
+    """Load `folder` as a stranger would and generate a few tokens; refuse it with a `UserError` if that fails.
+
+    A fresh `python -I` process in an empty directory, with this package made unimportable, loads the model
+    through `AutoModelForCausalLM.from_pretrained(folder, trust_remote_code=True)` (checking that its class
+    comes from the folder's remote code when `remote_code`) and the tokenizer with `AutoTokenizer`, checks
+    that the tokenizer fits the model's vocabulary and that the logits are finite, and generates 4 tokens
+    greedily. Nothing touches the network (`HF_HUB_OFFLINE=1`) or the user's module cache. Returns the
+    report (model class, vocab size, tokenizer size, generated sample).
+    """
+    with tempfile.TemporaryDirectory(prefix="pg_gpt2_validate_") as tmp:
+        env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_MODULES_CACHE": os.path.join(tmp, "modules")}
+        env.update(TRANSFORMERS_VERBOSITY="error", TOKENIZERS_PARALLELISM="false")
+        command = [python, "-I", "-c", _VALIDATE, str(folder.resolve()), "remote" if remote_code else "native"]
+        try:
+            proc = subprocess.run(
+                command, cwd=tmp, env=env, capture_output=True, text=True, timeout=VALIDATION_TIMEOUT_S
+            )
+        except subprocess.TimeoutExpired:
+            raise UserError(f"validating {folder} took more than {VALIDATION_TIMEOUT_S} s; gave up") from None
+    reports = [line for line in proc.stdout.splitlines() if line.startswith("PG_GPT2_VALIDATION ")]
+    if not reports:
+        stderr = [line for line in proc.stderr.splitlines() if line.strip()]
+        raise UserError(
+            f"{folder} failed validation: the check process exited with status {proc.returncode} "
+            f"({stderr[-1] if stderr else 'no output'})"
+        )
+    report = json.loads(reports[-1].split(" ", 1)[1])
+    if "error" in report:
+        raise UserError(f"{folder} is not ready to publish: {report['error']}")
+    return report
+
+
+# -- Hub -----------------------------------------------------------------------------------------------------
+
+
+def check_repo_id(repo_id: str) -> None:
+    """`namespace/name` with the Hub's allowed characters, or a `UserError`."""
+    from huggingface_hub.utils import HFValidationError, validate_repo_id
+
+    if repo_id.count("/") != 1:
+        raise UserError(f"repo id {repo_id!r} must be 'namespace/name', e.g. 'your-username/pg-gpt2-shakespeare'")
+    try:
+        validate_repo_id(repo_id)
+    except HFValidationError as err:
+        raise UserError(f"repo id {repo_id!r} is not valid: {str(err).splitlines()[0]}") from None
+
+
+@contextlib.contextmanager
+def hub_errors(repo_id: str, endpoint: str) -> Iterator[None]:
+    """Turn the Hub client's exceptions into one-line `UserError`s that say what to do."""
+    import httpx2
+    from huggingface_hub.errors import HfHubHTTPError, OfflineModeIsEnabled, RepositoryNotFoundError
+
+    try:
+        yield
+    except OfflineModeIsEnabled:
+        raise UserError("HF_HUB_OFFLINE is set: unset it to push to the Hub") from None
+    except RepositoryNotFoundError:
+        raise UserError(f"repository {repo_id} was not found on {endpoint}, or your token cannot see it") from None
+    except HfHubHTTPError as err:
+        raise _http_error(err, repo_id, endpoint) from None
+    except httpx2.TransportError as err:
+        raise UserError(f"the Hub at {endpoint} is unreachable ({err}); check your network or HF_ENDPOINT") from None
+    except RuntimeError as err:  # huggingface_hub wraps failed LFS uploads: report the cause
+        cause = err.__cause__
+        if isinstance(cause, HfHubHTTPError):
+            raise _http_error(cause, repo_id, endpoint) from None
+        if isinstance(cause, httpx2.TransportError):
+            raise UserError(f"the Hub at {endpoint} became unreachable during the upload ({cause})") from None
+        raise
+
+
+def _http_error(err: Any, repo_id: str, endpoint: str) -> UserError:
+    status = err.response.status_code if err.response is not None else None
+    server = (err.server_message or "").strip().splitlines()
+    detail = f": {server[0]}" if server else ""
+    if status == 401:
+        return UserError(
+            f"the Hub at {endpoint} rejected your token (401 Unauthorized): set HF_TOKEN to a valid token "
+            "or run `hf auth login`"
+        )
+    if status == 403:
+        return UserError(
+            f"your token has no write access to {repo_id} (403 Forbidden{detail}): use a token with the 'write' "
+            f"role for the namespace '{repo_id.split('/')[0]}'"
+        )
+    return UserError(f"the Hub at {endpoint} refused the push to {repo_id} ({status}{detail})")
+
+
+def _stage_gpt2(folder: Path, plan: UploadPlan, staging: Path, repo_id: str) -> Path:
+    """Write the native `gpt2` variant of `folder` into `staging`: converted weights, tokenizer, plots, card."""
+    from .convert import convert_pg_to_gpt2
+
+    convert_pg_to_gpt2(folder, staging)
+    for name in plan.files:
+        converted = name in MODEL_FILES or any(fnmatch.fnmatch(name, p) for p in WEIGHT_PATTERNS)
+        if converted or name.endswith(".py") or (staging / name).exists():
+            continue
+        if name == "README.md":
+            gpt2_model_card(folder / name, staging / name, repo_id)
+        else:
+            shutil.copy2(folder / name, staging / name)
+    return staging
+
+
+def push_to_hub(output_dir: str | Path, repo_id: str, args: PushArguments | None = None) -> str | None:
+    """Validate `output_dir` and publish it as the model repository `repo_id`; see the module docstring.
+
+    Returns the commit id on the Hub (the unchanged head when nothing changed), or `None` for a dry run.
+    """
+    from huggingface_hub import constants, get_token
+
+    args = args or PushArguments()
+    folder = Path(output_dir)
+    check_repo_id(repo_id)
+    if not folder.is_dir():
+        raise UserError(f"{folder} is not a folder: pass the --output_dir of run_clm.py")
+    token = args.token or get_token()
+    if token is None and not args.dry_run:
+        raise UserError("no Hugging Face token: set HF_TOKEN or run `hf auth login` (it needs the 'write' role)")
+    if args.as_gpt2 and args.include:
+        raise UserError("--include applies to the folder as it is: it cannot be combined with --as_gpt2")
+    if args.create_pr and args.revision:
+        raise UserError("--create_pr opens a pull request against main: drop --revision, or drop --create_pr")
+
+    # The folder's own card names the pg_gpt2 repository; the gpt2 export gets its own copy below.
+    card_change = prepare_model_card(folder, None if args.as_gpt2 else repo_id)
+    if card_change:
+        print(card_change)
+    plan = plan_upload(folder, args.include)
+    if "README.md" in plan.files:
+        check_model_card(folder / "README.md")
+
+    with contextlib.ExitStack() as stack:
+        if args.as_gpt2:
+            staging = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="pg_gpt2_as_gpt2_")))
+            plan = plan_upload(_stage_gpt2(folder, plan, staging, repo_id), remote_code=False)
+        report = validate_folder(plan.folder, remote_code=not args.as_gpt2)
+        print(
+            f"validated {'the gpt2 export of ' if args.as_gpt2 else ''}{folder}: "
+            f"{report['model_class'].rsplit('.', 1)[-1]}, "
+            f"vocab {report['vocab_size']} (tokenizer {report['tokenizer_size']}), greedy {report['sample']!r}"
+        )
+        target = f"{constants.ENDPOINT}/{repo_id}" + (f" (branch {args.revision})" if args.revision else "")
+        if args.dry_run:
+            print_plan(plan, f"dry run: would upload to {target}")
+            return None
+        return _upload(plan, repo_id, args, token, target)
+
+
+def print_plan(plan: UploadPlan, title: str) -> None:
+    """Print what is uploaded (and what stays local) with sizes."""
+    print(f"{title}: {len(plan.files)} files, {human_size(plan.total_size)}")
+    for path, size in plan.files.items():
+        print(f"  {human_size(size):>10}  {path}")
+    if plan.left_out:
+        kept = ", ".join(f"{name} ({human_size(size)})" for name, size in plan.left_out.items())
+        print(f"not uploaded (add with --include PATTERN): {kept}")
+
+
+def _upload(plan: UploadPlan, repo_id: str, args: PushArguments, token: str, target: str) -> str:
+    from huggingface_hub import HfApi, constants
+
+    api = HfApi(token=token)
+    with hub_errors(repo_id, constants.ENDPOINT):
+        user = api.whoami()["name"]
+        api.create_repo(repo_id, private=args.private, exist_ok=True)
+        if args.revision:
+            api.create_branch(repo_id, branch=args.revision, exist_ok=True)
+        head = api.repo_info(repo_id, revision=args.revision).sha
+        info = api.upload_folder(
+            repo_id=repo_id,
+            folder_path=plan.folder,
+            allow_patterns=[glob.escape(path) for path in plan.files],
+            commit_message=args.commit_message or f"Upload {repo_id.split('/')[1]} with push_to_hub.py",
+            revision=args.revision,
+            create_pr=args.create_pr,
+        )
+    if info.oid == head and not info.pr_url:
+        print(f"{target} is up to date: nothing changed, no new commit (head {head[:10]})")
+    else:
+        print_plan(plan, f"pushed as {user} to {target}")
+        print(f"commit {info.oid}: {info.pr_url or info.commit_url}")
+    return info.oid
