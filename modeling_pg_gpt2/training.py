@@ -1,0 +1,805 @@
+"""Pre-training pg_gpt2 with the transformers `Trainer`: the package behind `run_clm.py`.
+
+The arguments are `HfArgumentParser` dataclasses with the flags of transformers' own `run_clm.py`
+example ([`ModelArguments`], [`DataTrainingArguments`], [`CLMTrainingArguments`], and the shared
+[`~modeling_pg_gpt2.corpus.CorpusArguments`]); [`train`] runs the whole job:
+
+1. check the output folder: resume from its last complete checkpoint, refuse to overwrite a
+   folder that holds something else, start over with `--overwrite_output_dir`;
+2. build the model (preset, config file, pg_gpt2 checkpoint or GPT-2 weights) sized to the tokenizer;
+3. tokenize the corpus with `datasets.map` (batched, cached, `num_proc`), separate documents with
+   `<|endoftext|>` and pack them into `block_size` blocks;
+4. train with evaluation (loss, perplexity, accuracy, bits per byte), checkpoints, the best model
+   kept, early stopping, plots refreshed at each evaluation;
+5. write the best model, tokenizer, generation config, `metrics.json`, `training_info.json`, the
+   plots and a model card into the output folder.
+
+Every bad input is a [`~modeling_pg_gpt2.cli.UserError`] raised before the output folder is touched.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib.util
+import json
+import logging
+import os
+import re
+import shutil
+import sys
+import zipfile
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+import transformers
+import yaml
+from safetensors import safe_open
+from tokenizers.pre_tokenizers import ByteLevel
+from transformers import (
+    AutoConfig,
+    AutoModelForCausalLM,
+    AutoTokenizer,
+    EarlyStoppingCallback,
+    HfArgumentParser,
+    PreTrainedTokenizerBase,
+    Trainer,
+    TrainerCallback,
+    TrainingArguments,
+    default_data_collator,
+    set_seed,
+)
+from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
+
+from .cli import UserError
+from .configuration_pg_gpt2 import PRESETS, PgGPT2Config
+from .corpus import CorpusArguments, load_corpus
+from .modeling_pg_gpt2 import PgGPT2ForCausalLM
+
+logger = logging.getLogger(__name__)
+
+IGNORE_INDEX = -100
+METRICS_FILE = "metrics.json"
+TRAINING_INFO_FILE = "training_info.json"
+LM_METRICS_PATH = Path(__file__).parent / "metrics" / "lm_metrics.py"
+# Config fields that change parameter shapes: they cannot be overridden on a trained checkpoint.
+SHAPE_FIELDS = ("vocab_size", "n_positions", "n_embd", "n_layer", "n_head", "n_inner")
+
+
+@dataclass
+class ModelArguments:
+    """Which model to train: from scratch (a preset or a config) or continued from a checkpoint."""
+
+    model_name_or_path: str | None = field(
+        default=None,
+        metadata={
+            "help": "A checkpoint to continue from: a pg_gpt2 folder or Hub id, or GPT-2 weights (model_type "
+            "gpt2, e.g. openai-community/gpt2), which are converted. Leave unset to train from scratch."
+        },
+    )
+    config_name: str | None = field(
+        default=None,
+        metadata={
+            "help": f"Architecture to train from scratch: a preset ({', '.join(PRESETS)}), a folder holding "
+            "config.json, or a config JSON file. Default: gpt2 (124M)."
+        },
+    )
+    config_overrides: str | None = field(
+        default=None,
+        metadata={
+            "help": "Comma-separated config changes, e.g. 'n_layer=4,n_embd=256,resid_pdrop=0.0'. vocab_size "
+            "always follows the tokenizer."
+        },
+    )
+    tokenizer_name: str | None = field(
+        default=None,
+        metadata={
+            "help": "Trained tokenizer folder or Hub id (see train_tokenizer.py). Defaults to the tokenizer "
+            "stored with --model_name_or_path."
+        },
+    )
+    attn_implementation: str | None = field(
+        default=None,
+        metadata={
+            "help": "Attention kernel: 'sdpa' (default), 'eager', or on GPUs 'flash_attention_2' / "
+            "'kernels-community/flash-attn'."
+        },
+    )
+    cache_dir: str | None = field(
+        default=None, metadata={"help": "Where to store models and tokenizers downloaded from the Hub."}
+    )
+    model_revision: str = field(default="main", metadata={"help": "Branch, tag or commit of Hub models."})
+    token: str | None = field(
+        default=None, metadata={"help": "Hub token for private models (default: the logged-in one)."}
+    )
+
+
+@dataclass
+class DataTrainingArguments:
+    """How the corpus becomes training blocks. The corpus itself is chosen by `CorpusArguments`."""
+
+    block_size: int | None = field(
+        default=None,
+        metadata={
+            "help": "Tokens per training sequence; documents are packed into blocks of this size. "
+            "Default: the model's context (n_positions), at most 1024."
+        },
+    )
+    max_train_samples: int | None = field(
+        default=None, metadata={"help": "Keep only the first N training blocks (debugging, quick runs)."}
+    )
+    max_eval_samples: int | None = field(
+        default=None, metadata={"help": "Keep only the first N validation blocks (faster evaluations)."}
+    )
+    overwrite_cache: bool = field(
+        default=False, metadata={"help": "Re-tokenize instead of reusing the datasets cache."}
+    )
+
+
+@dataclass
+class CLMTrainingArguments(TrainingArguments):
+    """`TrainingArguments` with the defaults of a pre-training run and three options of `run_clm.py`.
+
+    Unlike the bare `TrainingArguments`, a run trains and evaluates every `eval_steps`, keeps the
+    two newest checkpoints plus the best one, and reloads the best model (lowest eval loss) at the
+    end. Flags of the same name change those defaults.
+    """
+
+    overwrite_output_dir: bool = field(
+        default=False,
+        metadata={
+            "help": "Start over in an output folder that already holds a run (its checkpoints are deleted). "
+            "Without it, a folder with checkpoints is resumed and any other non-empty folder is an error."
+        },
+    )
+    early_stopping_patience: int | None = field(
+        default=None,
+        metadata={"help": "Stop after this many evaluations without a better eval loss (default: never)."},
+    )
+    early_stopping_threshold: float = field(
+        default=0.0, metadata={"help": "Smallest eval-loss improvement that counts for early stopping."}
+    )
+    do_train: bool = field(default=True, metadata={"help": "Train (pass --do_train false to only evaluate)."})
+    do_eval: bool = field(default=True, metadata={"help": "Evaluate on the validation split."})
+    eval_strategy: str = field(default="steps", metadata={"help": "When to evaluate: 'no', 'steps', 'epoch'."})
+    eval_steps: float | None = field(default=500, metadata={"help": "Evaluate every N optimizer steps."})
+    logging_steps: float = field(default=20, metadata={"help": "Log the training loss every N steps."})
+    save_total_limit: int | None = field(
+        default=2, metadata={"help": "Keep at most N checkpoints (the best one is always kept)."}
+    )
+    load_best_model_at_end: bool = field(
+        default=True, metadata={"help": "Reload the best checkpoint (metric_for_best_model) at the end."}
+    )
+    metric_for_best_model: str | None = field(
+        default="eval_loss", metadata={"help": "Metric that picks the best checkpoint."}
+    )
+    restore_callback_states_from_checkpoint: bool = field(
+        default=True, metadata={"help": "Restore early-stopping state when resuming."}
+    )
+    report_to: None | str | list[str] = field(
+        default="tensorboard" if importlib.util.find_spec("tensorboard") is not None else "none",
+        metadata={"help": "Loggers: 'tensorboard' (the default when installed), 'wandb', 'all', 'none'."},
+    )
+
+    def __post_init__(self) -> None:
+        if self.dataloader_pin_memory and not torch.cuda.is_available():
+            self.dataloader_pin_memory = False  # nothing to pin for; avoids torch's warning on CPU
+        if not self.do_eval and self.eval_strategy != "no":
+            self.eval_strategy = "no"
+        if self.eval_strategy == "no":
+            self.load_best_model_at_end = False
+        super().__post_init__()
+
+
+# --------------------------------------------------------------------------------------------------
+# Arguments
+
+
+def parse_arguments(dataclass_types: Sequence[type], argv: Sequence[str] | None = None) -> tuple[Any, ...]:
+    """Parse `argv` into the dataclasses; a first argument ending in .yaml/.yml/.json is a recipe.
+
+    The recipe's keys are the same fields as the flags; flags after it override it, e.g.
+    `python run_clm.py configs/shakespeare-cpu.yaml --max_steps 100 --output_dir /tmp/run`.
+    Invalid values are a `UserError`.
+    """
+    parser = HfArgumentParser(dataclass_types)
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0].endswith((".yaml", ".yml", ".json")):
+        recipe = Path(argv.pop(0))
+        if not recipe.is_file():
+            raise UserError(f"recipe {recipe} does not exist.")
+        try:
+            values = yaml.safe_load(recipe.read_text(encoding="utf-8")) or {}
+        except yaml.YAMLError as err:
+            raise UserError(f"recipe {recipe} is not valid YAML/JSON: {str(err).splitlines()[0]}") from None
+        if not isinstance(values, dict):
+            raise UserError(f"recipe {recipe} must be a mapping of field: value.")
+        known = {action.dest for action in parser._actions}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise UserError(f"recipe {recipe}: unknown field(s) {', '.join(unknown)}; see `--help` for the fields.")
+        parser.set_defaults(**values)
+    try:
+        return parser.parse_args_into_dataclasses(args=argv)
+    except (ValueError, TypeError) as err:
+        raise UserError(str(err).strip().splitlines()[0]) from None
+
+
+# --------------------------------------------------------------------------------------------------
+# Output folder and checkpoints
+
+
+def checkpoint_problem(checkpoint: str | os.PathLike) -> str | None:
+    """Why `checkpoint` cannot be resumed from, or `None` when it is complete.
+
+    The Trainer writes `trainer_state.json` last, so a folder without a readable one was cut off while
+    being written; a weights or optimizer file truncated by a crash fails its header check.
+    """
+    path = Path(checkpoint)
+    state = path / "trainer_state.json"
+    try:
+        json.loads(state.read_text(encoding="utf-8"))["global_step"]
+    except (OSError, ValueError, KeyError):
+        return "no readable trainer_state.json"
+    weights = list(path.glob("*.safetensors")) + list(path.glob("pytorch_model*.bin"))
+    if not weights and not any(path.glob("global_step*")) and not any(path.glob("pytorch_model_fsdp*")):
+        return "no model weights"
+    for file in path.rglob("*.safetensors"):
+        try:
+            with safe_open(file, framework="pt"):
+                pass
+        except Exception:
+            return f"{file.name} is truncated or corrupt"
+    for file in [*path.glob("*.pt"), *path.glob("*.pth"), *path.glob("*.bin")]:
+        if not zipfile.is_zipfile(file):
+            return f"{file.name} is truncated or corrupt"
+    return None
+
+
+def find_resumable_checkpoint(output_dir: str | os.PathLike) -> str | None:
+    """The newest complete `checkpoint-N` folder in `output_dir`; incomplete ones are skipped with a warning."""
+    folder = Path(output_dir)
+    if not folder.is_dir():
+        return None
+    pattern = re.compile(rf"^{PREFIX_CHECKPOINT_DIR}-(\d+)$")
+    checkpoints = sorted(
+        (p for p in folder.iterdir() if p.is_dir() and pattern.match(p.name)),
+        key=lambda p: int(pattern.match(p.name).group(1)),
+        reverse=True,
+    )
+    for checkpoint in checkpoints:
+        problem = checkpoint_problem(checkpoint)
+        if problem is None:
+            return str(checkpoint)
+        logger.warning("Skipping %s: it was not completely written (%s).", checkpoint, problem)
+    return None
+
+
+def resolve_resume(args: CLMTrainingArguments) -> str | None:
+    """The checkpoint to resume from, or `None` to start from scratch; refuses to clobber a folder.
+
+    Follows transformers' run_clm example: a folder with checkpoints is resumed, an empty or missing
+    one is used, any other content needs `--overwrite_output_dir`.
+    """
+    if args.resume_from_checkpoint:
+        problem = checkpoint_problem(args.resume_from_checkpoint)
+        if problem is not None:
+            raise UserError(f"cannot resume from {args.resume_from_checkpoint}: {problem}.")
+        return args.resume_from_checkpoint
+    output_dir = Path(args.output_dir)
+    if not args.do_train or args.overwrite_output_dir or not output_dir.is_dir():
+        return None
+    checkpoint = find_resumable_checkpoint(output_dir)
+    if checkpoint is not None:
+        logger.info("Resuming from %s (pass --overwrite_output_dir to start over).", checkpoint)
+        return checkpoint
+    if any(output_dir.iterdir()):
+        raise UserError(
+            f"output folder {output_dir} is not empty and holds no complete checkpoint to resume from; "
+            "pass --overwrite_output_dir to train there anyway, or choose another --output_dir."
+        )
+    return None
+
+
+# --------------------------------------------------------------------------------------------------
+# Tokenizer and model
+
+
+def load_tokenizer(model_args: ModelArguments) -> PreTrainedTokenizerBase:
+    """The tokenizer named by `--tokenizer_name`, else the one stored with `--model_name_or_path`."""
+    name = model_args.tokenizer_name or model_args.model_name_or_path
+    if name is None:
+        raise UserError("no tokenizer: pass --tokenizer_name with a folder made by train_tokenizer.py (or a Hub id).")
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(
+            name, cache_dir=model_args.cache_dir, revision=model_args.model_revision, token=model_args.token
+        )
+    except (OSError, ValueError) as err:
+        raise UserError(f"cannot load the tokenizer {name!r}: {str(err).strip().splitlines()[0]}") from None
+    if tokenizer.eos_token_id is None:
+        raise UserError(f"tokenizer {name!r} has no end-of-text token; train one with train_tokenizer.py.")
+    return tokenizer
+
+
+def parse_config_overrides(text: str) -> dict[str, Any]:
+    """Parse `"n_layer=2,n_embd=64,resid_pdrop=0.0"` into typed values (YAML scalars: ints, floats, bools, null)."""
+    overrides: dict[str, Any] = {}
+    known = set(PgGPT2Config().to_dict())
+    for item in filter(None, (part.strip() for part in text.split(","))):
+        key, sep, raw = item.partition("=")
+        key = key.strip()
+        if not sep or not key:
+            raise UserError(f"--config_overrides: {item!r} is not key=value (e.g. 'n_layer=4,n_embd=256').")
+        if key not in known:
+            raise UserError(f"--config_overrides: unknown config field {key!r}; fields are those of PgGPT2Config.")
+        try:
+            overrides[key] = yaml.safe_load(raw.strip()) if raw.strip() else None
+        except yaml.YAMLError:
+            raise UserError(f"--config_overrides: cannot read the value of {key!r}: {raw!r}.") from None
+    return overrides
+
+
+def _config_fields(config: PgGPT2Config | dict[str, Any]) -> dict[str, Any]:
+    """A config's own fields, without the bookkeeping keys `to_dict()` adds."""
+    values = config.to_dict() if not isinstance(config, dict) else dict(config)
+    for key in ("model_type", "transformers_version", "architectures", "auto_map", "dtype", "torch_dtype"):
+        values.pop(key, None)
+    return values
+
+
+def _build_config(base: dict[str, Any], overrides: dict[str, Any]) -> PgGPT2Config:
+    try:
+        return PgGPT2Config(**{**base, **overrides})
+    except (ValueError, TypeError) as err:
+        raise UserError(str(err)) from None
+
+
+def build_config(model_args: ModelArguments, tokenizer: PreTrainedTokenizerBase) -> PgGPT2Config:
+    """The config of a model trained from scratch: preset or file, overrides, vocabulary of the tokenizer."""
+    name = model_args.config_name or "gpt2"
+    overrides = parse_config_overrides(model_args.config_overrides or "")
+    if "vocab_size" in overrides and overrides["vocab_size"] != len(tokenizer):
+        raise UserError(
+            f"vocab_size follows the tokenizer ({len(tokenizer)} tokens); remove vocab_size from --config_overrides."
+        )
+    if name in PRESETS:
+        base = PgGPT2Config.from_preset(name)
+    elif Path(name).exists():
+        try:
+            base = PgGPT2Config.from_pretrained(name)
+        except (OSError, ValueError) as err:
+            raise UserError(f"cannot read the config {name!r}: {str(err).strip().splitlines()[0]}") from None
+    else:
+        raise UserError(
+            f"unknown --config_name {name!r}: use a preset ({', '.join(PRESETS)}), a folder with config.json, "
+            "or a config JSON file."
+        )
+    base = _config_fields(base)
+    special = {
+        "vocab_size": len(tokenizer),
+        "eos_token_id": tokenizer.eos_token_id,
+        "bos_token_id": tokenizer.bos_token_id if tokenizer.bos_token_id is not None else tokenizer.eos_token_id,
+    }
+    return _build_config({**base, **special}, overrides)
+
+
+def build_model(model_args: ModelArguments, tokenizer: PreTrainedTokenizerBase) -> tuple[PgGPT2ForCausalLM, str]:
+    """The model to train and a one-line description of where it came from."""
+    attn = {"attn_implementation": model_args.attn_implementation} if model_args.attn_implementation else {}
+    if model_args.model_name_or_path is None:
+        config = build_config(model_args, tokenizer)
+        try:
+            model = AutoModelForCausalLM.from_config(config, **attn)
+        except (ValueError, ImportError) as err:
+            raise UserError(str(err).strip().splitlines()[0]) from None
+        return model, f"from scratch ({model_args.config_name or 'gpt2'})"
+
+    name = model_args.model_name_or_path
+    if model_args.config_name:
+        raise UserError("pass either --model_name_or_path (continue a checkpoint) or --config_name (from scratch).")
+    hub = {"cache_dir": model_args.cache_dir, "revision": model_args.model_revision, "token": model_args.token}
+    try:
+        config = AutoConfig.from_pretrained(name, **hub)
+    except (OSError, ValueError) as err:
+        raise UserError(f"cannot load the checkpoint {name!r}: {str(err).strip().splitlines()[0]}") from None
+    if config.model_type not in ("pg_gpt2", "gpt2"):
+        raise UserError(f"{name!r} is a {config.model_type!r} model; pg_gpt2 continues pg_gpt2 or GPT-2 checkpoints.")
+    if config.vocab_size != len(tokenizer):
+        raise UserError(
+            f"the checkpoint {name!r} has vocab_size {config.vocab_size} but the tokenizer has {len(tokenizer)} "
+            "tokens; use the tokenizer the checkpoint was trained with (leave --tokenizer_name unset)."
+        )
+    overrides = parse_config_overrides(model_args.config_overrides or "")
+    changed = [key for key in SHAPE_FIELDS if key in overrides and overrides[key] != getattr(config, key)]
+    if changed:
+        raise UserError(f"--config_overrides cannot change {', '.join(changed)} of a trained checkpoint.")
+    if config.model_type == "gpt2":
+        from .convert import convert_gpt2_checkpoint
+
+        converted = convert_gpt2_checkpoint(name, **hub)
+        config = _build_config(_config_fields(converted.config), overrides)
+        model = AutoModelForCausalLM.from_config(config, **attn)
+        model.load_state_dict(converted.state_dict())
+        return model, f"GPT-2 weights {name} (converted)"
+    config = _build_config(_config_fields(config), overrides)
+    try:
+        model = PgGPT2ForCausalLM.from_pretrained(name, config=config, **hub, **attn)
+    except (OSError, ValueError) as err:
+        raise UserError(f"cannot load the checkpoint {name!r}: {str(err).strip().splitlines()[0]}") from None
+    source = f"checkpoint {name}"
+    return model, source
+
+
+# --------------------------------------------------------------------------------------------------
+# Data
+
+
+def token_byte_lengths(tokenizer: PreTrainedTokenizerBase) -> np.ndarray:
+    """How many UTF-8 bytes of text each token id stands for, the denominator of bits per byte.
+
+    Byte-level BPE tokens (GPT-2 and every tokenizer train_tokenizer.py makes) are exact byte
+    strings: each character of the token's string is one byte. The end-of-text token separates two
+    documents and counts as one byte, the separator a byte-level model would read there; other
+    special tokens count zero. For other tokenizer kinds the decoded string of each token is used,
+    which is close but not exact around word boundaries.
+    """
+    byte_chars = set(ByteLevel.alphabet())
+    lengths = np.zeros(len(tokenizer), dtype=np.int64)
+    special = set(tokenizer.all_special_ids)
+    for token, index in tokenizer.get_vocab().items():
+        if index >= len(lengths):
+            continue
+        if index in special:
+            lengths[index] = 1 if index == tokenizer.eos_token_id else 0
+        elif all(char in byte_chars for char in token):
+            lengths[index] = len(token)
+        else:
+            lengths[index] = len(tokenizer.convert_tokens_to_string([token]).encode("utf-8"))
+    return lengths
+
+
+def _tokenize_function(tokenizer: PreTrainedTokenizerBase, eos_token_id: int):
+    def tokenize(batch: dict[str, list[str]]) -> dict[str, list[list[int]]]:
+        encoded = tokenizer(batch["text"], add_special_tokens=False, verbose=False)["input_ids"]
+        return {"input_ids": [ids + [eos_token_id] for ids in encoded]}
+
+    return tokenize
+
+
+def _group_function(block_size: int):
+    def group_texts(batch: dict[str, list[list[int]]]) -> dict[str, list[list[int]]]:
+        # Concatenate the documents of this batch (each ends with <|endoftext|>) and cut them into
+        # blocks; the tail shorter than a block is dropped, as in transformers' run_clm example.
+        stream = [token for ids in batch["input_ids"] for token in ids]
+        usable = len(stream) // block_size * block_size
+        blocks = [stream[i : i + block_size] for i in range(0, usable, block_size)]
+        return {"input_ids": blocks, "labels": [list(block) for block in blocks]}
+
+    return group_texts
+
+
+def prepare_datasets(
+    corpus_args: CorpusArguments,
+    data_args: DataTrainingArguments,
+    training_args: TrainingArguments,
+    tokenizer: PreTrainedTokenizerBase,
+    block_size: int,
+):
+    """Load the corpus and return it as packed blocks (`input_ids`, `labels`), split train/validation.
+
+    Runs on the main process first so the other ranks reuse its `datasets` cache.
+    """
+    with training_args.main_process_first(desc="tokenizing and packing the corpus"):
+        raw = load_corpus(corpus_args)
+        num_proc = corpus_args.preprocessing_num_workers
+        cache = not data_args.overwrite_cache
+        tokenized = raw.map(
+            _tokenize_function(tokenizer, tokenizer.eos_token_id),
+            batched=True,
+            num_proc=num_proc,
+            remove_columns=raw["train"].column_names,
+            load_from_cache_file=cache,
+            desc="Tokenizing",
+        )
+        packed = tokenized.map(
+            _group_function(block_size),
+            batched=True,
+            batch_size=1000,
+            num_proc=num_proc,
+            load_from_cache_file=cache,
+            desc=f"Packing into blocks of {block_size} tokens",
+        )
+    for split in ("train", "validation"):
+        if split == "validation" and not training_args.do_eval:
+            continue
+        if len(packed[split]) == 0:
+            tokens = sum(len(ids) for ids in tokenized[split]["input_ids"])
+            raise UserError(
+                f"the {split} split has {tokens} tokens, fewer than one block of {block_size}; "
+                "lower --block_size or give it more text."
+            )
+    limits = {"train": data_args.max_train_samples, "validation": data_args.max_eval_samples}
+    for split, limit in limits.items():
+        if limit is not None and len(packed[split]) > limit:
+            packed[split] = packed[split].select(range(limit))
+    return packed
+
+
+# --------------------------------------------------------------------------------------------------
+# Metrics
+
+
+def preprocess_logits_for_metrics(logits: torch.Tensor | tuple, labels: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """Reduce (B, T, V) logits to what the metrics need: the argmax and the target's NLL at each position.
+
+    Called by the Trainer on every evaluation batch, so the full logits are never accumulated.
+    Position t predicts token t+1: both outputs have shape (B, T-1).
+    """
+    if isinstance(logits, tuple):
+        logits = logits[0]
+    logits = logits[:, :-1]
+    targets = labels[:, 1:]
+    nll = F.cross_entropy(
+        logits.float().reshape(-1, logits.size(-1)),
+        targets.reshape(-1),
+        ignore_index=IGNORE_INDEX,
+        reduction="none",
+    ).view_as(targets)
+    return logits.argmax(dim=-1), nll
+
+
+class LMMetrics:
+    """`compute_metrics` for the Trainer: the repository's `evaluate` module over the reduced logits.
+
+    It reports `loss` (mean NLL per predicted token), `perplexity` = exp(loss), next-token `accuracy`
+    and `bits_per_byte`. Its exact token-mean `loss` becomes `eval_loss`, so `eval_perplexity` is
+    exactly exp(`eval_loss`).
+    """
+
+    def __init__(self, tokenizer: PreTrainedTokenizerBase) -> None:
+        self.token_bytes = token_byte_lengths(tokenizer)
+        self._metric = None
+
+    @property
+    def metric(self):
+        if self._metric is None:
+            import evaluate  # ~5 s to import: only when the first evaluation needs it
+
+            self._metric = evaluate.load(str(LM_METRICS_PATH), keep_in_memory=True)
+        return self._metric
+
+    def __call__(self, eval_pred: transformers.EvalPrediction) -> dict[str, float]:
+        predictions, nll = eval_pred.predictions
+        targets = eval_pred.label_ids[:, 1:]
+        keep = targets != IGNORE_INDEX
+        # Bytes of exactly the tokens whose loss is counted: the first token of each block (never
+        # predicted) and the tail dropped by packing are in neither the numerator nor the denominator.
+        num_bytes = int(self.token_bytes[targets[keep]].sum())
+        return self.metric.compute(
+            predictions=predictions[keep], references=targets[keep], nll=nll[keep], num_bytes=num_bytes
+        )
+
+
+# --------------------------------------------------------------------------------------------------
+# Callbacks
+
+
+class PlotCallback(TrainerCallback):
+    """Redraws the loss and perplexity plots in the output folder after every evaluation."""
+
+    def on_evaluate(self, args, state, control, **kwargs):
+        if state.is_world_process_zero:
+            from .plots import write_plots
+
+            write_plots(args.output_dir, state.log_history)
+
+
+# --------------------------------------------------------------------------------------------------
+# The run
+
+
+def _count_parameters(model: torch.nn.Module) -> int:
+    return sum(p.numel() for p in {id(p): p for p in model.parameters()}.values())
+
+
+def _final_eval_metrics(trainer: Trainer) -> dict[str, float]:
+    """Eval metrics of the model that ends in the output folder, taken from the log of its evaluation."""
+    state = trainer.state
+    step = state.best_global_step if trainer.args.load_best_model_at_end and state.best_global_step else None
+    evaluations = [entry for entry in state.log_history if "eval_loss" in entry]
+    if step is not None:
+        evaluations = [entry for entry in evaluations if entry.get("step") == step]
+    if not evaluations:
+        return trainer.evaluate()
+    return {key: value for key, value in evaluations[-1].items() if key.startswith("eval_")}
+
+
+def train(
+    model_args: ModelArguments,
+    corpus_args: CorpusArguments,
+    data_args: DataTrainingArguments,
+    training_args: CLMTrainingArguments,
+) -> dict[str, float]:
+    """Run a whole pre-training job (see the module docstring) and return the final metrics."""
+    _setup_logging(training_args)
+    resume_from = resolve_resume(training_args)
+
+    set_seed(training_args.seed)  # before the model exists: Trainer seeds only after
+    tokenizer = load_tokenizer(model_args)
+    model, source = build_model(model_args, tokenizer)
+    n_positions = model.config.n_positions
+    block_size = data_args.block_size or min(n_positions, 1024)
+    if block_size > n_positions:
+        raise UserError(
+            f"--block_size {block_size} is larger than the model's context n_positions={n_positions}; "
+            f"use --block_size {n_positions} or less, or a config with more positions."
+        )
+    if block_size < 2:
+        raise UserError(f"--block_size must be at least 2, got {block_size}.")
+    generation = model.generation_config
+    generation.bos_token_id = model.config.bos_token_id
+    generation.eos_token_id = tokenizer.eos_token_id
+    generation.pad_token_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    generation.do_sample, generation.top_k = True, 50
+
+    datasets = prepare_datasets(corpus_args, data_args, training_args, tokenizer, block_size)
+    logger.info(
+        "Model %s: %s parameters, %d layers, %d wide, vocab %d; %d train and %d validation blocks of %d tokens.",
+        source,
+        f"{_count_parameters(model):,}",
+        model.config.n_layer,
+        model.config.n_embd,
+        model.config.vocab_size,
+        len(datasets["train"]),
+        len(datasets["validation"]),
+        block_size,
+    )
+
+    callbacks: list[TrainerCallback] = [PlotCallback()]
+    if training_args.early_stopping_patience:
+        callbacks.append(
+            EarlyStoppingCallback(training_args.early_stopping_patience, training_args.early_stopping_threshold)
+        )
+    trainer = Trainer(
+        model=model,
+        args=training_args,
+        train_dataset=datasets["train"] if training_args.do_train else None,
+        eval_dataset=datasets["validation"] if training_args.do_eval else None,
+        processing_class=tokenizer,
+        data_collator=default_data_collator,
+        compute_metrics=LMMetrics(tokenizer) if training_args.do_eval else None,
+        preprocess_logits_for_metrics=preprocess_logits_for_metrics if training_args.do_eval else None,
+        callbacks=callbacks,
+    )
+
+    if training_args.overwrite_output_dir and trainer.is_world_process_zero():
+        for stale in Path(training_args.output_dir).glob(f"{PREFIX_CHECKPOINT_DIR}-*"):
+            logger.warning("--overwrite_output_dir: deleting %s from the previous run.", stale)
+            shutil.rmtree(stale)
+
+    metrics: dict[str, float] = {}
+    if training_args.do_train:
+        result = trainer.train(resume_from_checkpoint=resume_from)
+        metrics.update(result.metrics)
+        steps_run = result.metrics.get("train_runtime") and result.metrics.get("train_samples_per_second")
+        if steps_run:
+            metrics["train_tokens_per_second"] = result.metrics["train_samples_per_second"] * block_size
+    if training_args.do_eval:
+        metrics.update(_final_eval_metrics(trainer))
+
+    trainer.save_model()  # the best model when load_best_model_at_end; tokenizer included
+    if trainer.is_world_process_zero():
+        trainer.save_state()
+        output_dir = Path(training_args.output_dir)
+        (output_dir / METRICS_FILE).write_text(json.dumps(metrics, indent=2) + "\n", encoding="utf-8")
+        info = _training_info(model_args, corpus_args, training_args, trainer, source, block_size, datasets)
+        (output_dir / TRAINING_INFO_FILE).write_text(json.dumps(info, indent=2) + "\n", encoding="utf-8")
+        from .model_card import write_model_card
+        from .plots import write_plots
+
+        write_plots(output_dir, trainer.state.log_history)
+        write_model_card(output_dir)
+        _report(output_dir, metrics)
+    trainer.accelerator.wait_for_everyone()
+    return metrics
+
+
+def _training_info(
+    model_args: ModelArguments,
+    corpus_args: CorpusArguments,
+    training_args: CLMTrainingArguments,
+    trainer: Trainer,
+    source: str,
+    block_size: int,
+    datasets,
+) -> dict[str, Any]:
+    """What the model card and later readers need to know about the run, beyond config.json and metrics."""
+    args = training_args
+    corpus = {
+        key: value
+        for key, value in dataclasses.asdict(corpus_args).items()
+        if value is not None and key not in ("preprocessing_num_workers",)
+    }
+    sequences_per_step = args.per_device_train_batch_size * args.gradient_accumulation_steps * args.world_size
+    tokens_per_step = sequences_per_step * block_size
+    return {
+        "model_source": source,
+        "tokenizer": model_args.tokenizer_name or model_args.model_name_or_path,
+        "corpus": corpus,
+        "block_size": block_size,
+        "train_blocks": len(datasets["train"]),
+        "validation_blocks": len(datasets["validation"]),
+        "world_size": args.world_size,
+        "per_device_train_batch_size": args.per_device_train_batch_size,
+        "gradient_accumulation_steps": args.gradient_accumulation_steps,
+        "tokens_per_step": tokens_per_step,
+        "global_step": trainer.state.global_step,
+        "tokens_seen": trainer.state.global_step * tokens_per_step,
+        "best_global_step": trainer.state.best_global_step,
+        "learning_rate": args.learning_rate,
+        "lr_scheduler_type": str(getattr(args.lr_scheduler_type, "value", args.lr_scheduler_type)),
+        "warmup_steps": args.warmup_steps,
+        "weight_decay": args.weight_decay,
+        "adam_betas": [args.adam_beta1, args.adam_beta2],
+        "max_grad_norm": args.max_grad_norm,
+        "optim": str(getattr(args.optim, "value", args.optim)),
+        "max_steps": args.max_steps,
+        "num_train_epochs": args.num_train_epochs,
+        "seed": args.seed,
+        "bf16": args.bf16,
+        "fp16": args.fp16,
+        "torch_compile": args.torch_compile,
+        "attn_implementation": trainer.model.config._attn_implementation,
+        "device": str(args.device),
+        "versions": {"torch": torch.__version__, "transformers": transformers.__version__},
+    }
+
+
+def _report(output_dir: Path, metrics: dict[str, float]) -> None:
+    parts = [
+        f"{name} {metrics[key]:.4g}"
+        for key, name in (
+            ("eval_loss", "loss"),
+            ("eval_perplexity", "perplexity"),
+            ("eval_accuracy", "accuracy"),
+            ("eval_bits_per_byte", "bits/byte"),
+        )
+        if key in metrics
+    ]
+    if parts:
+        logger.info("Validation of the saved model: %s.", ", ".join(parts))
+    logger.info("Model, tokenizer, metrics, plots and model card written to %s.", output_dir)
+
+
+def _setup_logging(args: TrainingArguments) -> None:
+    """Our INFO lines on stderr (main process); transformers and datasets at `--log_level` (warnings by default)."""
+    package_logger = logging.getLogger(__name__.split(".")[0])
+    if not package_logger.handlers:
+        handler = logging.StreamHandler()
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s", "%H:%M:%S"))
+        package_logger.addHandler(handler)
+        package_logger.propagate = False
+    package_logger.setLevel(logging.INFO if args.should_log else logging.WARNING)
+    level = args.get_process_log_level()
+    transformers.utils.logging.set_verbosity(level)
+    import datasets
+
+    datasets.utils.logging.set_verbosity(level)
+
+
+__all__ = [
+    "CLMTrainingArguments",
+    "DataTrainingArguments",
+    "LMMetrics",
+    "ModelArguments",
+    "checkpoint_problem",
+    "find_resumable_checkpoint",
+    "parse_arguments",
+    "preprocess_logits_for_metrics",
+    "token_byte_lengths",
+    "train",
+]
