@@ -1,0 +1,508 @@
+"""Convert checkpoints between transformers' GPT-2 (`model_type: gpt2`) and pg_gpt2, in both directions.
+
+The two models compute the same function with the same parameter names; they differ only in layout.
+transformers' GPT-2 stores its four projections as `Conv1D`, whose weight is (in, out), the transpose of
+the `nn.Linear` (out, in) that pg_gpt2 uses. Everything else (embeddings, LayerNorms, biases) is copied
+as is, and the language-model head is tied to `wte` in both. Converted models give the same logits.
+
+* GPT-2 -> pg_gpt2 reads a folder or a Hub id (`openai-community/gpt2`), in transformers' format
+  (`transformer.h.0...`) or the original OpenAI one (no `transformer.` prefix, causal-mask buffers
+  `attn.bias` / `attn.masked_bias`), from `model.safetensors` or `pytorch_model.bin`, sharded or not.
+* pg_gpt2 -> GPT-2 writes a checkpoint that `GPT2LMHeadModel.from_pretrained` loads without remote code,
+  so tools that know GPT-2 (ONNX export, vLLM, llama.cpp's converter) run a pg_gpt2 model.
+
+Tokenizer files and `generation_config.json` travel along.
+
+Command line:
+
+    python -m modeling_pg_gpt2.convert openai-community/gpt2 gpt2-pg            # GPT-2 -> pg_gpt2
+    python -m modeling_pg_gpt2.convert outputs/my-model my-model-gpt2 --to gpt2  # pg_gpt2 -> GPT-2
+
+Python:
+
+    >>> from modeling_pg_gpt2.convert import convert_gpt2_to_pg, convert_pg_to_gpt2
+    >>> convert_gpt2_to_pg("path/to/gpt2", "gpt2-pg")
+    >>> convert_pg_to_gpt2("outputs/my-model", "my-model-gpt2")
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import pickle
+import re
+import shutil
+import tempfile
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import torch
+from transformers import GPT2Config, GPT2LMHeadModel, PreTrainedConfig, PreTrainedModel
+
+from .cli import UserError, run_cli
+from .configuration_pg_gpt2 import PgGPT2Config
+from .modeling_pg_gpt2 import PgGPT2ForCausalLM, PgGPT2Model
+
+# Weights GPT-2 keeps as Conv1D (in, out): transposed on the way between the formats.
+CONV1D_WEIGHTS = ("attn.c_attn.weight", "attn.c_proj.weight", "mlp.c_fc.weight", "mlp.c_proj.weight")
+# The causal-mask buffers of OpenAI-format checkpoints (and transformers releases before 4.31).
+_MASK_BUFFER = re.compile(r"h\.\d+\.attn\.(masked_)?bias")
+# Hyper-parameters both configs hold under the same names.
+CONFIG_FIELDS = (
+    "vocab_size",
+    "n_positions",
+    "n_embd",
+    "n_layer",
+    "n_head",
+    "n_inner",
+    "activation_function",
+    "resid_pdrop",
+    "embd_pdrop",
+    "attn_pdrop",
+    "layer_norm_epsilon",
+    "initializer_range",
+    "bos_token_id",
+    "eos_token_id",
+    "pad_token_id",
+    "tie_word_embeddings",
+    "use_cache",
+)
+# Files copied from SRC to DST unchanged, when present.
+SIDE_FILES = (
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+    "added_tokens.json",
+    "vocab.json",
+    "merges.txt",
+    "chat_template.jinja",
+    "generation_config.json",
+)
+# Where the weights may be, in order of preference.
+WEIGHTS_FILES = (
+    "model.safetensors",
+    "model.safetensors.index.json",
+    "pytorch_model.bin",
+    "pytorch_model.bin.index.json",
+)
+
+
+# -- configs -------------------------------------------------------------------------------------------------
+
+
+def gpt2_config_to_pg(config: GPT2Config) -> PgGPT2Config:
+    """The `PgGPT2Config` of a transformers `GPT2Config`.
+
+    Raises `UserError` for GPT-2 variants pg_gpt2 does not implement (cross-attention, attention scaled by
+    the inverse layer index or not scaled at all) and for values pg_gpt2 rejects (e.g. an activation it
+    does not offer). `reorder_and_upcast_attn` is accepted: it changes only the precision in which
+    transformers' eager attention computes the same product, and pg_gpt2 already takes the softmax in fp32.
+    """
+    unsupported = [
+        text
+        for present, text in (
+            (getattr(config, "add_cross_attention", False), "add_cross_attention=True (cross-attention layers)"),
+            (getattr(config, "scale_attn_by_inverse_layer_idx", False), "scale_attn_by_inverse_layer_idx=True"),
+            (not getattr(config, "scale_attn_weights", True), "scale_attn_weights=False (unscaled attention)"),
+        )
+        if present
+    ]
+    if unsupported:
+        raise UserError(f"this GPT-2 checkpoint uses {', '.join(unsupported)}, which pg_gpt2 does not implement")
+    try:
+        return PgGPT2Config(**{name: getattr(config, name) for name in CONFIG_FIELDS})
+    except ValueError as err:
+        raise UserError(f"this GPT-2 config cannot be a pg_gpt2 config: {err}") from None
+
+
+def pg_config_to_gpt2(config: PgGPT2Config) -> GPT2Config:
+    """The transformers `GPT2Config` of a `PgGPT2Config` (same hyper-parameters, same names)."""
+    return GPT2Config(**{name: getattr(config, name) for name in CONFIG_FIELDS})
+
+
+# -- state dicts ---------------------------------------------------------------------------------------------
+
+
+def _split_state_dict(
+    state_dict: Mapping[str, torch.Tensor],
+) -> tuple[dict[str, torch.Tensor], torch.Tensor | None]:
+    """(transformer weights without the `transformer.` prefix and mask buffers, `lm_head.weight` or None)."""
+    body: dict[str, torch.Tensor] = {}
+    lm_head = None
+    for name, tensor in state_dict.items():
+        if name == "lm_head.weight":
+            lm_head = tensor
+            continue
+        name = name.removeprefix("transformer.")
+        if not _MASK_BUFFER.fullmatch(name):
+            body[name] = tensor
+    return body, lm_head
+
+
+def _transpose_conv1d(body: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """`transformer.`-prefixed weights with the Conv1D ones transposed (the map is its own inverse)."""
+    return {
+        f"transformer.{name}": tensor.t().contiguous() if name.endswith(CONV1D_WEIGHTS) else tensor
+        for name, tensor in body.items()
+    }
+
+
+def _check_weights(
+    body: Mapping[str, torch.Tensor], lm_head: torch.Tensor | None, config: PgGPT2Config, gpt2_layout: bool
+) -> None:
+    """Raise `UserError` unless the weights are exactly those `config` describes, with their shapes."""
+    with torch.device("meta"):
+        expected = {name: tuple(t.shape) for name, t in PgGPT2Model(config).state_dict().items()}
+    if gpt2_layout:
+        expected = {name: shape[::-1] if name.endswith(CONV1D_WEIGHTS) else shape for name, shape in expected.items()}
+    if not config.tie_word_embeddings:
+        expected["lm_head.weight"] = (config.vocab_size, config.n_embd)
+        body = {**body, "lm_head.weight": lm_head} if lm_head is not None else body
+    unexpected = sorted(set(body) - set(expected), key=_natural)
+    if unexpected:
+        raise UserError(f"the checkpoint has weights that are not part of a GPT-2 language model: {_few(unexpected)}")
+    missing = sorted(set(expected) - set(body), key=_natural)
+    if missing:
+        raise UserError(f"the checkpoint lacks weights its config.json implies: {_few(missing)}")
+    for name, shape in expected.items():
+        if tuple(body[name].shape) != shape:
+            raise UserError(
+                f"weight {name} has shape {tuple(body[name].shape)} but config.json (vocab_size={config.vocab_size}, "
+                f"n_positions={config.n_positions}, n_embd={config.n_embd}, n_inner={config.n_inner}) implies "
+                f"{shape}: the config and the weights do not belong together"
+            )
+
+
+def gpt2_state_dict_to_pg(state_dict: Mapping[str, torch.Tensor], config: PgGPT2Config) -> dict[str, torch.Tensor]:
+    """The `PgGPT2ForCausalLM` state dict of transformers' GPT-2 weights.
+
+    Accepts `GPT2LMHeadModel` / `GPT2Model` state dicts and the original OpenAI layout (no `transformer.`
+    prefix, `attn.bias` / `attn.masked_bias` buffers, which are dropped). Conv1D weights are transposed.
+    With tied embeddings `lm_head.weight` is `wte`'s tensor, so the result loads with `strict=True`.
+    Raises `UserError` when the weights do not match `config`.
+    """
+    body, lm_head = _split_state_dict(state_dict)
+    _check_weights(body, lm_head, config, gpt2_layout=True)
+    converted = _transpose_conv1d(body)
+    converted["lm_head.weight"] = converted["transformer.wte.weight"] if config.tie_word_embeddings else lm_head
+    return converted
+
+
+def pg_state_dict_to_gpt2(state_dict: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The `GPT2LMHeadModel` state dict of pg_gpt2 weights (Conv1D weights transposed).
+
+    `lm_head.weight` is taken from the input, or is `wte`'s tensor when the input omits it (tied
+    embeddings), so the result loads into `GPT2LMHeadModel` with `strict=True`.
+    """
+    body, lm_head = _split_state_dict(state_dict)
+    converted = _transpose_conv1d(body)
+    converted["lm_head.weight"] = lm_head if lm_head is not None else converted["transformer.wte.weight"]
+    return converted
+
+
+def _natural(name: str) -> list[int | str]:
+    """Sort key that puts h.2 before h.10."""
+    return [int(part) if part.isdigit() else part for part in re.split(r"(\d+)", name)]
+
+
+def _first_line(err: BaseException) -> str:
+    lines = str(err).strip().splitlines()
+    return f"{type(err).__name__}: {lines[0]}" if lines else type(err).__name__
+
+
+def _few(names: Sequence[str], limit: int = 3) -> str:
+    shown = ", ".join(names[:limit])
+    return f"{shown} and {len(names) - limit} more" if len(names) > limit else shown
+
+
+# -- reading checkpoints -------------------------------------------------------------------------------------
+
+
+def resolve_checkpoint(
+    src: str | Path, revision: str | None = None, cache_dir: str | Path | None = None, token: str | bool | None = None
+) -> Path:
+    """The local folder of `src`: the folder itself, or the Hub snapshot of a repo id (config, weights, tokenizer).
+
+    Downloads respect `HF_HUB_OFFLINE` and the Hub cache; when the Hub is unreachable and the snapshot is
+    not cached, raises a `UserError` that says so. `revision`, `cache_dir` and `token` apply to Hub ids.
+    """
+    path = Path(src).expanduser()
+    if path.is_dir():
+        return path
+    if path.exists():
+        raise UserError(f"{src} is a file; pass a checkpoint folder (holding config.json) or a Hub model id")
+
+    from huggingface_hub import constants, snapshot_download
+    from huggingface_hub.errors import (
+        GatedRepoError,
+        HfHubHTTPError,
+        HFValidationError,
+        LocalEntryNotFoundError,
+        RepositoryNotFoundError,
+        RevisionNotFoundError,
+    )
+    from huggingface_hub.utils import validate_repo_id
+
+    repo_id = str(src)
+    try:
+        validate_repo_id(repo_id)
+    except HFValidationError:
+        raise UserError(f"no such folder: {src}") from None
+    at = f" at revision {revision!r}" if revision else ""
+    hub = {"revision": revision, "cache_dir": cache_dir, "token": token}
+    try:
+        # One weights format only: the safetensors files, else the PyTorch pickles.
+        patterns = [*SIDE_FILES, "config.json", "model*.safetensors*"]
+        folder = Path(snapshot_download(repo_id, allow_patterns=patterns, **hub))
+        if _weights_file(folder) is None:
+            folder = Path(snapshot_download(repo_id, allow_patterns=["pytorch_model*.bin*"], **hub))
+    except GatedRepoError:
+        raise UserError(
+            f"{repo_id} is a gated repository: accept its conditions on the Hub, then log in with `hf auth login`"
+        ) from None
+    except RepositoryNotFoundError:
+        raise UserError(
+            f"{src!r} is neither a local folder nor a model repository on the Hub (or your token cannot see it)"
+        ) from None
+    except RevisionNotFoundError:
+        raise UserError(f"the Hub repository {repo_id} has no revision {revision!r}") from None
+    except LocalEntryNotFoundError as err:
+        cause = err.__cause__
+        reason = "HF_HUB_OFFLINE is set" if constants.HF_HUB_OFFLINE else _first_line(cause or err)
+        raise UserError(
+            f"{src!r} is not a local folder, and the Hugging Face Hub is unreachable ({reason}) and has no cached "
+            f"copy{at}; download it where the Hub is reachable and pass the local folder"
+        ) from None
+    except HfHubHTTPError as err:
+        raise UserError(f"downloading {repo_id}{at} from the Hub failed: {_first_line(err)}") from None
+    return folder
+
+
+def _weights_file(folder: Path) -> Path | None:
+    return next((folder / name for name in WEIGHTS_FILES if (folder / name).is_file()), None)
+
+
+def read_state_dict(folder: str | Path) -> dict[str, torch.Tensor]:
+    """All tensors of a checkpoint folder, on CPU: `model.safetensors` or `pytorch_model.bin`, sharded or not.
+
+    `.bin` files are read with `torch.load(weights_only=True)`, which refuses pickles that run code.
+    """
+    folder = Path(folder)
+    path = _weights_file(folder)
+    if path is None:
+        present = sorted(p.name for p in folder.iterdir())
+        raise UserError(
+            f"no weights in {folder}: expected model.safetensors or pytorch_model.bin "
+            f"(found: {_few(present, 6) if present else 'nothing'})"
+        )
+    if path.name.endswith(".index.json"):
+        try:
+            shards = sorted(set(json.loads(path.read_text())["weight_map"].values()))
+        except (ValueError, KeyError, AttributeError) as err:
+            raise UserError(f"cannot read the shard index {path}: {err}") from None
+    else:
+        shards = [path.name]
+
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    state_dict: dict[str, torch.Tensor] = {}
+    for shard in shards:
+        file = folder / shard
+        if not file.is_file():
+            raise UserError(f"{path.name} names the shard {shard}, which is missing from {folder}")
+        try:
+            if file.suffix == ".safetensors":
+                state_dict.update(load_file(file, device="cpu"))
+            else:
+                state_dict.update(torch.load(file, map_location="cpu", weights_only=True))
+        except (SafetensorError, OSError, RuntimeError, ValueError, EOFError, pickle.UnpicklingError) as err:
+            raise UserError(f"cannot read {file}: {_first_line(err)}") from None
+    return state_dict
+
+
+def _read_config(folder: Path, model_type: str, config_class: type[PreTrainedConfig]) -> PreTrainedConfig:
+    """config.json of `folder` as `config_class`, after checking it describes a `model_type` model."""
+    path = folder / "config.json"
+    if not path.is_file():
+        raise UserError(f"{folder} has no config.json: it is not a transformers checkpoint")
+    try:
+        raw = json.loads(path.read_text())
+    except ValueError as err:
+        raise UserError(f"{path} is not valid JSON: {err}") from None
+    found = raw.get("model_type") if isinstance(raw, dict) else None
+    if found != model_type:
+        hint = ""
+        if found == "pg_gpt2":
+            hint = " (it is a pg_gpt2 checkpoint already; use --to gpt2 to convert it to GPT-2)"
+        elif found == "gpt2":
+            hint = " (it is a GPT-2 checkpoint already; leave out --to gpt2 to convert it to pg_gpt2)"
+        raise UserError(f"{folder}: found model_type {found!r}, expected {model_type!r}{hint}")
+    try:
+        return config_class.from_dict(raw)
+    except (ValueError, TypeError) as err:
+        raise UserError(f"{path} is not a valid {model_type} config: {str(err).strip().splitlines()[0]}") from None
+
+
+def _build(
+    model_class: type[PreTrainedModel], config: PreTrainedConfig, state_dict: dict[str, torch.Tensor]
+) -> PreTrainedModel:
+    """`model_class(config)` holding `state_dict`'s tensors, without allocating and initialising weights first."""
+    with torch.device("meta"):
+        model = model_class(config)
+    model.load_state_dict(state_dict, strict=True, assign=True)
+    model.tie_weights()
+    return model.eval()
+
+
+def convert_gpt2_checkpoint(
+    src: str | Path, revision: str | None = None, cache_dir: str | Path | None = None, token: str | bool | None = None
+) -> PgGPT2ForCausalLM:
+    """Load a transformers GPT-2 checkpoint (folder or Hub id) as a `PgGPT2ForCausalLM`, in eval mode.
+
+    Tensors keep the checkpoint's dtype. Raises `UserError` for anything that is not a GPT-2 checkpoint
+    pg_gpt2 can represent.
+    """
+    folder = resolve_checkpoint(src, revision, cache_dir, token)
+    config = gpt2_config_to_pg(_read_config(folder, "gpt2", GPT2Config))
+    return _build(PgGPT2ForCausalLM, config, gpt2_state_dict_to_pg(read_state_dict(folder), config))
+
+
+def convert_pg_checkpoint(
+    src: str | Path, revision: str | None = None, cache_dir: str | Path | None = None, token: str | bool | None = None
+) -> GPT2LMHeadModel:
+    """Load a pg_gpt2 checkpoint (folder or Hub id) as transformers' own `GPT2LMHeadModel`, in eval mode."""
+    folder = resolve_checkpoint(src, revision, cache_dir, token)
+    config = _read_config(folder, "pg_gpt2", PgGPT2Config)
+    state_dict = read_state_dict(folder)
+    _check_weights(*_split_state_dict(state_dict), config, gpt2_layout=False)
+    return _build(GPT2LMHeadModel, pg_config_to_gpt2(config), pg_state_dict_to_gpt2(state_dict))
+
+
+# -- writing checkpoints -------------------------------------------------------------------------------------
+
+
+def _check_destination(dst: Path, overwrite: bool) -> None:
+    if dst.exists() and not dst.is_dir():
+        raise UserError(f"{dst} is a file; DST must be a folder")
+    if dst.is_dir() and any(dst.iterdir()) and not overwrite:
+        raise UserError(f"{dst} is not empty; choose another folder or pass --overwrite to replace it")
+
+
+def _check_not_source(dst: Path, folder: Path) -> None:
+    source, target = folder.resolve(), dst.resolve()
+    if target == source or target in source.parents:
+        raise UserError(f"DST {dst} would replace the source checkpoint {folder}; choose another folder")
+
+
+def _write(model: PreTrainedModel, folder: Path, dst: Path, overwrite: bool) -> Path:
+    """Save `model` plus `folder`'s tokenizer files into `dst`, which appears only once complete."""
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{dst.name}.", dir=dst.parent))
+    try:
+        model.save_pretrained(staging)
+        for name in SIDE_FILES:
+            if (folder / name).is_file():
+                shutil.copyfile(folder / name, staging / name)
+        if dst.exists():
+            shutil.rmtree(dst)
+        staging.rename(dst)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return dst
+
+
+def convert_gpt2_to_pg(
+    src: str | Path,
+    dst: str | Path,
+    overwrite: bool = False,
+    revision: str | None = None,
+    cache_dir: str | Path | None = None,
+    token: str | bool | None = None,
+) -> Path:
+    """Convert a transformers GPT-2 checkpoint (folder or Hub id) into a pg_gpt2 folder; returns `dst`.
+
+    `dst` gets the weights, a config.json with `auto_map`, the remote-code files, and the tokenizer files
+    and generation_config.json of `src`; load it with
+    `AutoModelForCausalLM.from_pretrained(dst, trust_remote_code=True)`. A non-empty `dst` is only
+    replaced with `overwrite=True`.
+    """
+    dst = Path(dst)
+    _check_destination(dst, overwrite)
+    folder = resolve_checkpoint(src, revision, cache_dir, token)
+    _check_not_source(dst, folder)
+    return _write(convert_gpt2_checkpoint(folder), folder, dst, overwrite)
+
+
+def convert_pg_to_gpt2(
+    src: str | Path,
+    dst: str | Path,
+    overwrite: bool = False,
+    revision: str | None = None,
+    cache_dir: str | Path | None = None,
+    token: str | bool | None = None,
+) -> Path:
+    """Convert a pg_gpt2 checkpoint (folder or Hub id) into a native transformers `gpt2` folder; returns `dst`.
+
+    The result has `model_type: gpt2` and no remote code: `GPT2LMHeadModel.from_pretrained(dst)` loads it,
+    and so does every tool that supports GPT-2. Tokenizer files and generation_config.json are copied. A
+    non-empty `dst` is only replaced with `overwrite=True`.
+    """
+    dst = Path(dst)
+    _check_destination(dst, overwrite)
+    folder = resolve_checkpoint(src, revision, cache_dir, token)
+    _check_not_source(dst, folder)
+    return _write(convert_pg_checkpoint(folder), folder, dst, overwrite)
+
+
+# -- command line --------------------------------------------------------------------------------------------
+
+
+def main(argv: Sequence[str] | None = None) -> Path:
+    """`python -m modeling_pg_gpt2.convert SRC DST [--to gpt2] [--overwrite] [--revision REV]`."""
+    parser = argparse.ArgumentParser(
+        prog="python -m modeling_pg_gpt2.convert",
+        description="Convert between transformers' GPT-2 checkpoints and pg_gpt2 (same weights, same logits).",
+    )
+    parser.add_argument(
+        "src", help="checkpoint folder or Hub model id: GPT-2 (e.g. openai-community/gpt2), or pg_gpt2 with --to gpt2"
+    )
+    parser.add_argument("dst", help="output folder, created; must be empty unless --overwrite")
+    parser.add_argument(
+        "--to",
+        choices=("pg_gpt2", "gpt2"),
+        default="pg_gpt2",
+        help="pg_gpt2 (default): GPT-2 -> pg_gpt2; gpt2: pg_gpt2 -> native GPT-2, loadable without remote code",
+    )
+    parser.add_argument("--revision", help="branch, tag or commit of a Hub SRC")
+    parser.add_argument("--overwrite", action="store_true", help="replace DST if it is not empty")
+    args = parser.parse_args(argv)
+
+    convert = convert_pg_to_gpt2 if args.to == "gpt2" else convert_gpt2_to_pg
+    dst = convert(args.src, args.dst, overwrite=args.overwrite, revision=args.revision)
+    if args.to == "gpt2":
+        print(f"wrote a GPT-2 checkpoint to {dst}; load it with GPT2LMHeadModel.from_pretrained({str(dst)!r})")
+    else:
+        print(
+            f"wrote a pg_gpt2 checkpoint to {dst}; load it with "
+            f"AutoModelForCausalLM.from_pretrained({str(dst)!r}, trust_remote_code=True)"
+        )
+    return dst
+
+
+__all__ = [
+    "convert_gpt2_checkpoint",
+    "convert_gpt2_to_pg",
+    "convert_pg_checkpoint",
+    "convert_pg_to_gpt2",
+    "gpt2_config_to_pg",
+    "gpt2_state_dict_to_pg",
+    "pg_config_to_gpt2",
+    "pg_state_dict_to_gpt2",
+    "read_state_dict",
+    "resolve_checkpoint",
+]
+
+
+if __name__ == "__main__":
+    run_cli(main)
