@@ -5,7 +5,7 @@ VENV        ?= .venv
 TORCH_SPEC  ?= torch==2.13.0
 # The oldest transformers release the remote code supports; `make test` re-runs the fresh-process
 # remote-code test under it in a second small venv.
-OLDEST_TRANSFORMERS ?= transformers==5.10.4
+OLDEST_TRANSFORMERS ?= 5.5.4
 OLDEST_VENV ?= .venv-oldest
 
 BIN := $(VENV)/bin
@@ -20,9 +20,9 @@ $(VENV)/.installed: pyproject.toml
 	$(BIN)/pip install -q -e ".[dev]"
 	touch $@
 
-$(OLDEST_VENV)/.installed:
+$(OLDEST_VENV)/.installed: Makefile
 	$(PYTHON) -m venv $(OLDEST_VENV)
-	$(OLDEST_VENV)/bin/pip install -q "$(TORCH_SPEC)" "$(OLDEST_TRANSFORMERS)"
+	$(OLDEST_VENV)/bin/pip install -q "$(TORCH_SPEC)" "transformers==$(OLDEST_TRANSFORMERS)"
 	touch $@
 
 lint: install
@@ -32,7 +32,8 @@ test: lint test-oldest
 	$(BIN)/python -m pytest -q
 
 test-oldest: install $(OLDEST_VENV)/.installed
-	PG_GPT2_REMOTE_PYTHON=$(abspath $(OLDEST_VENV))/bin/python $(BIN)/python -m pytest -q tests/test_remote_code.py
+	PG_GPT2_REMOTE_PYTHON=$(abspath $(OLDEST_VENV))/bin/python PG_GPT2_REMOTE_TRANSFORMERS=$(OLDEST_TRANSFORMERS) \
+		$(BIN)/python -m pytest -q tests/test_remote_code.py
 
 clean:
 	rm -rf $(VENV) $(OLDEST_VENV)

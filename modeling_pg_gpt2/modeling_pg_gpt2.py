@@ -7,7 +7,7 @@ final LayerNorm and a language-model head tied to the token embeddings. Paramete
 Conv1D weights are the transpose of ours (see `convert.py`).
 
 This file and `configuration_pg_gpt2.py` are the remote code served from the Hub. They run on the
-transformers version of whoever downloads them, so they only use interfaces that exist from 5.10 on
+transformers version of whoever downloads them, so they only use interfaces that exist from 5.5 on
 and accept both names of the KV-cache argument (`past_key_values`, renamed `cache` in 5.24).
 
 Shapes in comments: B batch, T new tokens, S = past + T attended tokens, C = n_embd, H = n_head,
@@ -16,6 +16,7 @@ D = C / H head size, V = vocab_size.
 
 from __future__ import annotations
 
+import inspect
 import math
 from collections.abc import Callable
 from typing import Any
@@ -34,8 +35,9 @@ from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 
 from .configuration_pg_gpt2 import PgGPT2Config
 
-# transformers 5.24 renamed the KV-cache field of model outputs from `past_key_values` to `cache`.
+# transformers 5.24 renamed the KV-cache argument and output field from `past_key_values` to `cache`.
 _CACHE_FIELD = "cache" if "cache" in CausalLMOutputWithPast.__dataclass_fields__ else "past_key_values"
+_MASK_CACHE_ARG = "cache" if "cache" in inspect.signature(create_causal_mask).parameters else "past_key_values"
 
 
 def eager_attention_forward(
@@ -52,7 +54,11 @@ def eager_attention_forward(
     # (B, H, T, D) @ (B, H, D, S) -> (B, H, T, S)
     attn_weights = torch.matmul(query, key.transpose(-1, -2)) * scaling
     if attention_mask is not None:  # additive: 0 where attended, dtype-min where masked (causal + padding)
-        attn_weights = attn_weights + attention_mask
+        attn_weights = attn_weights + attention_mask[:, :, :, : key.shape[-2]]
+    elif query.shape[-2] > 1:  # no mask was built (sdpa's is_causal path): the T queries are the last of S keys
+        T, S = query.shape[-2], key.shape[-2]
+        causal = torch.ones(T, S, dtype=torch.bool, device=query.device).tril(diagonal=S - T)
+        attn_weights = attn_weights.masked_fill(~causal, torch.finfo(attn_weights.dtype).min)
     attn_weights = F.softmax(attn_weights, dim=-1, dtype=torch.float32).to(value.dtype)
     attn_weights = F.dropout(attn_weights, p=dropout, training=module.training)
     attn_output = torch.matmul(attn_weights, value)  # (B, H, T, D)
@@ -253,9 +259,14 @@ class PgGPT2Model(PgGPT2PreTrainedModel):
         hidden_states = self.drop(inputs_embeds + self.wpe(position_ids))
 
         # One mask for all layers, in the form the attention implementation wants. Without padding,
-        # sdpa and flash attention get None and take their fused is_causal path. (Positional
-        # arguments: the cache argument's name differs across transformers releases.)
-        causal_mask = create_causal_mask(self.config, inputs_embeds, attention_mask, cache, position_ids)
+        # sdpa and flash attention get None and take their fused is_causal path.
+        causal_mask = create_causal_mask(
+            config=self.config,
+            inputs_embeds=inputs_embeds,
+            attention_mask=attention_mask,
+            position_ids=position_ids,
+            **{_MASK_CACHE_ARG: cache},
+        )
 
         all_hidden_states = () if output_hidden_states else None
         all_attentions = () if output_attentions else None

@@ -1,0 +1,57 @@
+"""Shared fixtures: tiny pg_gpt2 models and their transformers GPT-2 twins (the oracle)."""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+from transformers import GPT2Config, GPT2LMHeadModel  # noqa: E402
+
+from modeling_pg_gpt2 import PgGPT2Config, PgGPT2ForCausalLM  # noqa: E402
+
+# GPT-2 stores these as Conv1D (in, out); nn.Linear stores (out, in).
+_CONV1D_WEIGHTS = ("attn.c_attn.weight", "attn.c_proj.weight", "mlp.c_fc.weight", "mlp.c_proj.weight")
+
+
+def tiny_config(**overrides) -> PgGPT2Config:
+    """A model small enough that a forward pass takes milliseconds."""
+    values = dict(vocab_size=211, n_positions=64, n_embd=32, n_layer=2, n_head=4)
+    values.update(overrides)
+    return PgGPT2Config(**values)
+
+
+def gpt2_twin(model: PgGPT2ForCausalLM, attn_implementation: str = "eager") -> GPT2LMHeadModel:
+    """transformers' own GPT-2 with exactly `model`'s weights: the independent oracle of the tests.
+
+    The weights are copied here by hand (not with the project's converter) so the oracle does not share
+    code with what it checks.
+    """
+    cfg = model.config
+    names = ("vocab_size", "n_positions", "n_embd", "n_layer", "n_head", "n_inner", "activation_function")
+    gpt2_config = GPT2Config(
+        **{name: getattr(cfg, name) for name in names},
+        resid_pdrop=cfg.resid_pdrop,
+        embd_pdrop=cfg.embd_pdrop,
+        attn_pdrop=cfg.attn_pdrop,
+        layer_norm_epsilon=cfg.layer_norm_epsilon,
+        bos_token_id=cfg.bos_token_id,
+        eos_token_id=cfg.eos_token_id,
+        pad_token_id=cfg.pad_token_id,
+    )
+    twin = GPT2LMHeadModel._from_config(gpt2_config, attn_implementation=attn_implementation)
+    state = {
+        name: tensor.t() if name.endswith(_CONV1D_WEIGHTS) else tensor for name, tensor in model.state_dict().items()
+    }
+    twin.load_state_dict(state, strict=True)
+    twin.generation_config = model.generation_config
+    return twin.train(model.training)
+
+
+@pytest.fixture
+def tiny_model() -> PgGPT2ForCausalLM:
+    torch.manual_seed(0)
+    return PgGPT2ForCausalLM(tiny_config()).eval()

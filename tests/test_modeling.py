@@ -1,0 +1,397 @@
+"""pg_gpt2 against transformers' own GPT2LMHeadModel with the same weights (the oracle)."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from conftest import gpt2_twin, tiny_config
+from transformers import (
+    AutoConfig,
+    AutoModel,
+    AutoModelForCausalLM,
+    GPT2Config,
+    GPT2LMHeadModel,
+    Trainer,
+    TrainingArguments,
+)
+from transformers.utils import is_flash_attn_2_available
+
+from modeling_pg_gpt2 import PRESETS, PgGPT2Config, PgGPT2ForCausalLM, PgGPT2Model
+
+IMPLEMENTATIONS = ["eager", "sdpa"]
+
+
+def _ids(batch: int = 3, length: int = 17, vocab: int = 211, seed: int = 1) -> torch.Tensor:
+    return torch.randint(0, vocab, (batch, length), generator=torch.Generator().manual_seed(seed))
+
+
+def _left_padded(ids: torch.Tensor, pads: list[int], pad_id: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    ids, mask = ids.clone(), torch.ones_like(ids)
+    for row, n in enumerate(pads):
+        ids[row, :n], mask[row, :n] = pad_id, 0
+    return ids, mask
+
+
+# --- configuration ------------------------------------------------------------------------------------------
+
+
+def test_config_defaults_are_gpt2_124m_and_aliases_work():
+    config, reference = PgGPT2Config(), GPT2Config()
+    for name in ("vocab_size", "n_positions", "n_embd", "n_layer", "n_head", "n_inner", "activation_function"):
+        assert getattr(config, name) == getattr(reference, name), name
+    for name in ("resid_pdrop", "embd_pdrop", "attn_pdrop", "layer_norm_epsilon", "initializer_range"):
+        assert getattr(config, name) == getattr(reference, name), name
+    assert (config.bos_token_id, config.eos_token_id) == (reference.bos_token_id, reference.eos_token_id)
+    assert config.tie_word_embeddings and config.use_cache
+    assert (config.hidden_size, config.num_attention_heads, config.num_hidden_layers) == (768, 12, 12)
+    assert config.max_position_embeddings == 1024
+
+
+def test_config_loads_a_gpt2_config_dict_and_round_trips(tmp_path):
+    gpt2 = GPT2Config(n_layer=3, n_embd=96, n_head=6, vocab_size=1000, n_positions=128)
+    config = PgGPT2Config.from_dict(gpt2.to_dict())
+    assert (config.n_layer, config.n_embd, config.n_head, config.vocab_size) == (3, 96, 6, 1000)
+    config.save_pretrained(tmp_path)
+    loaded = AutoConfig.from_pretrained(tmp_path)
+    assert isinstance(loaded, PgGPT2Config) and loaded.to_diff_dict() == config.to_diff_dict()
+
+
+@pytest.mark.parametrize("preset", sorted(PRESETS))
+def test_presets_match_gpt2_parameter_counts(preset):
+    """The four OpenAI sizes have the parameter counts of transformers' GPT-2 with the same shape."""
+    config = PgGPT2Config.from_preset(preset)
+    with torch.device("meta"):
+        ours = PgGPT2ForCausalLM(config)
+        reference = GPT2LMHeadModel(GPT2Config(**{k: getattr(config, k) for k in PRESETS[preset]}))
+    assert ours.num_parameters() == reference.num_parameters()
+    if preset == "gpt2":
+        assert ours.num_parameters() == 124_439_808  # the published 124M
+
+
+def test_preset_overrides_and_unknown_preset():
+    config = PgGPT2Config.from_preset("gpt2-medium", vocab_size=8192)
+    assert (config.n_layer, config.n_embd, config.vocab_size, config.eos_token_id) == (24, 1024, 8192, 8191)
+    with pytest.raises(ValueError, match="Unknown preset 'gpt3'.*gpt2-medium"):
+        PgGPT2Config.from_preset("gpt3")
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"n_embd": 100, "n_head": 12}, r"n_embd \(100\) must be divisible by n_head \(12\).*e\.g\. 10"),
+        ({"n_layer": 0}, "n_layer must be a positive integer, got 0"),
+        ({"vocab_size": -5}, "vocab_size must be a positive integer"),
+        ({"n_positions": 2.5}, "n_positions must be a positive integer"),
+        ({"resid_pdrop": 1.0}, r"resid_pdrop .* must be in \[0, 1\), got 1.0"),
+        ({"attn_pdrop": -0.1}, r"attn_pdrop .* must be in \[0, 1\)"),
+        ({"activation_function": "swish2"}, "unknown activation_function 'swish2'; use one of gelu_new"),
+    ],
+)
+def test_invalid_config_is_rejected_with_the_field_named(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        PgGPT2Config(**kwargs)
+
+
+def test_registered_with_the_auto_classes():
+    config = tiny_config()
+    assert isinstance(AutoConfig.for_model("pg_gpt2"), PgGPT2Config)
+    assert type(AutoModelForCausalLM.from_config(config)) is PgGPT2ForCausalLM
+    assert type(AutoModel.from_config(config)) is PgGPT2Model
+
+
+# --- weights ------------------------------------------------------------------------------------------------
+
+
+def test_gpt2_names_linear_layers_and_tied_head(tiny_model):
+    names = set(tiny_model.state_dict())
+    for name in ("wte", "wpe", "ln_f"):
+        assert f"transformer.{name}.weight" in names
+    for name in ("ln_1", "attn.c_attn", "attn.c_proj", "ln_2", "mlp.c_fc", "mlp.c_proj"):
+        assert f"transformer.h.1.{name}.weight" in names
+    assert isinstance(tiny_model.transformer.h[0].attn.c_attn, torch.nn.Linear)
+    assert tiny_model.lm_head.weight is tiny_model.transformer.wte.weight
+
+
+def test_initialisation_follows_gpt2():
+    torch.manual_seed(0)
+    n_layer = 6
+    model = PgGPT2ForCausalLM(PgGPT2Config(vocab_size=4096, n_positions=512, n_embd=256, n_layer=n_layer, n_head=4))
+    residual_std = 0.02 / math.sqrt(2 * n_layer)
+    for name, tensor in model.named_parameters():
+        if name.endswith("c_proj.weight"):
+            assert tensor.std().item() == pytest.approx(residual_std, rel=0.05), name
+            assert tensor.mean().abs().item() < residual_std / 10, name
+        elif name.endswith(("c_attn.weight", "c_fc.weight", "wte.weight", "wpe.weight")):
+            assert tensor.std().item() == pytest.approx(0.02, rel=0.05), name
+            assert tensor.mean().abs().item() < 0.002, name
+        elif name.endswith("bias"):
+            assert torch.count_nonzero(tensor) == 0, name
+        else:
+            assert ".ln_" in name and torch.all(tensor == 1), name
+
+
+# --- forward parity -----------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("implementation", IMPLEMENTATIONS)
+def test_logits_and_loss_equal_gpt2(tiny_model, implementation):
+    tiny_model.config._attn_implementation = implementation
+    twin = gpt2_twin(tiny_model, implementation)
+    ids = _ids()
+    labels = ids.clone()
+    labels[0, :4] = -100
+    ours, theirs = tiny_model(ids, labels=labels), twin(ids, labels=labels)
+    assert (ours.logits - theirs.logits).abs().max().item() <= 1e-5
+    assert ours.loss.item() == pytest.approx(theirs.loss.item(), abs=1e-6)
+
+
+@pytest.mark.parametrize("implementation", IMPLEMENTATIONS)
+def test_left_padded_logits_equal_gpt2(tiny_model, implementation):
+    tiny_model.config._attn_implementation = implementation
+    twin = gpt2_twin(tiny_model, implementation)
+    ids, mask = _left_padded(_ids(), [5, 0, 2])
+    positions = (mask.cumsum(-1) - 1).clamp(min=0)
+    ours = tiny_model(ids, attention_mask=mask).logits  # positions derived from the mask
+    theirs = twin(ids, attention_mask=mask, position_ids=positions).logits
+    real = mask.bool()
+    assert (ours[real] - theirs[real]).abs().max().item() <= 1e-5
+
+
+def test_left_padded_row_equals_the_prompt_alone(tiny_model):
+    ids, mask = _left_padded(_ids(), [6, 0, 3])
+    batch = tiny_model(ids, attention_mask=mask).logits
+    for row, pad in enumerate([6, 0, 3]):
+        alone = tiny_model(ids[row : row + 1, pad:]).logits[0]
+        assert (batch[row, pad:] - alone).abs().max().item() <= 1e-5
+
+
+def test_hidden_states_and_attentions_equal_gpt2(tiny_model):
+    tiny_model.config._attn_implementation = "sdpa"  # asking for attentions falls back to eager math
+    twin = gpt2_twin(tiny_model, "eager")
+    ids = _ids(batch=2, length=9)
+    ours = tiny_model(ids, output_hidden_states=True, output_attentions=True)
+    theirs = twin(ids, output_hidden_states=True, output_attentions=True)
+    assert len(ours.hidden_states) == len(theirs.hidden_states) == tiny_model.config.n_layer + 1
+    for a, b in zip(ours.hidden_states, theirs.hidden_states, strict=True):
+        assert (a - b).abs().max().item() <= 1e-5
+    assert len(ours.attentions) == tiny_model.config.n_layer
+    for a, b in zip(ours.attentions, theirs.attentions, strict=True):
+        assert a.shape == (2, 4, 9, 9) and (a - b).abs().max().item() <= 1e-6
+
+
+def test_inputs_embeds_and_logits_to_keep(tiny_model):
+    ids = _ids(batch=2, length=12)
+    full = tiny_model(ids).logits
+    from_embeds = tiny_model(inputs_embeds=tiny_model.transformer.wte(ids)).logits
+    assert torch.allclose(full, from_embeds, atol=1e-6)
+    last = tiny_model(ids, logits_to_keep=1).logits
+    assert last.shape == (2, 1, tiny_model.config.vocab_size)
+    assert torch.allclose(last[:, 0], full[:, -1], atol=1e-6)
+    chosen = tiny_model(ids, logits_to_keep=torch.tensor([0, 5])).logits
+    assert torch.allclose(chosen, full[:, [0, 5]], atol=1e-6)
+
+
+def test_return_dict_false_gives_a_tuple(tiny_model):
+    ids = _ids(batch=1, length=5)
+    loss, logits = tiny_model(ids, labels=ids, use_cache=False, return_dict=False)[:2]
+    assert torch.allclose(logits, tiny_model(ids).logits) and loss.ndim == 0
+
+
+def test_kv_cache_matches_full_forward(tiny_model):
+    ids = _ids(batch=2, length=12)
+    full = tiny_model(ids).logits
+    first = tiny_model(ids[:, :8], use_cache=True)
+    cache = first.cache if hasattr(first, "cache") else first.past_key_values
+    assert cache.get_seq_length() == 8
+    rest = tiny_model(ids[:, 8:], cache=cache, use_cache=True).logits
+    assert (torch.cat([first.logits, rest], dim=1) - full).abs().max().item() <= 1e-5
+
+
+def test_no_cache_is_built_in_training(tiny_model):
+    tiny_model.train()
+    out = tiny_model(_ids(batch=1, length=6), use_cache=True)
+    assert getattr(out, "cache", None) is None and getattr(out, "past_key_values", None) is None
+
+
+# --- generation ---------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "settings",
+    [
+        {"do_sample": False},
+        {"do_sample": False, "num_beams": 3, "num_return_sequences": 2},
+        {"do_sample": True, "top_k": 20, "top_p": 0.9, "temperature": 0.8},
+    ],
+    ids=["greedy", "beam", "sampling"],
+)
+def test_generate_equals_gpt2(tiny_model, settings):
+    twin = gpt2_twin(tiny_model, "sdpa")
+    prompt = _ids(batch=2, length=6)
+    kwargs = dict(max_new_tokens=12, pad_token_id=0, eos_token_id=None, **settings)
+    torch.manual_seed(123)
+    ours = tiny_model.generate(prompt, attention_mask=torch.ones_like(prompt), **kwargs)
+    torch.manual_seed(123)
+    theirs = twin.generate(prompt, attention_mask=torch.ones_like(prompt), **kwargs)
+    assert ours.tolist() == theirs.tolist()
+
+
+def test_cached_static_and_uncached_generation_agree(tiny_model):
+    prompt = _ids(batch=1, length=7)
+    kwargs = dict(max_new_tokens=15, do_sample=False, pad_token_id=0, eos_token_id=None)
+    dynamic = tiny_model.generate(prompt, **kwargs)
+    assert dynamic.tolist() == tiny_model.generate(prompt, use_cache=False, **kwargs).tolist()
+    assert dynamic.tolist() == tiny_model.generate(prompt, cache_implementation="static", **kwargs).tolist()
+
+
+def test_left_padded_batch_generates_like_each_prompt_alone(tiny_model):
+    prompts = [_ids(batch=1, length=n, seed=n)[0] for n in (4, 9, 6)]
+    width = max(len(p) for p in prompts)
+    ids, mask = _left_padded(
+        torch.stack([torch.cat([torch.zeros(width - len(p), dtype=torch.long), p]) for p in prompts]),
+        [width - len(p) for p in prompts],
+    )
+    kwargs = dict(max_new_tokens=10, do_sample=False, pad_token_id=0, eos_token_id=None)
+    batch = tiny_model.generate(ids, attention_mask=mask, **kwargs)
+    for row, prompt in enumerate(prompts):
+        alone = tiny_model.generate(prompt[None], **kwargs)[0, len(prompt) :]
+        assert batch[row, width:].tolist() == alone.tolist()
+
+
+# --- training -----------------------------------------------------------------------------------------------
+
+
+def test_activation_checkpointing_gives_identical_gradients():
+    torch.manual_seed(0)
+    model = PgGPT2ForCausalLM(tiny_config(resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0)).train()
+    ids = _ids(batch=2, length=16)
+
+    def grads() -> dict[str, torch.Tensor]:
+        model.zero_grad()
+        model(ids, labels=ids).loss.backward()
+        return {n: p.grad.clone() for n, p in model.named_parameters()}
+
+    plain = grads()
+    enable = getattr(model, "activation_checkpointing_enable", model.gradient_checkpointing_enable)
+    enable()
+    assert model.transformer.h[0].gradient_checkpointing
+    checkpointed = grads()
+    for name, grad in plain.items():
+        assert torch.equal(grad, checkpointed[name]), name
+
+
+class _Blocks(torch.utils.data.Dataset):
+    def __init__(self, ids: torch.Tensor, labels: torch.Tensor) -> None:
+        self.ids, self.labels = ids, labels
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
+        return {"input_ids": self.ids[i], "labels": self.labels[i]}
+
+
+def test_trainer_gradient_accumulation_equals_one_big_batch(tmp_path):
+    """Uneven numbers of label tokens per micro-batch: only a token-weighted loss (num_items_in_batch) matches."""
+    ids = _ids(batch=4, length=16)
+    labels = ids.clone()
+    labels[0, :12] = -100  # micro-batch 1 has far fewer label tokens than micro-batch 2
+    labels[1, :10] = -100
+
+    def train(batch_size: int, accumulation: int) -> dict[str, torch.Tensor]:
+        torch.manual_seed(0)
+        model = PgGPT2ForCausalLM(tiny_config(resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0))
+        args = TrainingArguments(
+            output_dir=str(tmp_path / f"run{batch_size}"),
+            per_device_train_batch_size=batch_size,
+            gradient_accumulation_steps=accumulation,
+            max_steps=1,
+            learning_rate=1e-2,
+            optim="sgd",
+            lr_scheduler_type="constant",
+            report_to=[],
+            save_strategy="no",
+            logging_strategy="no",
+            disable_tqdm=True,
+            use_cpu=True,
+            dataloader_drop_last=False,
+        )
+        trainer = Trainer(model=model, args=args, train_dataset=_Blocks(ids, labels))
+        trainer._get_train_sampler = lambda *a, **k: torch.utils.data.SequentialSampler(trainer.train_dataset)
+        trainer.train()
+        return {n: p.detach().clone() for n, p in model.named_parameters()}
+
+    whole, accumulated = train(4, 1), train(2, 2)
+    worst = max((whole[n] - accumulated[n]).abs().max().item() for n in whole)
+    assert worst <= 1e-6
+
+
+# --- bad input ----------------------------------------------------------------------------------------------
+
+
+def test_too_long_input_is_a_clear_error(tiny_model):
+    with pytest.raises(ValueError, match="65 tokens .* longer than the model's context n_positions=64"):
+        tiny_model(_ids(batch=1, length=65))
+
+
+def test_generation_past_the_context_is_refused_before_it_starts(tiny_model):
+    with pytest.raises(ValueError, match=r"reach 70, more than .* n_positions=64.*at most 54"):
+        tiny_model.generate(_ids(batch=1, length=10), max_new_tokens=60, do_sample=False, pad_token_id=0)
+
+
+@pytest.mark.parametrize("bad_id", [211, 5000, -1])
+def test_token_ids_outside_the_vocabulary(tiny_model, bad_id):
+    ids = _ids(batch=1, length=5)
+    ids[0, 2] = bad_id
+    with pytest.raises(ValueError, match=f"Token id {bad_id} is outside the vocabulary \\[0, 211\\)"):
+        tiny_model(ids)
+
+
+def test_attention_mask_of_the_wrong_shape(tiny_model):
+    with pytest.raises(ValueError, match=r"attention_mask has shape \(2, 7\) but the input needs \(2, 5\)"):
+        tiny_model(_ids(batch=2, length=5), attention_mask=torch.ones(2, 7, dtype=torch.long))
+
+
+# --- integrations -------------------------------------------------------------------------------------------
+
+
+@pytest.mark.skipif(not is_flash_attn_2_available(), reason="flash-attn is not installed (needs a CUDA GPU)")
+def test_flash_attention_2_matches_sdpa():
+    torch.manual_seed(0)
+    model = PgGPT2ForCausalLM(tiny_config()).eval().cuda().to(torch.bfloat16)
+    ids = _ids().cuda()
+    reference = model(ids).logits.float()
+    model.config._attn_implementation = "flash_attention_2"
+    assert (model(ids).logits.float() - reference).abs().max().item() < 5e-2
+
+
+def test_lora_trains_merges_and_reloads(tmp_path, tiny_model):
+    peft = pytest.importorskip("peft")
+    lora = peft.get_peft_model(
+        tiny_model.train(),
+        peft.LoraConfig(r=4, lora_alpha=8, target_modules=["c_attn", "c_proj", "c_fc"], lora_dropout=0.0),
+    )
+    trainable = [n for n, p in lora.named_parameters() if p.requires_grad]
+    assert trainable and all("lora_" in n for n in trainable)
+    assert any(".mlp.c_fc." in n for n in trainable) and any(".attn.c_attn." in n for n in trainable)
+    ids = _ids(batch=2, length=16)
+    optimizer = torch.optim.AdamW([p for p in lora.parameters() if p.requires_grad], lr=1e-2)
+    losses = []
+    for _ in range(5):
+        loss = lora(input_ids=ids, labels=ids).loss
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad()
+        losses.append(loss.item())
+    assert losses[-1] < losses[0]
+
+    lora.eval()
+    adapted = lora(input_ids=ids).logits
+    merged = lora.merge_and_unload()
+    assert type(merged) is PgGPT2ForCausalLM
+    assert (merged(ids).logits - adapted).abs().max().item() <= 1e-5
+    merged.save_pretrained(tmp_path)
+    reloaded = AutoModelForCausalLM.from_pretrained(tmp_path)
+    assert (reloaded(ids).logits - adapted).abs().max().item() <= 1e-5
