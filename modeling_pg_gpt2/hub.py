@@ -50,9 +50,6 @@ TOKENIZER_FILES = (
 MODEL_FILES = ("config.json", "generation_config.json")
 REPORT_PATTERNS = ("metrics.json", "*.png", "README.md")
 
-# What the model card's metadata must declare for the Hub to show and run the model correctly.
-CARD_REQUIREMENTS = "library_name: transformers, pipeline_tag: text-generation, a license, a dataset"
-
 VALIDATION_TIMEOUT_S = 1800
 
 
@@ -65,7 +62,9 @@ class PushArguments:
         default=None, metadata={"help": "Push to this branch instead of main; it is created from main if needed."}
     )
     commit_message: str | None = field(default=None, metadata={"help": "Message of the commit on the Hub."})
-    create_pr: bool = field(default=False, metadata={"help": "Open a pull request instead of committing."})
+    create_pr: bool = field(
+        default=False, metadata={"help": "Open a pull request (against main or --revision) instead of committing."}
+    )
     dry_run: bool = field(
         default=False,
         metadata={"help": "Validate the folder and list what would be uploaded, with sizes; send nothing."},
@@ -108,12 +107,12 @@ class UploadPlan:
 
 def human_size(n_bytes: int) -> str:
     """`1536` -> `'1.5 KB'`."""
-    size = float(n_bytes)
-    for unit in ("B", "KB", "MB", "GB"):
-        if size < 1024 or unit == "GB":
-            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
-        size /= 1024
-    raise AssertionError("unreachable")
+    size, unit = float(n_bytes), "B"
+    for bigger in ("KB", "MB", "GB", "TB"):
+        if size < 1024:
+            break
+        size, unit = size / 1024, bigger
+    return f"{n_bytes} B" if unit == "B" else f"{size:.1f} {unit}"
 
 
 def _tree_size(path: Path) -> int:
@@ -273,7 +272,9 @@ def prepare_model_card(folder: Path, repo_id: str | None) -> str | None:
     updated = name_repo_in_snippets(text, repo_id)
     if updated == text:
         return None
-    path.write_text(updated, encoding="utf-8")
+    partial = path.with_name(f".{path.name}.partial")
+    partial.write_text(updated, encoding="utf-8")
+    partial.replace(path)  # atomic: a reader never sees half a card
     return f"updated the usage snippets of {path} to load {repo_id}"
 
 
@@ -482,8 +483,6 @@ def push_to_hub(output_dir: str | Path, repo_id: str, args: PushArguments | None
         raise UserError("no Hugging Face token: set HF_TOKEN or run `hf auth login` (it needs the 'write' role)")
     if args.as_gpt2 and args.include:
         raise UserError("--include applies to the folder as it is: it cannot be combined with --as_gpt2")
-    if args.create_pr and args.revision:
-        raise UserError("--create_pr opens a pull request against main: drop --revision, or drop --create_pr")
 
     # The folder's own card names the pg_gpt2 repository; the gpt2 export gets its own copy below.
     card_change = prepare_model_card(folder, None if args.as_gpt2 else repo_id)
@@ -497,6 +496,7 @@ def push_to_hub(output_dir: str | Path, repo_id: str, args: PushArguments | None
         if args.as_gpt2:
             staging = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="pg_gpt2_as_gpt2_")))
             plan = plan_upload(_stage_gpt2(folder, plan, staging, repo_id), remote_code=False)
+            check_model_card(plan.folder / "README.md", remote_code=False)
         report = validate_folder(plan.folder, remote_code=not args.as_gpt2)
         print(
             f"validated {'the gpt2 export of ' if args.as_gpt2 else ''}{folder}: "
@@ -527,7 +527,7 @@ def _upload(plan: UploadPlan, repo_id: str, args: PushArguments, token: str, tar
     with hub_errors(repo_id, constants.ENDPOINT):
         user = api.whoami()["name"]
         api.create_repo(repo_id, private=args.private, exist_ok=True)
-        if args.revision:
+        if args.revision and not args.create_pr:  # a pull request targets an existing branch
             api.create_branch(repo_id, branch=args.revision, exist_ok=True)
         head = api.repo_info(repo_id, revision=args.revision).sha
         info = api.upload_folder(
@@ -542,5 +542,5 @@ def _upload(plan: UploadPlan, repo_id: str, args: PushArguments, token: str, tar
         print(f"{target} is up to date: nothing changed, no new commit (head {head[:10]})")
     else:
         print_plan(plan, f"pushed as {user} to {target}")
-        print(f"commit {info.oid}: {info.pr_url or info.commit_url}")
+        print(f"opened pull request {info.pr_url}" if info.pr_url else f"commit {info.oid}: {info.commit_url}")
     return info.oid
