@@ -16,7 +16,7 @@ from modeling_pg_gpt2.tokenizer import TokenizerArguments, format_report, train_
 
 
 def main() -> None:
-    parser = HfArgumentParser((CorpusArguments, TokenizerArguments), description=__doc__)
+    parser = HfArgumentParser((CorpusArguments, TokenizerArguments), description=__doc__.split("\n\n")[0])
     corpus_args, tokenizer_args = parser.parse_args_into_dataclasses()
     report = train_tokenizer(corpus_args, tokenizer_args)
     print(format_report(report, tokenizer_args.output_dir))
