@@ -166,12 +166,12 @@ ROUTES: list[tuple[str, re.Pattern[str], str]] = [
     (m, re.compile(p), h)
     for m, p, h in [
         ("GET", r"/api/whoami-v2", "whoami"),
+        ("GET", r"/api/agent-harnesses", "agent_harnesses"),
         ("POST", r"/api/repos/create", "create_repo"),
         ("POST", r"/api/validate-yaml", "validate_yaml"),
         ("GET", r"/api/models/(?P<repo>[^/]+/[^/]+)(?:/revision/(?P<rev>[^/]+))?", "repo_info"),
         ("GET", r"/api/models/(?P<repo>[^/]+/[^/]+)/tree/(?P<rev>[^/]+)(?:/(?P<path>.*))?", "tree"),
         ("GET", r"/api/models/(?P<repo>[^/]+/[^/]+)/refs", "refs"),
-        ("GET", r"/api/models/(?P<repo>[^/]+/[^/]+)/commits/(?P<rev>[^/]+)", "commits"),
         ("POST", r"/api/models/(?P<repo>[^/]+/[^/]+)/branch/(?P<rev>[^/]+)", "create_branch"),
         ("POST", r"/api/models/(?P<repo>[^/]+/[^/]+)/preupload/(?P<rev>[^/]+)", "preupload"),
         ("POST", r"/api/models/(?P<repo>[^/]+/[^/]+)/commit/(?P<rev>[^/]+)", "commit"),
@@ -305,6 +305,10 @@ class Handler(BaseHTTPRequestHandler):
             }
         )
 
+    def agent_harnesses(self) -> int:
+        """The registry huggingface_hub fetches to name the AI agent in its user agent: empty here."""
+        return self._json({"standardEnvVars": [], "harnesses": {}})
+
     def create_repo(self) -> int:
         body = self._json_body()
         repo_id = f"{body.get('organization') or USER}/{body['name']}"
@@ -380,21 +384,6 @@ class Handler(BaseHTTPRequestHandler):
         branches = [ref(n, s) for n, s in r.branches.items() if not n.startswith("refs/pr/")]
         prs = [ref(n, s) for n, s in r.branches.items() if n.startswith("refs/pr/")]
         return self._json({"branches": branches, "converts": [], "tags": [], "pullRequests": prs})
-
-    def commits(self, repo: str, rev: str) -> int:
-        history = self._repo(repo).log(rev)
-        return self._json(
-            [
-                {
-                    "id": c.sha,
-                    "authors": [{"user": USER}],
-                    "date": c.date,
-                    "title": c.title,
-                    "message": c.message,
-                }
-                for c in history
-            ]
-        )
 
     def create_branch(self, repo: str, rev: str) -> int:
         r = self._repo(repo, write=True)

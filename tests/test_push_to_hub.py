@@ -120,8 +120,11 @@ def hub():
 
 @pytest.fixture(scope="module")
 def model_dir(tmp_path_factory) -> Path:
-    """A run_clm.py-like output folder: an untrained tiny model, its BPE tokenizer, metrics, plots, card,
-    and the checkpoints and logs that must not be uploaded."""
+    """A folder laid out like run_clm.py's output, with an untrained tiny model.
+
+    Its BPE tokenizer, metrics, plots and model card (written by the project's card writer), plus the
+    checkpoints and logs that must not be uploaded.
+    """
     folder = tmp_path_factory.mktemp("run") / "tiny-shakespeare"
     bpe = Tokenizer(models.BPE())
     bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
@@ -165,9 +168,8 @@ def reference(folder: Path) -> dict:
     with torch.no_grad():
         logits = model(ids).logits
         greedy = model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=12, do_sample=False)
-    text = pipeline("text-generation", model=model, tokenizer=tokenizer)(PROMPT, max_new_tokens=12, do_sample=False)[
-        0
-    ]["generated_text"]
+    generator = pipeline("text-generation", model=model, tokenizer=tokenizer)
+    text = generator(PROMPT, max_new_tokens=12, do_sample=False)[0]["generated_text"]
     return {"ids": ids, "logits": logits, "greedy": greedy, "text": text}
 
 
@@ -216,8 +218,10 @@ torch.save(
 
 @pytest.fixture(scope="module")
 def published(hub, model_dir, tmp_path_factory) -> dict:
-    """Push the folder, then concurrently: push it again, push a changed copy to a branch, push the gpt2
-    export. Returns the outputs and the number of commits on main after the first push."""
+    """Push the folder; then, concurrently, push it again, push a changed copy to a branch, push the export.
+
+    Returns the processes' results and the number of commits on main right after the first push.
+    """
     work = tmp_path_factory.mktemp("clients")
     env = client_env(hub.url, work / "hf_home")
     first = push(model_dir, REPO, env)
@@ -338,7 +342,7 @@ def test_refusals_are_one_line_and_dry_run_sends_nothing(hub, model_dir, oversiz
     commits_before = {repo_id: len(repo.commits) for repo_id, repo in hub.state.repos.items()}
     try:
         results = run_all(
-            (push, model_dir, REPO, client_env(quiet_dry.url, home), "--dry_run"),
+            (push, model_dir, REPO, client_env(quiet_dry.url, home), "--dry_run", "--include", "runs/*"),
             (push, oversized_tokenizer_dir, REPO, client_env(quiet_broken.url, home)),
             (push, model_dir, REPO, client_env(hub.url, home, token=None)),
             (push, model_dir, "no-namespace", client_env(hub.url, home)),
@@ -356,10 +360,12 @@ def test_refusals_are_one_line_and_dry_run_sends_nothing(hub, model_dir, oversiz
     assert dry.returncode == 0, dry.stderr
     assert dry_requests == [], "--dry_run must not contact the Hub"
     listed = {path: size for size, path in re.findall(r"^\s+(\d+(?:\.\d)? [KMG]?B)\s+(\S+)$", dry.stdout, re.M)}
-    assert set(listed) == EXPECTED_FILES
+    tensorboard = next(path for path in TRAINING_LEFTOVERS if path.startswith("runs/"))
+    assert set(listed) == EXPECTED_FILES | {tensorboard}, "the model files plus what --include asked for"
     for path, size in listed.items():
         assert size == human_size((model_dir / path).stat().st_size), path
-    assert "checkpoint-4/" in dry.stdout and "runs/" in dry.stdout  # reported as not uploaded
+    not_uploaded = dry.stdout.split("not uploaded")[1]
+    assert "checkpoint-4/" in not_uploaded and "trainer_state.json" in not_uploaded
 
     expected_errors = {
         "broken": (broken, f"tokenizer has {vocab_size + 5} tokens but the model only {vocab_size}"),
