@@ -239,13 +239,15 @@ def _load_dataset_name(args: CorpusArguments) -> tuple[Dataset, Dataset | None]:
         raise UserError(f"--dataset_name {name} is a file: pass it as --train_file {name}")
     if not Path(name).exists() and not _hub_offline() and not _hub_reachable():
         raise UserError(
-            f"cannot reach the Hugging Face Hub to load dataset '{name}'; offline, {OFFLINE_ALTERNATIVES}, "
+            f"cannot reach the Hugging Face Hub to load dataset '{name}'; to work offline, {OFFLINE_ALTERNATIVES}, "
             "or set HF_HUB_OFFLINE=1 to use a copy already in your cache"
         )
     try:
         splits = load_dataset(name, args.dataset_config_name, num_proc=args.preprocessing_num_workers)
     except (ConnectionError, FileNotFoundError) as err:
-        raise UserError(f"cannot load dataset '{name}' ({_one_line(err)}); offline, {OFFLINE_ALTERNATIVES}") from None
+        raise UserError(
+            f"cannot load dataset '{name}' ({_one_line(err)}); to work offline, {OFFLINE_ALTERNATIVES}"
+        ) from None
     except ValueError as err:
         raise UserError(f"cannot load dataset '{name}': {_one_line(err)}") from None
     if "train" not in splits:

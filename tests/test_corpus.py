@@ -112,6 +112,20 @@ def test_validation_file_is_the_validation_split(tmp_path):
     assert list(corpus["validation"]["text"]) == ["held out\n"]
 
 
+def test_dataset_folder_by_name_keeps_its_own_validation_split(tmp_path):
+    """A dataset loaded by name (a Hub repo, here a local folder in the same layout) brings its splits."""
+    repo = tmp_path / "paul_graham_essays"
+    repo.mkdir()
+    for split, texts in {"train": TRICKY[:3], "validation": TRICKY[3:]}.items():
+        rows = [{"title": f"{split}{i}", "body": text} for i, text in enumerate(texts)]
+        (repo / f"{split}.jsonl").write_text("".join(json.dumps(row) + "\n" for row in rows), encoding="utf-8")
+    corpus = load_corpus(CorpusArguments(dataset_name=str(repo), text_column="body", validation_split_percentage=50))
+    assert sorted(corpus["train"]["text"]) == sorted(TRICKY[:3])
+    assert list(corpus["validation"]["text"]) == TRICKY[3:]
+    with pytest.raises(UserError, match=r"has no column 'text' \(columns: title, body\)"):
+        load_corpus(CorpusArguments(dataset_name=str(repo)))
+
+
 def test_document_split_is_deterministic_for_a_seed_and_disjoint(tmp_path):
     texts = [f"document number {i}\nwith its own text {i * i}\n" for i in range(40)]
     write_docs(tmp_path, texts)
