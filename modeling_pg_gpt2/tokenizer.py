@@ -139,9 +139,7 @@ def split_for_pretokenization(text: str, max_chars: int = MAX_PIECE_CHARS) -> li
     return pieces
 
 
-def train_bpe(
-    batches: Iterable[list[str]], vocab_size: int, min_frequency: int = 2, length: int | None = None
-) -> Tokenizer:
+def train_bpe(batches: Iterable[list[str]], vocab_size: int, min_frequency: int = 2) -> Tokenizer:
     """Train GPT-2's byte-level BPE on `batches` of text; `<|endoftext|>` gets the last id.
 
     The trainer learns `vocab_size - 1` tokens (the 256 bytes, then merges) and `<|endoftext|>` is
@@ -156,7 +154,7 @@ def train_bpe(
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
         show_progress=False,
     )
-    tokenizer.train_from_iterator(batches, trainer=trainer, length=length)
+    tokenizer.train_from_iterator(batches, trainer=trainer)
     tokenizer.add_special_tokens([AddedToken(EOS_TOKEN, special=True, normalized=False)])
     return tokenizer
 
