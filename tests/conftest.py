@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import os
 
+# No test reaches the real Hub. HF_HUB_OFFLINE is left alone: the push tests talk to a local Hub server.
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+os.environ.setdefault("HF_UPDATE_DOWNLOAD_COUNTS", "0")
 os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
