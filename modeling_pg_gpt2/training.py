@@ -27,6 +27,7 @@ import os
 import re
 import shutil
 import sys
+import time
 import zipfile
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -163,6 +164,13 @@ class CLMTrainingArguments(TrainingArguments):
     early_stopping_threshold: float = field(
         default=0.0, metadata={"help": "Smallest eval-loss improvement that counts for early stopping."}
     )
+    max_train_minutes: float | None = field(
+        default=None,
+        metadata={
+            "help": "Stop training after this many minutes of this process, evaluating and saving as at the end "
+            "(a time budget on top of max_steps; the learning-rate schedule still follows max_steps)."
+        },
+    )
     do_train: bool = field(default=True, metadata={"help": "Train (pass --do_train false to only evaluate)."})
     do_eval: bool = field(default=True, metadata={"help": "Evaluate on the validation split."})
     eval_strategy: str = field(default="steps", metadata={"help": "When to evaluate: 'no', 'steps', 'epoch'."})
@@ -186,7 +194,11 @@ class CLMTrainingArguments(TrainingArguments):
     )
 
     def __post_init__(self) -> None:
-        if self.dataloader_pin_memory and not torch.cuda.is_available():
+        if not torch.accelerator.is_available():
+            # Under a launcher (accelerate launch, torchrun) on a machine without GPUs, only use_cpu makes
+            # transformers set up DDP over gloo; without it every rank silently trains alone.
+            if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+                self.use_cpu = True
             self.dataloader_pin_memory = False  # nothing to pin for; avoids torch's warning on CPU
         if not self.do_eval and self.eval_strategy != "no":
             self.eval_strategy = "no"
@@ -297,12 +309,25 @@ def resolve_resume(args: CLMTrainingArguments) -> str | None:
     if checkpoint is not None:
         logger.info("Resuming from %s (pass --overwrite_output_dir to start over).", checkpoint)
         return checkpoint
-    if any(output_dir.iterdir()):
+    others = sorted(p.name for p in output_dir.iterdir() if not _is_run_artifact(p))
+    if others:
         raise UserError(
-            f"output folder {output_dir} is not empty and holds no complete checkpoint to resume from; "
-            "pass --overwrite_output_dir to train there anyway, or choose another --output_dir."
+            f"output folder {output_dir} is not empty ({', '.join(others[:3])}{', ...' if len(others) > 3 else ''}) "
+            "and holds no complete checkpoint to resume from; pass --overwrite_output_dir to train there anyway, "
+            "or choose another --output_dir."
         )
+    if any(output_dir.iterdir()):
+        logger.warning("%s holds a run stopped before its first complete checkpoint: starting over.", output_dir)
     return None
+
+
+def _is_run_artifact(path: Path) -> bool:
+    """Whether `path` is something a run writes before its first complete checkpoint (plots, logs, checkpoints)."""
+    from .plots import PLOTS
+
+    if path.is_dir():
+        return path.name == "runs" or re.fullmatch(rf"{PREFIX_CHECKPOINT_DIR}-\d+", path.name) is not None
+    return path.name in PLOTS
 
 
 # --------------------------------------------------------------------------------------------------
@@ -598,6 +623,32 @@ class PlotCallback(TrainerCallback):
             write_plots(args.output_dir, state.log_history)
 
 
+class TimeLimitCallback(TrainerCallback):
+    """Ends training once `minutes` of wall-clock time have passed, with a last evaluation and checkpoint."""
+
+    def __init__(self, minutes: float) -> None:
+        self.seconds = minutes * 60
+        self.start: float | None = None
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        self.start = time.monotonic()
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if self.start is None or control.should_training_stop:
+            return control
+        over = torch.tensor([float(time.monotonic() - self.start >= self.seconds)], device=args.device)
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            torch.distributed.all_reduce(over, op=torch.distributed.ReduceOp.MAX)  # every rank stops together
+        if over.item():
+            logger.warning(
+                "Time budget of %g minutes used up at step %d: stopping.", self.seconds / 60, state.global_step
+            )
+            control.should_training_stop = True
+            control.should_evaluate = args.eval_strategy != "no"
+            control.should_save = args.save_strategy != "no"
+        return control
+
+
 # --------------------------------------------------------------------------------------------------
 # The run
 
@@ -660,6 +711,8 @@ def train(
     )
 
     callbacks: list[TrainerCallback] = [PlotCallback()]
+    if training_args.max_train_minutes:
+        callbacks.append(TimeLimitCallback(training_args.max_train_minutes))
     if training_args.early_stopping_patience:
         callbacks.append(
             EarlyStoppingCallback(training_args.early_stopping_patience, training_args.early_stopping_threshold)
