@@ -489,8 +489,7 @@ def push_to_hub(output_dir: str | Path, repo_id: str, args: PushArguments | None
     if card_change:
         print(card_change)
     plan = plan_upload(folder, args.include)
-    if "README.md" in plan.files:
-        check_model_card(folder / "README.md")
+    check_model_card(folder / "README.md")
 
     with contextlib.ExitStack() as stack:
         if args.as_gpt2:
