@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -87,10 +88,11 @@ def _device(requested: str | None) -> torch.device:
     return torch.device("cpu")
 
 
-def load_for_generation(model_name_or_path: str, args: GenerationArguments):
+def load_for_generation(model_name_or_path: str | os.PathLike, args: GenerationArguments):
     """The tokenizer and the model (eval mode, on the device) of a local folder or Hub id."""
     from . import PgGPT2Config  # noqa: F401  (registers pg_gpt2 with the Auto classes)
 
+    model_name_or_path = os.fspath(model_name_or_path)
     looks_local = model_name_or_path.startswith((".", "/", "~")) or model_name_or_path.count("/") > 1
     if looks_local and not Path(model_name_or_path).expanduser().is_dir():
         raise UserError(f"no model folder {model_name_or_path}: pass a run_clm.py output folder or a Hub id.")
@@ -119,7 +121,7 @@ def context_length(config) -> int | None:
 
 
 def generate_text(
-    model_name_or_path: str,
+    model_name_or_path: str | os.PathLike,
     prompts: Sequence[str],
     args: GenerationArguments,
     stream: TextIO | None = None,
