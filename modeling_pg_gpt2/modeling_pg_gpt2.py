@@ -40,6 +40,11 @@ _CACHE_FIELD = "cache" if "cache" in CausalLMOutputWithPast.__dataclass_fields__
 _MASK_CACHE_ARG = "cache" if "cache" in inspect.signature(create_causal_mask).parameters else "past_key_values"
 
 
+def causal_mask_table(T: int, S: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    """(T, S) additive causal mask for T queries that are the last T of S keys: 0 where attended, dtype-min above."""
+    return torch.full((T, S), torch.finfo(dtype).min, dtype=dtype, device=device).triu(diagonal=S - T + 1)
+
+
 def eager_attention_forward(
     module: nn.Module,
     query: torch.Tensor,
@@ -50,15 +55,24 @@ def eager_attention_forward(
     dropout: float = 0.0,
     **kwargs: Any,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Plain softmax(q k^T / sqrt(D) + mask) v; the reference every other implementation must match."""
+    """Plain softmax(q k^T / sqrt(D) + mask) v; the reference every other implementation must match.
+
+    attention_mask: additive (0 / dtype-min) or boolean (True = attend), broadcastable to (B, H, T, S);
+    None means plain causal attention.
+    """
+    T, S = query.shape[-2], key.shape[-2]
+    if attention_mask is None and T > 1:
+        attention_mask = causal_mask_table(T, S, query.dtype, query.device)
+    elif attention_mask is not None and attention_mask.dtype == torch.bool:  # sdpa's form, when attentions are asked
+        attention_mask = torch.zeros_like(attention_mask, dtype=query.dtype).masked_fill_(
+            ~attention_mask, torch.finfo(query.dtype).min
+        )
     # (B, H, T, D) @ (B, H, D, S) -> (B, H, T, S)
-    attn_weights = torch.matmul(query, key.transpose(-1, -2)) * scaling
-    if attention_mask is not None:  # additive: 0 where attended, dtype-min where masked (causal + padding)
-        attn_weights = attn_weights + attention_mask[:, :, :, : key.shape[-2]]
-    elif query.shape[-2] > 1:  # no mask was built (sdpa's is_causal path): the T queries are the last of S keys
-        T, S = query.shape[-2], key.shape[-2]
-        causal = torch.ones(T, S, dtype=torch.bool, device=query.device).tril(diagonal=S - T)
-        attn_weights = attn_weights.masked_fill(~causal, torch.finfo(attn_weights.dtype).min)
+    attn_weights = torch.matmul(query, key.transpose(-1, -2))
+    if attention_mask is not None:  # mask + scaling * scores in one pass over the (B, H, T, S) scores
+        attn_weights = torch.add(attention_mask[..., :S], attn_weights, alpha=scaling)
+    else:  # a single query (decoding without padding) sees every key
+        attn_weights = attn_weights * scaling
     attn_weights = F.softmax(attn_weights, dim=-1, dtype=torch.float32).to(value.dtype)
     attn_weights = F.dropout(attn_weights, p=dropout, training=module.training)
     attn_output = torch.matmul(attn_weights, value)  # (B, H, T, D)
@@ -97,21 +111,22 @@ class PgGPT2Attention(nn.Module):
             k, v = cache.update(k, v, self.layer_idx)
 
         implementation = self.config._attn_implementation
-        # Only eager materialises the attention probabilities, so asking for them selects it.
-        if implementation == "eager" or output_attentions:
-            attention_interface: Callable = eager_attention_forward
-        else:
-            attention_interface = ALL_ATTENTION_FUNCTIONS[implementation]
-        y, attn_weights = attention_interface(
-            self,
-            q,
-            k,
-            v,
-            attention_mask,
-            dropout=self.config.attn_pdrop if self.training else 0.0,
-            scaling=self.scaling,
-            **kwargs,
-        )
+        dropout = self.config.attn_pdrop if self.training else 0.0
+        if implementation == "eager" or output_attentions:  # only eager materialises the probabilities
+            y, attn_weights = eager_attention_forward(self, q, k, v, attention_mask, self.scaling, dropout)
+        elif implementation == "sdpa":
+            # torch's kernel called directly. Without a mask it takes the fused causal path; `T > 1` comes
+            # first so that under torch.compile the symbolic size turns into a plain bool.
+            is_causal = T > 1 and attention_mask is None
+            y = F.scaled_dot_product_attention(
+                q, k, v, attn_mask=attention_mask, dropout_p=dropout, is_causal=is_causal, scale=self.scaling
+            ).transpose(1, 2)  # (B, H, T, D) -> (B, T, H, D)
+            attn_weights = None
+        else:  # flash attention, flex attention, paged attention, kernels from the Hub...
+            attention_interface: Callable = ALL_ATTENTION_FUNCTIONS[implementation]
+            y, attn_weights = attention_interface(
+                self, q, k, v, attention_mask, dropout=dropout, scaling=self.scaling, **kwargs
+            )
         y = y.reshape(B, T, C)  # (B, T, H, D) -> (B, T, C): heads side by side again
         return self.resid_dropout(self.c_proj(y)), attn_weights
 
@@ -258,15 +273,22 @@ class PgGPT2Model(PgGPT2PreTrainedModel):
             inputs_embeds = self.wte(input_ids)  # (B, T, C)
         hidden_states = self.drop(inputs_embeds + self.wpe(position_ids))
 
-        # One mask for all layers, in the form the attention implementation wants. Without padding,
-        # sdpa and flash attention get None and take their fused is_causal path.
-        causal_mask = create_causal_mask(
-            config=self.config,
-            inputs_embeds=inputs_embeds,
-            attention_mask=attention_mask,
-            position_ids=position_ids,
-            **{_MASK_CACHE_ARG: cache},
-        )
+        # One mask for all layers. Without padding (training on packed blocks, unpadded prompts, every
+        # decoding step) causal attention needs no mask tensor: sdpa takes its fused is_causal path and
+        # eager gets one (T, T) table. Padding, static caches, chunked prefill and the other kernels
+        # (flash, flex, paged) get the mask transformers builds for them.
+        if self._is_plain_causal(attention_mask, cache, past_length, T):
+            causal_mask = None
+            if T > 1 and (self.config._attn_implementation == "eager" or output_attentions):
+                causal_mask = causal_mask_table(T, T, hidden_states.dtype, hidden_states.device)
+        else:
+            causal_mask = create_causal_mask(
+                config=self.config,
+                inputs_embeds=inputs_embeds,
+                attention_mask=attention_mask,
+                position_ids=position_ids,
+                **{_MASK_CACHE_ARG: cache},
+            )
 
         all_hidden_states = () if output_hidden_states else None
         all_attentions = () if output_attentions else None
@@ -295,6 +317,20 @@ class PgGPT2Model(PgGPT2PreTrainedModel):
         )
         return output if return_dict is not False else output.to_tuple()
 
+    def _is_plain_causal(
+        self, attention_mask: torch.Tensor | None, cache: Cache | None, past_length: int, T: int
+    ) -> bool:
+        """True when every query attends to exactly the keys before it: no padding, no fixed-size cache."""
+        if self.config._attn_implementation not in ("eager", "sdpa"):
+            return False
+        # A StaticCache returns all its slots, empty ones included; T > 1 new tokens after a past need an offset.
+        if cache is not None and (type(cache) is not DynamicCache or (past_length > 0 and T > 1)):
+            return False
+        if attention_mask is None:
+            return True
+        # Reading the mask's values synchronises with the device: compiled graphs take the general path.
+        return attention_mask.ndim == 2 and not torch.compiler.is_compiling() and bool(attention_mask.all())
+
     def _check_inputs(
         self, input_ids: torch.Tensor | None, attention_mask: torch.Tensor | None, past_length: int, B: int, T: int
     ) -> None:
@@ -316,7 +352,7 @@ class PgGPT2Model(PgGPT2PreTrainedModel):
             )
         # Data-dependent checks synchronise with the device: skip them inside torch.compile graphs.
         if input_ids is not None and not torch.compiler.is_compiling() and input_ids.numel() > 0:
-            low, high = int(input_ids.min()), int(input_ids.max())
+            low, high = (int(x) for x in torch.aminmax(input_ids))
             if low < 0 or high >= self.config.vocab_size:
                 bad = low if low < 0 else high
                 raise ValueError(
