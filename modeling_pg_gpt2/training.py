@@ -653,6 +653,24 @@ class TimeLimitCallback(TrainerCallback):
 # The run
 
 
+def _hide_tied_weight_warning(model: PgGPT2ForCausalLM) -> None:
+    """Silence the Trainer's warning that a reloaded best checkpoint lacks the tied `lm_head.weight`.
+
+    Tied weights are saved once (as `wte`), and reloading `wte` restores the head too; the Trainer only
+    recognises `_keys_to_ignore_on_save`, not tied weights, so it warns about a checkpoint that is complete.
+    """
+    tied = sorted(model._tied_weights_keys)
+    expected = f"There were missing keys in the checkpoint model loaded: {tied}."
+
+    class TiedWeightFilter(logging.Filter):
+        def filter(self, record: logging.LogRecord) -> bool:
+            return record.getMessage() != expected
+
+    trainer_logger = logging.getLogger("transformers.trainer")
+    if not any(type(f).__name__ == "TiedWeightFilter" for f in trainer_logger.filters):
+        trainer_logger.addFilter(TiedWeightFilter())
+
+
 def _count_parameters(model: torch.nn.Module) -> int:
     return sum(p.numel() for p in {id(p): p for p in model.parameters()}.values())
 
@@ -691,11 +709,16 @@ def train(
         )
     if block_size < 2:
         raise UserError(f"--block_size must be at least 2, got {block_size}.")
+    # Packed blocks have no padding; the pad id only matters to batched generation, where it is <|endoftext|>.
+    pad_token_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    model.config.pad_token_id = pad_token_id
     generation = model.generation_config
     generation.bos_token_id = model.config.bos_token_id
     generation.eos_token_id = tokenizer.eos_token_id
-    generation.pad_token_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    generation.pad_token_id = pad_token_id
     generation.do_sample, generation.top_k = True, 50
+    if model.config.tie_word_embeddings:
+        _hide_tied_weight_warning(model)
 
     datasets = prepare_datasets(corpus_args, data_args, training_args, tokenizer, block_size)
     logger.info(

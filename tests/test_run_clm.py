@@ -116,7 +116,7 @@ def base_flags(corpus: Path, tokenizer_dir: Path) -> list[str]:
         "--block_size", "64", "--per_device_train_batch_size", "8", "--per_device_eval_batch_size", "8",
         "--max_steps", "30", "--eval_steps", "10", "--save_steps", "10", "--logging_steps", "5",
         "--learning_rate", "3e-3", "--warmup_steps", "3", "--lr_scheduler_type", "cosine",
-        "--seed", "0", "--disable_tqdm", "true",
+        "--seed", "0", "--early_stopping_patience", "3", "--disable_tqdm", "true",
     ]  # fmt: skip
 
 
@@ -244,6 +244,7 @@ def test_sigkill_then_rerun_gives_the_same_weights(trained, recipe, workspace):
     process.send_signal(signal.SIGKILL)
     assert process.wait() == -signal.SIGKILL
     assert not (out / "model.safetensors").exists()
+    assert all((out / plot).is_file() for plot in PLOTS)  # drawn at the first evaluation, before the end
     # A checkpoint a crash left half-written: truncated weights, no trainer_state.json. It must be skipped.
     complete = max(int(p.name.split("-")[1]) for p in out.glob("checkpoint-*") if checkpoint_problem(p) is None)
     torn = out / f"checkpoint-{complete + 10}"
