@@ -8,17 +8,16 @@ MODEL is a folder written by run_clm.py (or push_to_hub.py's Hub id). With no pr
 starts from <|endoftext|> (an unconditional sample). Run with --help for every sampling option.
 """
 
-from transformers import HfArgumentParser
-
+from modeling_pg_gpt2.arguments import make_parser, parse_arguments
 from modeling_pg_gpt2.cli import run_cli
 from modeling_pg_gpt2.generation import GenerationArguments, generate_text, read_prompts
 
 
 def main() -> list[list[str]]:
-    parser = HfArgumentParser(GenerationArguments, description=__doc__)
+    parser = make_parser(GenerationArguments, __doc__)
     parser.add_argument("model", help="a run_clm.py output folder or a Hub model id")
     parser.add_argument("prompts", nargs="*", help="text(s) to continue")
-    args, positional = parser.parse_args_into_dataclasses()
+    args, positional = parse_arguments(parser)
     return generate_text(positional.model, read_prompts(positional.prompts, args.prompts_file), args)
 
 

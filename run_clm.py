@@ -12,21 +12,15 @@ them). Re-running the same command on an output folder resumes from its last com
 metrics.json, training curves and a model card. See `modeling_pg_gpt2.training`.
 """
 
+from modeling_pg_gpt2.arguments import make_parser, parse_arguments
 from modeling_pg_gpt2.cli import run_cli
 from modeling_pg_gpt2.corpus import CorpusArguments
-from modeling_pg_gpt2.training import (
-    CLMTrainingArguments,
-    DataTrainingArguments,
-    ModelArguments,
-    parse_arguments,
-    train,
-)
+from modeling_pg_gpt2.training import CLMTrainingArguments, DataTrainingArguments, ModelArguments, train
 
 
 def main() -> dict[str, float]:
-    model_args, corpus_args, data_args, training_args = parse_arguments(
-        (ModelArguments, CorpusArguments, DataTrainingArguments, CLMTrainingArguments)
-    )
+    parser = make_parser((ModelArguments, CorpusArguments, DataTrainingArguments, CLMTrainingArguments), __doc__)
+    model_args, corpus_args, data_args, training_args = parse_arguments(parser)
     return train(model_args, corpus_args, data_args, training_args)
 
 

@@ -2,7 +2,8 @@
 
 The arguments are `HfArgumentParser` dataclasses with the flags of transformers' own `run_clm.py`
 example ([`ModelArguments`], [`DataTrainingArguments`], [`CLMTrainingArguments`], and the shared
-[`~modeling_pg_gpt2.corpus.CorpusArguments`]); [`train`] runs the whole job:
+[`~modeling_pg_gpt2.corpus.CorpusArguments`]), parsed by `modeling_pg_gpt2.arguments`; [`train`] runs
+the whole job:
 
 1. check the output folder: resume from its last complete checkpoint, refuse to overwrite a
    folder that holds something else, start over with `--overwrite_output_dir`;
@@ -26,10 +27,8 @@ import logging
 import os
 import re
 import shutil
-import sys
 import time
 import zipfile
-from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -46,7 +45,6 @@ from transformers import (
     AutoModelForCausalLM,
     AutoTokenizer,
     EarlyStoppingCallback,
-    HfArgumentParser,
     PreTrainedTokenizerBase,
     Trainer,
     TrainerCallback,
@@ -205,40 +203,6 @@ class CLMTrainingArguments(TrainingArguments):
         if self.eval_strategy == "no":
             self.load_best_model_at_end = False
         super().__post_init__()
-
-
-# --------------------------------------------------------------------------------------------------
-# Arguments
-
-
-def parse_arguments(dataclass_types: Sequence[type], argv: Sequence[str] | None = None) -> tuple[Any, ...]:
-    """Parse `argv` into the dataclasses; a first argument ending in .yaml/.yml/.json is a recipe.
-
-    The recipe's keys are the same fields as the flags; flags after it override it, e.g.
-    `python run_clm.py configs/shakespeare-cpu.yaml --max_steps 100 --output_dir /tmp/run`.
-    Invalid values are a `UserError`.
-    """
-    parser = HfArgumentParser(dataclass_types)
-    argv = list(sys.argv[1:] if argv is None else argv)
-    if argv and argv[0].endswith((".yaml", ".yml", ".json")):
-        recipe = Path(argv.pop(0))
-        if not recipe.is_file():
-            raise UserError(f"recipe {recipe} does not exist.")
-        try:
-            values = yaml.safe_load(recipe.read_text(encoding="utf-8")) or {}
-        except yaml.YAMLError as err:
-            raise UserError(f"recipe {recipe} is not valid YAML/JSON: {str(err).splitlines()[0]}") from None
-        if not isinstance(values, dict):
-            raise UserError(f"recipe {recipe} must be a mapping of field: value.")
-        known = {action.dest for action in parser._actions}
-        unknown = sorted(set(values) - known)
-        if unknown:
-            raise UserError(f"recipe {recipe}: unknown field(s) {', '.join(unknown)}; see `--help` for the fields.")
-        parser.set_defaults(**values)
-    try:
-        return parser.parse_args_into_dataclasses(args=argv)
-    except (ValueError, TypeError) as err:
-        raise UserError(str(err).strip().splitlines()[0]) from None
 
 
 # --------------------------------------------------------------------------------------------------
@@ -874,7 +838,6 @@ __all__ = [
     "ModelArguments",
     "checkpoint_problem",
     "find_resumable_checkpoint",
-    "parse_arguments",
     "preprocess_logits_for_metrics",
     "token_byte_lengths",
     "train",

@@ -4,13 +4,13 @@
 # curves, model card), then stream a generated sample and print the validation bits per byte.
 #
 #   bash scripts/demo.sh                  # what `make demo` runs (after `make install`)
-#   PYTHON=python bash scripts/demo.sh    # with another interpreter
+#   bash scripts/demo.sh path/to/python   # with another interpreter (default: .venv/bin/python)
 #
 # Outputs: outputs/shakespeare-tokenizer/ and outputs/shakespeare/ (see the README). Each run starts over.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-PYTHON=${PYTHON:-.venv/bin/python}
+PYTHON=${1:-.venv/bin/python}
 TOKENIZER=outputs/shakespeare-tokenizer
 MODEL=outputs/shakespeare
 # Everything is local: never wait on the Hugging Face Hub.

@@ -26,6 +26,7 @@ import torch
 from safetensors.torch import load_file
 
 from modeling_pg_gpt2 import PgGPT2ForCausalLM
+from modeling_pg_gpt2.arguments import make_parser, parse_arguments
 from modeling_pg_gpt2.cli import UserError
 from modeling_pg_gpt2.corpus import CorpusArguments, load_corpus
 from modeling_pg_gpt2.plots import PLOTS
@@ -38,7 +39,6 @@ from modeling_pg_gpt2.training import (
     build_model,
     checkpoint_problem,
     load_tokenizer,
-    parse_arguments,
     train,
 )
 
@@ -387,7 +387,8 @@ def test_bad_input_is_one_line_and_leaves_outputs_untouched(
     with pytest.raises(UserError, match=re.escape(message)) as error:
         train(
             *parse_arguments(
-                DATACLASSES, [*base_flags(corpus, tokenizer_dir), *extra, "--output_dir", str(existing_run)]
+                make_parser(DATACLASSES),
+                [*base_flags(corpus, tokenizer_dir), *extra, "--output_dir", str(existing_run)],
             )
         )
     assert "\n" not in str(error.value)
@@ -397,7 +398,11 @@ def test_bad_input_is_one_line_and_leaves_outputs_untouched(
 def test_non_empty_output_folder_without_checkpoint_is_refused(corpus, tokenizer_dir, tmp_path):
     (tmp_path / "notes.txt").write_text("mine")
     with pytest.raises(UserError, match="is not empty .*notes.txt.* --overwrite_output_dir"):
-        train(*parse_arguments(DATACLASSES, [*base_flags(corpus, tokenizer_dir), "--output_dir", str(tmp_path)]))
+        train(
+            *parse_arguments(
+                make_parser(DATACLASSES), [*base_flags(corpus, tokenizer_dir), "--output_dir", str(tmp_path)]
+            )
+        )
     assert [p.name for p in tmp_path.iterdir()] == ["notes.txt"]
 
 
@@ -405,7 +410,7 @@ def test_recipe_with_unknown_field_is_refused(tmp_path):
     recipe = tmp_path / "bad.yaml"
     recipe.write_text("dataset_name: shakespeare\nlearning_rat: 0.001\n")
     with pytest.raises(UserError, match="unknown field.*learning_rat"):
-        parse_arguments(DATACLASSES, [str(recipe)])
+        parse_arguments(make_parser(DATACLASSES), [str(recipe)])
 
 
 def test_error_reaches_the_terminal_as_one_line(corpus, tokenizer_dir, tmp_path):
