@@ -35,5 +35,9 @@ test-oldest: install $(OLDEST_VENV)/.installed
 	PG_GPT2_REMOTE_PYTHON=$(abspath $(OLDEST_VENV))/bin/python PG_GPT2_REMOTE_TRANSFORMERS=$(OLDEST_TRANSFORMERS) \
 		$(BIN)/python -m pytest -q tests/test_remote_code.py
 
+# The main job, offline on the bundled corpus: tokenizer, pre-training, evaluation, plots, a sample.
+demo: install
+	bash scripts/demo.sh $(abspath $(BIN))/python
+
 clean:
 	rm -rf $(VENV) $(OLDEST_VENV)
