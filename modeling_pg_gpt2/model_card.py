@@ -174,31 +174,39 @@ def build_model_card(output_dir: str | Path, *, repo_id: str | None = None, **in
     ]
     plots = [(name, title) for name, (_, title, _, _) in PLOTS.items() if (folder / name).exists()]
 
+    source = training.get("model_source") or ""
+    from_scratch = not source or source.startswith("from scratch")
+    how = "pre-trained from scratch" if from_scratch else f"trained further from the {source}"
+    if corpus.get("validation_file"):
+        validation = f"the validation text is `{Path(corpus['validation_file']).name}`"
+    else:
+        validation = (
+            f"{_format(corpus.get('validation_split_percentage', '?'))}% of the documents are held out for validation"
+        )
     sections = [
         f"# {model_name}",
         f"A GPT-2 language model (the from-scratch `pg_gpt2` implementation, "
         f"{_format(n_params) + ' parameters, ' if n_params else ''}"
-        f"{config.get('n_layer')} layers) pre-trained on {corpus_text} with its own byte-level BPE "
-        "tokenizer, using the transformers `Trainer`. The modelling code ships with the weights, so it "
-        "loads with `trust_remote_code=True`.",
+        f"{config.get('n_layer')} layers) {how} on {corpus_text} with the transformers `Trainer`. "
+        "The modelling code ships with the weights, so it loads with `trust_remote_code=True`.",
         "## Usage",
         "```python\n"
         "from transformers import pipeline\n\n"
         f'generator = pipeline("text-generation", model="{model_ref}", trust_remote_code=True)\n'
-        f'print(generator({prompt!r}, max_new_tokens=60, do_sample=True, top_k=50)[0]["generated_text"])\n'
+        f'print(generator({json.dumps(prompt)}, max_new_tokens=60, do_sample=True, top_k=50)[0]["generated_text"])\n'
         "```",
         "With the model and tokenizer classes:\n\n"
         "```python\n"
         "from transformers import AutoModelForCausalLM, AutoTokenizer\n\n"
         f'tokenizer = AutoTokenizer.from_pretrained("{model_ref}", trust_remote_code=True)\n'
         f'model = AutoModelForCausalLM.from_pretrained("{model_ref}", trust_remote_code=True)\n'
-        f'inputs = tokenizer({prompt!r}, return_tensors="pt")\n'
+        f'inputs = tokenizer({json.dumps(prompt)}, return_tensors="pt")\n'
         "output = model.generate(**inputs, max_new_tokens=60, do_sample=True, top_k=50)\n"
         "print(tokenizer.decode(output[0], skip_special_tokens=True))\n"
         "```",
         "## Training data",
         f"{corpus_text}. Documents are separated by `<|endoftext|>` and packed into blocks of "
-        f"{training.get('block_size', '?')} tokens; the validation split is held-out documents "
+        f"{training.get('block_size', '?')} tokens; {validation} "
         f"({_format(training.get('train_blocks'))} training and {_format(training.get('validation_blocks'))} "
         "validation blocks).",
         "## Tokenizer",

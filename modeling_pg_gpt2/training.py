@@ -183,6 +183,10 @@ class CLMTrainingArguments(TrainingArguments):
     metric_for_best_model: str | None = field(
         default="eval_loss", metadata={"help": "Metric that picks the best checkpoint."}
     )
+    ddp_find_unused_parameters: bool | None = field(
+        default=False,
+        metadata={"help": "Every pg_gpt2 parameter gets a gradient, so DDP skips the search for unused ones."},
+    )
     restore_callback_states_from_checkpoint: bool = field(
         default=True, metadata={"help": "Restore early-stopping state when resuming."}
     )
@@ -502,8 +506,13 @@ def prepare_datasets(
             load_from_cache_file=cache,
             desc=f"Packing into blocks of {block_size} tokens",
         )
+    if training_args.do_eval and raw["validation"].num_rows == 0:
+        raise UserError(
+            "no validation text (--validation_split_percentage 0): pass --validation_file, a percentage above 0, "
+            "or --do_eval false."
+        )
     for split in ("train", "validation"):
-        if split == "validation" and not training_args.do_eval:
+        if (split == "train" and not training_args.do_train) or (split == "validation" and not training_args.do_eval):
             continue
         if len(packed[split]) == 0:
             tokens = sum(len(ids) for ids in tokenized[split]["input_ids"])
@@ -725,8 +734,7 @@ def train(
     if training_args.do_train:
         result = trainer.train(resume_from_checkpoint=resume_from)
         metrics.update(result.metrics)
-        steps_run = result.metrics.get("train_runtime") and result.metrics.get("train_samples_per_second")
-        if steps_run:
+        if "train_samples_per_second" in result.metrics:  # all processes together
             metrics["train_tokens_per_second"] = result.metrics["train_samples_per_second"] * block_size
     if training_args.do_eval:
         metrics.update(_final_eval_metrics(trainer))
@@ -745,6 +753,7 @@ def train(
         write_model_card(output_dir)
         _report(output_dir, metrics)
     trainer.accelerator.wait_for_everyone()
+    trainer.end()
     return metrics
 
 

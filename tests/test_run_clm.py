@@ -456,3 +456,12 @@ def test_plots_command_redraws_a_run(trained, tmp_path):
     written = plots_main([str(run)])
     assert sorted(p.name for p in written) == sorted(PLOTS)
     assert all((run / plot).stat().st_size > 1000 for plot in PLOTS)
+
+
+@pytest.mark.parametrize("name", ["model.safetensors", "optimizer.pt", "scheduler.pt", "trainer_state.json"])
+def test_a_checkpoint_with_a_truncated_file_is_not_resumable(trained, tmp_path, name):
+    checkpoint = Path(shutil.copytree(trained / "checkpoint-30", tmp_path / "checkpoint-30"))
+    assert checkpoint_problem(checkpoint) is None
+    data = (checkpoint / name).read_bytes()
+    (checkpoint / name).write_bytes(data[: len(data) * 2 // 3])
+    assert checkpoint_problem(checkpoint) is not None
