@@ -41,6 +41,7 @@ from transformers import GPT2Config, GPT2LMHeadModel, PreTrainedConfig, PreTrain
 
 from .cli import UserError, run_cli
 from .configuration_pg_gpt2 import PgGPT2Config
+from .hub import TOKENIZER_FILES
 from .modeling_pg_gpt2 import PgGPT2ForCausalLM, PgGPT2Model
 
 # Weights GPT-2 keeps as Conv1D (in, out): transposed on the way between the formats.
@@ -68,16 +69,7 @@ CONFIG_FIELDS = (
     "use_cache",
 )
 # Files copied from SRC to DST unchanged, when present.
-SIDE_FILES = (
-    "tokenizer.json",
-    "tokenizer_config.json",
-    "special_tokens_map.json",
-    "added_tokens.json",
-    "vocab.json",
-    "merges.txt",
-    "chat_template.jinja",
-    "generation_config.json",
-)
+SIDE_FILES = (*TOKENIZER_FILES, "generation_config.json")
 # Where the weights may be, in order of preference.
 WEIGHTS_FILES = (
     "model.safetensors",
