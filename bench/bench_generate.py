@@ -1,0 +1,163 @@
+"""Generation benchmark: greedy decoding with a KV cache, pg_gpt2 against transformers' GPT2LMHeadModel.
+
+Both models get the same weights and the same prompt (32 random tokens), and produce 128 new tokens
+with `generate(do_sample=False)`; the table checks that the two outputs are identical. Rounds
+alternate between the models. New tokens/s counts the whole `generate` call (prefill included);
+the decode time per token is the median interval between two new tokens, and for batch 1 it is
+compared with the memory-bandwidth limit: every weight is read once per token, so a token cannot
+take less than (bytes of weights) / (read bandwidth measured here).
+
+    .venv/bin/python bench/bench_generate.py            # tiny and 124M, batch 1 and 8, CPU
+    .venv/bin/python bench/bench_generate.py --quick    # smoke run (tiny only, few rounds)
+    python bench/bench_generate.py --device cuda --dtype bf16 --compile   # static cache, compiled decoding
+
+`--dtype bf16` casts the weights (inference); `--compile` generates with a static cache, which makes
+transformers compile the decoding step (on GPUs).
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import statistics
+import time
+
+import torch
+from common import (
+    DTYPES,
+    HF,
+    PG,
+    SHAPES,
+    add_common_arguments,
+    csv,
+    interleave,
+    machine_description,
+    model_pair,
+    preset_config,
+    print_table,
+    rate,
+    read_bandwidth,
+    setup,
+    span,
+    synchronize,
+    weight_bytes_per_token,
+)
+
+
+class TokenClock:
+    """A `generate` streamer that only records when each new token arrives (the prompt comes first)."""
+
+    def __init__(self, device: torch.device) -> None:
+        self.device = device
+        self.stamps: list[float] = []
+
+    def put(self, value: torch.Tensor) -> None:
+        synchronize(self.device)
+        self.stamps.append(time.perf_counter())
+
+    def end(self) -> None:
+        pass
+
+    def intervals(self) -> list[float]:
+        # stamps[0] is the prompt, stamps[1] the first new token (after the prefill); decoding steps follow.
+        return [b - a for a, b in zip(self.stamps[1:], self.stamps[2:], strict=False)]
+
+
+def generate(model, prompt: torch.Tensor, kwargs: dict, outputs: dict, intervals: list[float], name: str) -> None:
+    """One timed `generate` call: keeps the output under `name` and appends the decoding intervals."""
+    clock = TokenClock(prompt.device)
+    with torch.inference_mode():
+        outputs[name] = model.generate(prompt, streamer=clock, **kwargs)
+    intervals.extend(clock.intervals())
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_common_arguments(parser)
+    parser.add_argument("--shapes", default="tiny,124m", help=f"comma-separated, from {', '.join(SHAPES)}")
+    parser.add_argument("--batch", default="1,8", help="batch sizes, comma-separated")
+    parser.add_argument("--attn", default="sdpa", help="attention implementation (default: sdpa)")
+    parser.add_argument("--prompt", type=int, default=32, help="prompt tokens (default 32)")
+    parser.add_argument("--new", type=int, default=128, help="new tokens (default 128)")
+    args = parser.parse_args()
+    device = setup(args)
+    rounds = args.rounds or (3 if args.quick else 10)
+    shapes = ["tiny"] if args.quick and args.shapes == "tiny,124m" else csv(args.shapes)
+    dtype = DTYPES[args.dtype]
+
+    print(f"# Generation: {machine_description(device)}")
+    bandwidth = read_bandwidth(device, quick=args.quick)
+    print(f"Measured read bandwidth: {bandwidth / 1e9:.1f} GB/s. Rounds: {rounds} (+1 warm-up).")
+    print(
+        f"Greedy, KV cache, prompt {args.prompt} tokens, {args.new} new tokens, attention {args.attn}, "
+        f"dtype {args.dtype}, compile {args.compile}.\n"
+    )
+    headers = ["shape", "batch", "model", "new tokens/s", "min–max", f"vs {HF}", "decode ms/token", "same tokens"]
+    rows, limits = [], []
+    for shape in shapes:
+        preset = SHAPES[shape][0]
+        config = preset_config(preset, dropout=0.0)
+        models = model_pair(config, args.attn, device, dtype)
+        for model in models.values():
+            model.eval()
+        for batch in (int(b) for b in csv(args.batch)):
+            prompt = torch.randint(0, config.vocab_size, (batch, args.prompt), device=device)
+            outputs: dict[str, torch.Tensor] = {}
+            clocks: dict[str, list[float]] = {name: [] for name in models}
+            kwargs = dict(
+                attention_mask=torch.ones_like(prompt),
+                max_new_tokens=args.new,
+                do_sample=False,
+                eos_token_id=None,  # always exactly `new` tokens
+                pad_token_id=0,
+            )
+            if args.compile:
+                kwargs["cache_implementation"] = "static"
+
+            candidates = {
+                name: functools.partial(generate, model, prompt, kwargs, outputs, clocks[name], name)
+                for name, model in models.items()
+            }
+            timings = interleave(candidates, rounds=rounds, warmup=1, device=device)
+            same = "yes" if torch.equal(outputs[PG], outputs[HF]) else "NO"
+            new_tokens = batch * args.new
+            for name in (PG, HF):
+                timing = timings[name]
+                speedup = f"**{timings[HF].median / timing.median:.2f}×**" if name == PG else "1"
+                per_token = statistics.median(clocks[name])
+                rows.append(
+                    [
+                        shape,
+                        str(batch),
+                        name,
+                        rate(new_tokens / timing.median),
+                        span(new_tokens / timing.max, new_tokens / timing.min),
+                        speedup,
+                        f"{per_token * 1e3:.2f}",
+                        same,
+                    ]
+                )
+                if batch == 1:
+                    limits.append((shape, name, weight_bytes_per_token(models[name]), per_token))
+            print(
+                f"{shape} batch {batch}: {PG} {rate(new_tokens / timings[PG].median)} new tokens/s, "
+                f"{HF} {rate(new_tokens / timings[HF].median)}, ratio {timings[HF].median / timings[PG].median:.2f}",
+                flush=True,
+            )
+        del models
+    # The machine's bandwidth is the better of the two measurements (other processes only ever lower it).
+    bandwidth = max(bandwidth, read_bandwidth(device, quick=args.quick))
+    print()
+    print_table(headers, rows)
+    print(f"\nBandwidth limit at batch 1 (read bandwidth {bandwidth / 1e9:.1f} GB/s, better of before/after the run):")
+    for shape, name, weights, per_token in limits:
+        floor = weights / bandwidth
+        print(
+            f"- {shape}, {name}: {weights / 1e6:,.0f} MB of weights per token, at least {floor * 1e3:.2f} ms/token; "
+            f"decoding takes {per_token * 1e3:.2f} ms/token = **{floor / per_token:.0%}** of the bandwidth limit"
+        )
+    print(f"\nAfter the run: {machine_description(device)}")
+
+
+if __name__ == "__main__":
+    main()
