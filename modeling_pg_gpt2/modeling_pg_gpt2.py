@@ -114,15 +114,7 @@ class PgGPT2Attention(nn.Module):
         dropout = self.config.attn_pdrop if self.training else 0.0
         if implementation == "eager" or output_attentions:  # only eager materialises the probabilities
             y, attn_weights = eager_attention_forward(self, q, k, v, attention_mask, self.scaling, dropout)
-        elif implementation == "sdpa":
-            # torch's kernel called directly. Without a mask it takes the fused causal path; `T > 1` comes
-            # first so that under torch.compile the symbolic size turns into a plain bool.
-            is_causal = T > 1 and attention_mask is None
-            y = F.scaled_dot_product_attention(
-                q, k, v, attn_mask=attention_mask, dropout_p=dropout, is_causal=is_causal, scale=self.scaling
-            ).transpose(1, 2)  # (B, H, T, D) -> (B, T, H, D)
-            attn_weights = None
-        else:  # flash attention, flex attention, paged attention, kernels from the Hub...
+        else:  # sdpa (its fused causal kernel when there is no mask), flash, flex, kernels from the Hub...
             attention_interface: Callable = ALL_ATTENTION_FUNCTIONS[implementation]
             y, attn_weights = attention_interface(
                 self, q, k, v, attention_mask, dropout=dropout, scaling=self.scaling, **kwargs
