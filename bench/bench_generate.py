@@ -147,15 +147,25 @@ def main() -> None:
         del models
     # The machine's bandwidth is the better of the two measurements (other processes only ever lower it).
     bandwidth = max(bandwidth, read_bandwidth(device, quick=args.quick))
+    one_core = None
+    if device.type == "cpu" and torch.get_num_threads() > 1:
+        # BLAS libraries run a matrix-vector product (batch-1 decoding) on one core: what one core reads.
+        threads = torch.get_num_threads()
+        torch.set_num_threads(1)
+        one_core = read_bandwidth(device, quick=args.quick)
+        torch.set_num_threads(threads)
     print()
     print_table(headers, rows)
     print(f"\nBandwidth limit at batch 1 (read bandwidth {bandwidth / 1e9:.1f} GB/s, better of before/after the run):")
     for shape, name, weights, per_token in limits:
         floor = weights / bandwidth
-        print(
+        line = (
             f"- {shape}, {name}: {weights / 1e6:,.0f} MB of weights per token, at least {floor * 1e3:.2f} ms/token; "
             f"decoding takes {per_token * 1e3:.2f} ms/token = **{floor / per_token:.0%}** of the bandwidth limit"
         )
+        if one_core:
+            line += f" ({weights / one_core / per_token:.0%} of one core's, {one_core / 1e9:.1f} GB/s)"
+        print(line)
     print(f"\nAfter the run: {machine_description(device)}")
 
 
