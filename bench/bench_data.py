@@ -89,6 +89,7 @@ def main() -> None:
     copies = args.copies or (1 if args.quick else 4)
     rounds = args.rounds or (2 if args.quick else 3)
     workers = [int(n) for n in csv(args.num_proc)]
+    datasets.disable_progress_bars()
     print(f"# Data pipeline: {machine_description(torch.device('cpu'))}; datasets {datasets.__version__}")
     with tempfile.TemporaryDirectory(prefix="bench-data-") as tmp:
         folder = Path(tmp)

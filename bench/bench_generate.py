@@ -81,7 +81,7 @@ def main() -> None:
     parser.add_argument("--new", type=int, default=128, help="new tokens (default 128)")
     args = parser.parse_args()
     device = setup(args)
-    rounds = args.rounds or (3 if args.quick else 10)
+    rounds = args.rounds or (3 if args.quick else 6)
     shapes = ["tiny"] if args.quick and args.shapes == "tiny,124m" else csv(args.shapes)
     dtype = DTYPES[args.dtype]
 

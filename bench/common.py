@@ -221,7 +221,9 @@ def shakespeare_tokenizer(folder: Path, vocab_size: int = 8192) -> str:
     command += ["--vocab_size", str(vocab_size), "--output_dir", str(output_dir)]
     print(f"Training the Shakespeare tokenizer ({vocab_size} tokens)...", flush=True)
     environment = dict(os.environ, TOKENIZERS_PARALLELISM="false", HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1")
-    subprocess.run(command, check=True, cwd=REPO, stdout=subprocess.DEVNULL, env=environment)
+    finished = subprocess.run(command, cwd=REPO, capture_output=True, text=True, env=environment)
+    if finished.returncode != 0:
+        sys.exit(f"error: train_tokenizer.py failed:\n{finished.stderr[-2000:]}")
     return str(output_dir)
 
 
