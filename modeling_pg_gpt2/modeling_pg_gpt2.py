@@ -112,13 +112,14 @@ class PgGPT2Attention(nn.Module):
 
         implementation = self.config._attn_implementation
         dropout = self.config.attn_pdrop if self.training else 0.0
-        if implementation == "eager" or output_attentions:  # only eager materialises the probabilities
-            y, attn_weights = eager_attention_forward(self, q, k, v, attention_mask, self.scaling, dropout)
-        else:  # sdpa (its fused causal kernel when there is no mask), flash, flex, kernels from the Hub...
-            attention_interface: Callable = ALL_ATTENTION_FUNCTIONS[implementation]
-            y, attn_weights = attention_interface(
-                self, q, k, v, attention_mask, dropout=dropout, scaling=self.scaling, **kwargs
-            )
+        # eager, sdpa (its fused causal kernel when there is no mask), flash, flex, kernels from the Hub...
+        # Only eager materialises the attention probabilities, so asking for them routes there.
+        attention_interface: Callable = eager_attention_forward
+        if not output_attentions:
+            attention_interface = ALL_ATTENTION_FUNCTIONS.get_interface(implementation, eager_attention_forward)
+        y, attn_weights = attention_interface(
+            self, q, k, v, attention_mask, dropout=dropout, scaling=self.scaling, **kwargs
+        )
         y = y.reshape(B, T, C)  # (B, T, H, D) -> (B, T, C): heads side by side again
         return self.resid_dropout(self.c_proj(y)), attn_weights
 
@@ -180,6 +181,7 @@ class PgGPT2PreTrainedModel(PreTrainedModel):
     _no_split_modules = ["PgGPT2Block"]
     _supports_sdpa = True
     _supports_flash_attn = True
+    _supports_flex_attn = True
     _supports_attention_backend = True
     _can_compile_fullgraph = True
     # OpenAI's checkpoints carry the causal mask as buffers; we build masks on the fly.

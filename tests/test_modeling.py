@@ -16,6 +16,7 @@ from transformers import (
     Trainer,
     TrainingArguments,
 )
+from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS, AttentionInterface
 from transformers.utils import is_flash_attn_2_available
 
 from modeling_pg_gpt2 import PRESETS, PgGPT2Config, PgGPT2ForCausalLM, PgGPT2Model
@@ -215,6 +216,18 @@ def test_no_cache_is_built_in_training(tiny_model):
     assert getattr(out, "cache", None) is None and getattr(out, "past_key_values", None) is None
 
 
+@pytest.mark.parametrize("implementation", IMPLEMENTATIONS)
+def test_training_forward_compiles_to_one_graph(implementation):
+    """`_can_compile_fullgraph` holds: dynamo traces a training step without a graph break (tracing only here;
+    tests/test_cuda.py runs the compiled kernels)."""
+    config = tiny_config(resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0)
+    model = PgGPT2ForCausalLM._from_config(config, attn_implementation=implementation).train()
+    ids = _ids()
+    expected = model(ids, labels=ids).loss
+    compiled = torch.compile(model, fullgraph=True, backend="eager")
+    assert compiled(ids, labels=ids).loss.item() == pytest.approx(expected.item(), abs=1e-6)
+
+
 # --- generation ---------------------------------------------------------------------------------------------
 
 
@@ -355,6 +368,39 @@ def test_attention_mask_of_the_wrong_shape(tiny_model):
 
 
 # --- integrations -------------------------------------------------------------------------------------------
+
+
+def test_set_attn_implementation_dispatches_through_the_attention_interface(tiny_model):
+    """transformers' `set_attn_implementation` reaches every layer, custom kernels registered by name too."""
+    calls = []
+
+    def counting_sdpa(module, *args, **kwargs):
+        calls.append(module.layer_idx)
+        return ALL_ATTENTION_FUNCTIONS["sdpa"](module, *args, **kwargs)
+
+    AttentionInterface.register("counting_sdpa", counting_sdpa)
+    ids = _ids()
+    reference = gpt2_twin(tiny_model)(ids).logits
+    tiny_model.set_attn_implementation("counting_sdpa")
+    assert tiny_model.config._attn_implementation == "counting_sdpa"
+    assert (tiny_model(ids).logits - reference).abs().max().item() <= 1e-5
+    assert calls == list(range(tiny_model.config.n_layer))
+    tiny_model.set_attn_implementation("eager")
+    assert (tiny_model(ids).logits - reference).abs().max().item() <= 1e-5
+    assert len(calls) == tiny_model.config.n_layer
+
+
+def test_flex_attention_equals_gpt2_with_left_padding(tiny_model):
+    twin = gpt2_twin(tiny_model)
+    ids, mask = _left_padded(_ids(), [5, 0, 2])
+    positions = (mask.cumsum(-1) - 1).clamp(min=0)
+    tiny_model.set_attn_implementation("flex_attention")
+    assert tiny_model.config._attn_implementation == "flex_attention"
+    with torch.no_grad():  # torch's flex attention has no backward on CPU (tests/test_cuda.py trains with it)
+        ours = tiny_model(ids, attention_mask=mask).logits
+    theirs = twin(ids, attention_mask=mask, position_ids=positions).logits
+    real = mask.bool()
+    assert (ours[real] - theirs[real]).abs().max().item() <= 1e-5
 
 
 @pytest.mark.skipif(not is_flash_attn_2_available(), reason="flash-attn is not installed (needs a CUDA GPU)")
