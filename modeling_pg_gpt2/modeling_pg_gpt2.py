@@ -253,8 +253,11 @@ class PgGPT2Model(PgGPT2PreTrainedModel):
         use_cache = use_cache if use_cache is not None else self.config.use_cache
         if use_cache and cache is None and not (self.training and torch.is_grad_enabled()):
             cache = DynamicCache(config=self.config)
-        past_length = cache.get_seq_length() if cache is not None else 0
-        self._check_inputs(input_ids, attention_mask, past_length, B, T)
+        past_length = cache.get_seq_length() if cache is not None else 0  # a tensor for a StaticCache
+        # The checks compare values (a StaticCache's length, the ids): inside a compiled graph (generate's
+        # compiled decoding step) each would be a graph break, and generate has checked lengths already.
+        if not torch.compiler.is_compiling():
+            self._check_inputs(input_ids, attention_mask, int(past_length), B, T)
 
         if position_ids is None:
             if attention_mask is not None and attention_mask.ndim == 2:
@@ -344,8 +347,7 @@ class PgGPT2Model(PgGPT2PreTrainedModel):
                 f"attention_mask has shape {tuple(attention_mask.shape)} but the input needs "
                 f"({B}, {past_length + T}) = (batch, cached + new tokens)."
             )
-        # Data-dependent checks synchronise with the device: skip them inside torch.compile graphs.
-        if input_ids is not None and not torch.compiler.is_compiling() and input_ids.numel() > 0:
+        if input_ids is not None and input_ids.numel() > 0:  # reading the ids synchronises with the device
             low, high = (int(x) for x in torch.aminmax(input_ids))
             if low < 0 or high >= self.config.vocab_size:
                 bad = low if low < 0 else high

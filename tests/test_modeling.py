@@ -13,6 +13,7 @@ from transformers import (
     AutoModelForCausalLM,
     GPT2Config,
     GPT2LMHeadModel,
+    StaticCache,
     Trainer,
     TrainingArguments,
 )
@@ -226,6 +227,20 @@ def test_training_forward_compiles_to_one_graph(implementation):
     expected = model(ids, labels=ids).loss
     compiled = torch.compile(model, fullgraph=True, backend="eager")
     assert compiled(ids, labels=ids).loss.item() == pytest.approx(expected.item(), abs=1e-6)
+
+
+def test_static_cache_decoding_step_compiles_to_one_graph(tiny_model):
+    """generate() compiles the decoding step when the cache is static; a graph break there costs every token."""
+    twin = gpt2_twin(tiny_model)
+    prompt, mask = _ids(batch=2, length=8), torch.ones(2, 9, dtype=torch.long)
+    logits = []
+    for model in (tiny_model, twin):
+        cache = StaticCache(config=model.config, max_cache_len=32)
+        step = torch.compile(model, fullgraph=True, backend="eager") if model is tiny_model else model
+        with torch.no_grad():
+            model(prompt, attention_mask=mask[:, :8], past_key_values=cache)
+            logits.append(step(prompt[:, -1:], attention_mask=mask, past_key_values=cache).logits)
+    assert (logits[0] - logits[1]).abs().max().item() <= 1e-5
 
 
 # --- generation ---------------------------------------------------------------------------------------------
