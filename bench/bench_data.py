@@ -4,15 +4,19 @@ The corpus is the bundled Shakespeare (36 plays, ~5 MB), written `--copies` time
 file so that the pipeline has enough text to show how it scales with `--preprocessing_num_workers`
 (`num_proc` of `datasets.map`). Each measurement runs `prepare_datasets` — the function `run_clm.py` calls:
 `load_corpus`, tokenization with the trained tokenizer (`<|endoftext|>` after each document), packing
-into blocks — with the `datasets` cache disabled, once per worker count, in alternating order.
+into blocks — without reusing cached results, once per worker count. Worker
+count 0 is `run_clm.py`'s default (no `--preprocessing_num_workers`): no worker processes, the fast
+tokenizer encodes on every core with its own threads. The workers run in `run_clm.py`'s environment,
+TOKENIZERS_PARALLELISM unset.
 
-    .venv/bin/python bench/bench_data.py                        # 4 copies (~20 MB), num_proc 1 and 2
+    .venv/bin/python bench/bench_data.py                        # 4 copies (~20 MB), num_proc 0, 1 and 2
     .venv/bin/python bench/bench_data.py --quick                # 1 copy, 2 rounds
     .venv/bin/python bench/bench_data.py --copies 10 --num_proc 1,2,4
 
-Reading alone (`load_corpus`, JSON to Arrow, document split) is timed separately; "tokenize + pack" is
-the rest. Throughput counts UTF-8 bytes of the training and validation text. Every measurement runs in
-a fresh process (not timed: the imports), rounds alternate the worker counts.
+Every measurement runs in a fresh process (not timed: the imports) with an empty `datasets` cache, as a
+first run has; rounds alternate the worker counts. Reading alone (`load_corpus`, JSON to Arrow, document
+split) is timed separately; "tokenize + pack" is the rest. Throughput counts UTF-8 bytes of the training
+and validation text.
 """
 
 from __future__ import annotations
@@ -59,7 +63,7 @@ def timed_pipeline(corpus_file: Path, tokenizer_dir: str, num_proc: int, block_s
     datasets.disable_progress_bars()
     datasets.logging.set_verbosity_error()
     tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
-    corpus = CorpusArguments(train_file=str(corpus_file), preprocessing_num_workers=num_proc)
+    corpus = CorpusArguments(train_file=str(corpus_file), preprocessing_num_workers=num_proc or None)
     start = time.perf_counter()
     load_corpus(corpus)
     read = time.perf_counter() - start
@@ -74,7 +78,9 @@ def timed_pipeline(corpus_file: Path, tokenizer_dir: str, num_proc: int, block_s
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--copies", type=int, default=None, help="copies of the corpus (default 4; 1 with --quick)")
-    parser.add_argument("--num_proc", default="1,2", help="worker counts to compare, comma-separated")
+    parser.add_argument(
+        "--num_proc", default="0,1,2", help="worker counts to compare, comma-separated; 0 = none (the default)"
+    )
     parser.add_argument("--block_size", type=int, default=256)
     parser.add_argument("--rounds", type=int, default=None, help="rounds (default 3; 2 with --quick)")
     parser.add_argument("--tokenizer_name", default=None, help="a trained tokenizer (default: train Shakespeare's)")
@@ -82,6 +88,7 @@ def main() -> None:
     parser.add_argument("--worker", nargs=3, default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:  # one measurement, printed as JSON for the parent
+        os.environ.pop("TOKENIZERS_PARALLELISM", None)  # as run_clm.py runs (common.py turns it off)
         corpus_file, tokenizer_dir, num_proc = args.worker
         result = timed_pipeline(Path(corpus_file), tokenizer_dir, int(num_proc), args.block_size, Path.cwd())
         print(json.dumps(result))
@@ -106,7 +113,11 @@ def main() -> None:
             for n in workers if round_index % 2 == 0 else workers[::-1]:
                 command = [sys.executable, __file__, "--worker", str(corpus_file), tokenizer_dir, str(n)]
                 command += ["--block_size", str(args.block_size)]
-                finished = subprocess.run(command, check=True, capture_output=True, text=True, cwd=folder)
+                # A `datasets` cache of its own: files an earlier run left (even unused) slowed the next one 2x.
+                environment = dict(os.environ, HF_DATASETS_CACHE=str(folder / f"cache-{round_index}-{n}"))
+                finished = subprocess.run(
+                    command, check=True, capture_output=True, text=True, cwd=folder, env=environment
+                )
                 runs[n].append(json.loads(finished.stdout.strip().splitlines()[-1]))
     rows = []
     single = statistics.median(r["total"] for r in runs[workers[0]])

@@ -21,6 +21,7 @@ Every bad input is a [`~modeling_pg_gpt2.cli.UserError`] raised before the outpu
 from __future__ import annotations
 
 import dataclasses
+import functools
 import importlib.util
 import json
 import logging
@@ -455,24 +456,20 @@ def token_byte_lengths(tokenizer: PreTrainedTokenizerBase) -> np.ndarray:
     return lengths
 
 
-def _tokenize_function(tokenizer: PreTrainedTokenizerBase, eos_token_id: int):
-    def tokenize(batch: dict[str, list[str]]) -> dict[str, list[list[int]]]:
-        encoded = tokenizer(batch["text"], add_special_tokens=False, verbose=False)["input_ids"]
-        return {"input_ids": [ids + [eos_token_id] for ids in encoded]}
+# Module-level functions bound with functools.partial: `datasets` pickles them by reference for its worker
+# processes. Closures defined in this module were pickled by value and gained nothing from a second worker.
+def _tokenize(batch: dict[str, list[str]], tokenizer: PreTrainedTokenizerBase, eos_token_id: int) -> dict:
+    encoded = tokenizer(batch["text"], add_special_tokens=False, verbose=False)["input_ids"]
+    return {"input_ids": [ids + [eos_token_id] for ids in encoded]}
 
-    return tokenize
 
-
-def _group_function(block_size: int):
-    def group_texts(batch: dict[str, list[list[int]]]) -> dict[str, list[list[int]]]:
-        # Concatenate the documents of this batch (each ends with <|endoftext|>) and cut them into
-        # blocks; the tail shorter than a block is dropped, as in transformers' run_clm example.
-        stream = [token for ids in batch["input_ids"] for token in ids]
-        usable = len(stream) // block_size * block_size
-        blocks = [stream[i : i + block_size] for i in range(0, usable, block_size)]
-        return {"input_ids": blocks, "labels": [list(block) for block in blocks]}
-
-    return group_texts
+def _group_texts(batch: dict[str, list[list[int]]], block_size: int) -> dict[str, list[list[int]]]:
+    # Concatenate the documents of this batch (each ends with <|endoftext|>) and cut them into
+    # blocks; the tail shorter than a block is dropped, as in transformers' run_clm example.
+    stream = [token for ids in batch["input_ids"] for token in ids]
+    usable = len(stream) // block_size * block_size
+    blocks = [stream[i : i + block_size] for i in range(0, usable, block_size)]
+    return {"input_ids": blocks, "labels": [list(block) for block in blocks]}
 
 
 def prepare_datasets(
@@ -491,7 +488,7 @@ def prepare_datasets(
         num_proc = corpus_args.preprocessing_num_workers
         cache = not data_args.overwrite_cache
         tokenized = raw.map(
-            _tokenize_function(tokenizer, tokenizer.eos_token_id),
+            functools.partial(_tokenize, tokenizer=tokenizer, eos_token_id=tokenizer.eos_token_id),
             batched=True,
             num_proc=num_proc,
             remove_columns=raw["train"].column_names,
@@ -499,13 +496,16 @@ def prepare_datasets(
             desc="Tokenizing",
         )
         packed = tokenized.map(
-            _group_function(block_size),
+            functools.partial(_group_texts, block_size=block_size),
             batched=True,
             batch_size=1000,
             num_proc=num_proc,
             load_from_cache_file=cache,
             desc=f"Packing into blocks of {block_size} tokens",
         )
+    # Without worker processes the fast tokenizer encoded on all cores with its own threads. Processes forked
+    # from here on (data-loader workers) must not use those threads: say so, instead of tokenizers warning.
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     if training_args.do_eval and raw["validation"].num_rows == 0:
         raise UserError(
             "no validation text (--validation_split_percentage 0): pass --validation_file, a percentage above 0, "

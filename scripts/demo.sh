@@ -14,7 +14,7 @@ PYTHON=${1:-.venv/bin/python}
 TOKENIZER=outputs/shakespeare-tokenizer
 MODEL=outputs/shakespeare
 # Everything is local: never wait on the Hugging Face Hub.
-export HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 HF_EVALUATE_OFFLINE=1 TOKENIZERS_PARALLELISM=false
+export HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 HF_EVALUATE_OFFLINE=1
 start=$SECONDS
 
 echo "== 1/3 Training the tokenizer on Shakespeare's plays"
