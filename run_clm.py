@@ -12,14 +12,6 @@ them). Re-running the same command on an output folder resumes from its last com
 metrics.json, training curves and a model card. See `modeling_pg_gpt2.training`.
 """
 
-import os
-
-# OpenMP threads spin while they wait for each other; on a CPU shared with other work (a laptop, a CI runner)
-# a spinning thread waits for a descheduled sibling's time slice at every kernel, and sleeping instead trained
-# 2.3x faster (bench/RESULTS.md; ~5% slower on an idle machine). It must be set before torch loads OpenMP, so
-# here; an OMP_WAIT_POLICY of your own wins.
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-
 from modeling_pg_gpt2.arguments import make_parser, parse_arguments
 from modeling_pg_gpt2.cli import run_cli
 from modeling_pg_gpt2.corpus import CorpusArguments
