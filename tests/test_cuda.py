@@ -33,8 +33,9 @@ def _exact_fp32():
 def _model(attn: str = "sdpa") -> PgGPT2ForCausalLM:
     """Big enough for the GPU kernels' constraints (head size 32), no dropout so two runs are comparable."""
     torch.manual_seed(0)
-    config = tiny_config(vocab_size=1000, n_positions=256, n_embd=128, n_layer=3, n_head=4)
-    config.resid_pdrop = config.embd_pdrop = config.attn_pdrop = 0.0
+    config = tiny_config(
+        vocab_size=1000, n_positions=256, n_embd=128, n_layer=3, n_head=4, resid_pdrop=0, embd_pdrop=0, attn_pdrop=0
+    )
     return PgGPT2ForCausalLM._from_config(config, attn_implementation=attn).cuda()
 
 
