@@ -218,15 +218,28 @@ def test_no_cache_is_built_in_training(tiny_model):
 
 
 @pytest.mark.parametrize("implementation", IMPLEMENTATIONS)
-def test_training_forward_compiles_to_one_graph(implementation):
-    """`_can_compile_fullgraph` holds: dynamo traces a training step without a graph break (tracing only here;
-    tests/test_cuda.py runs the compiled kernels)."""
+def test_compiled_training_step_is_two_graphs_and_trains_through_the_logits_too(implementation):
+    """Compiled, a training forward is two graphs, the model and its loss, split on purpose (one graph makes
+    AOTAutograd feed the backward a zero gradient for the logits); a loss that also uses the logits still
+    gets their gradient. aot_eager runs AOTAutograd without compiling kernels (tests/test_cuda.py does that)."""
     config = tiny_config(resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0)
     model = PgGPT2ForCausalLM._from_config(config, attn_implementation=implementation).train()
     ids = _ids()
-    expected = model(ids, labels=ids).loss
-    compiled = torch.compile(model, fullgraph=True, backend="eager")
-    assert compiled(ids, labels=ids).loss.item() == pytest.approx(expected.item(), abs=1e-6)
+    explained = torch._dynamo.explain(model)(ids, labels=ids)
+    assert explained.graph_count == 2, [reason.reason for reason in explained.break_reasons]
+
+    def loss_and_grads(module):
+        out = module(ids, labels=ids)
+        (out.loss + 0.1 * out.logits.square().mean()).backward()
+        grads = {name: p.grad.clone() for name, p in model.named_parameters()}
+        model.zero_grad(set_to_none=True)
+        return out.loss.item(), grads
+
+    loss, grads = loss_and_grads(model)
+    compiled_loss, compiled_grads = loss_and_grads(torch.compile(model, backend="aot_eager"))
+    assert compiled_loss == pytest.approx(loss, abs=1e-6)
+    for name, grad in grads.items():
+        assert (compiled_grads[name] - grad).abs().max().item() <= 1e-6 * max(1.0, grad.abs().max().item()), name
 
 
 def test_static_cache_decoding_step_compiles_to_one_graph(tiny_model):
