@@ -10,6 +10,7 @@ take less than (bytes of weights) / (read bandwidth measured here).
     .venv/bin/python bench/bench_generate.py            # tiny and 124M, batch 1 and 8, CPU
     .venv/bin/python bench/bench_generate.py --quick    # smoke run (tiny only, few rounds)
     python bench/bench_generate.py --device cuda --dtype bf16 --compile   # static cache, compiled decoding
+    .venv/bin/python bench/bench_generate.py --matvec   # only the weight-times-few-rows products, per shape
 
 `--dtype bf16` casts the weights (inference); `--compile` generates with a static cache, which makes
 transformers compile the decoding step (on GPUs).
@@ -43,6 +44,9 @@ from common import (
     weight_bytes_per_token,
 )
 
+from modeling_pg_gpt2 import modeling_pg_gpt2 as pg_modeling
+from modeling_pg_gpt2.modeling_pg_gpt2 import PgLinear
+
 
 class TokenClock:
     """A `generate` streamer that only records when each new token arrives (the prompt comes first)."""
@@ -71,6 +75,54 @@ def generate(model, prompt: torch.Tensor, kwargs: dict, outputs: dict, intervals
     intervals.extend(clock.intervals())
 
 
+def every_layer(layers: list[PgLinear], x: torch.Tensor, forward) -> None:
+    """One product with each layer's weight, by calling `forward(layer, x)` (without module-call overhead)."""
+    with torch.inference_mode():
+        for layer in layers:
+            forward(layer, x)
+
+
+def matvec(shapes: list[str], device: torch.device, dtype: torch.dtype, rounds: int) -> None:
+    """Each weight shape of the models times 1 and 8 rows: `nn.Linear` against `PgLinear` (pg_gpt2's layers).
+
+    Decoding reads every weight from memory, not cache: each timed pass multiplies enough copies of the
+    weight (256 MB or more) that none is still cached when its turn comes again.
+    """
+    rows = []
+    for shape in shapes:
+        model = model_pair(preset_config(SHAPES[shape][0], dropout=0.0), "sdpa", device, dtype)[PG]
+        found = {(m.out_features, m.in_features, m.bias is not None) for m in model.modules() if type(m) is PgLinear}
+        del model
+        for out_features, in_features, bias in sorted(found):
+            layer_bytes = out_features * in_features * torch.finfo(dtype).bits // 8
+            layers = [
+                PgLinear(in_features, out_features, bias=bias, device=device, dtype=dtype)
+                for _ in range(max(1, 2**28 // layer_bytes))
+            ]
+            for n_rows in (1, 8):
+                x = torch.randn(n_rows, 1, in_features, device=device, dtype=dtype)
+                candidates = {
+                    "nn.Linear": functools.partial(every_layer, layers, x, torch.nn.Linear.forward),
+                    "PgLinear": functools.partial(every_layer, layers, x, PgLinear.forward),
+                }
+                timings = interleave(candidates, rounds=rounds, warmup=1, device=device)
+                speed = {name: len(layers) * layer_bytes / t.median / 1e9 for name, t in timings.items()}
+                rows.append(
+                    [
+                        shape,
+                        f"{out_features} × {in_features}",
+                        str(n_rows),
+                        f"{speed['nn.Linear']:.1f}",
+                        f"{speed['PgLinear']:.1f}",
+                        f"**{speed['PgLinear'] / speed['nn.Linear']:.2f}×**",
+                    ]
+                )
+            del layers
+    print_table(["shape", "weight (out × in)", "rows", "nn.Linear GB/s", "PgLinear GB/s", "speed-up"], rows)
+    state = "on (MKL on an AMD CPU)" if pg_modeling._BATCHED_DECODING_PRODUCTS else "off: PgLinear is nn.Linear here"
+    print(f"\nPgLinear's batched products for decoding: {state}.")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_common_arguments(parser)
@@ -79,6 +131,7 @@ def main() -> None:
     parser.add_argument("--attn", default="sdpa", help="attention implementation (default: sdpa)")
     parser.add_argument("--prompt", type=int, default=32, help="prompt tokens (default 32)")
     parser.add_argument("--new", type=int, default=128, help="new tokens (default 128)")
+    parser.add_argument("--matvec", action="store_true", help="only time the weight products of decoding, per shape")
     args = parser.parse_args()
     device = setup(args)
     rounds = args.rounds or (3 if args.quick else 6)
@@ -86,6 +139,9 @@ def main() -> None:
     dtype = DTYPES[args.dtype]
 
     print(f"# Generation: {machine_description(device)}")
+    if args.matvec:
+        matvec(shapes, device, dtype, rounds)
+        return
     bandwidth = read_bandwidth(device, quick=args.quick)
     print(f"Measured read bandwidth: {bandwidth / 1e9:.1f} GB/s. Rounds: {rounds} (+1 warm-up).")
     print(

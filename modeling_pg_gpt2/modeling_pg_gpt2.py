@@ -3,8 +3,9 @@
 The architecture is GPT-2's (Radford et al., 2019): learned token and position embeddings, a stack of
 pre-LayerNorm blocks (causal self-attention, then a 4x-wide GELU MLP, each on a residual branch), a
 final LayerNorm and a language-model head tied to the token embeddings. Parameter names are GPT-2's
-(`wte`, `wpe`, `h.N.ln_1`, `attn.c_attn`, ...), but every projection is an `nn.Linear`, so GPT-2's
-Conv1D weights are the transpose of ours (see `convert.py`).
+(`wte`, `wpe`, `h.N.ln_1`, `attn.c_attn`, ...), but every projection is an `nn.Linear` (`PgLinear`, the
+same layer with a faster decoding path on some CPUs), so GPT-2's Conv1D weights are the transpose of
+ours (see `convert.py`).
 
 This file and `configuration_pg_gpt2.py` are the remote code served from the Hub. They run on the
 transformers version of whoever downloads them, so they only use interfaces that exist from 5.5 on
@@ -18,6 +19,7 @@ from __future__ import annotations
 
 import inspect
 import math
+import platform
 from collections.abc import Callable
 from typing import Any
 
@@ -79,6 +81,53 @@ def eager_attention_forward(
     return attn_output.transpose(1, 2), attn_weights  # (B, T, H, D), (B, H, T, S)
 
 
+def _mkl_on_an_amd_cpu() -> bool:
+    """True when torch multiplies with MKL on an AMD CPU, where MKL's matrix-vector kernel is slow."""
+    if not torch.backends.mkl.is_available():
+        return False
+    try:
+        with open("/proc/cpuinfo") as cpuinfo:
+            vendor = cpuinfo.read(4096)  # the first processor's entry names the vendor
+    except OSError:  # not Linux
+        vendor = platform.processor()
+    return "AuthenticAMD" in vendor
+
+
+# Read once, at import: a module constant is also what a compiled graph can take as given.
+_BATCHED_DECODING_PRODUCTS = _mkl_on_an_amd_cpu()
+
+
+class PgLinear(nn.Linear):
+    """`nn.Linear` (same weights, same state dict) with a faster path for decoding on MKL + AMD CPUs.
+
+    Decoding multiplies each weight matrix by one row per sequence. For one row, MKL calls its
+    matrix-vector kernel, which on AMD CPUs reads the weights at 7-12 GB/s on one core (AMD EPYC,
+    2 cores); the same product written as a batch of two half-height matrices goes through MKL's
+    batched matrix product instead: 2-4x faster, and spread over two cores. With up to 8 rows that
+    only pays for a vocabulary head (out >= 8 x in). On Intel CPUs MKL's own kernel is fast and
+    threaded (2x faster than this path on a 16-core Xeon), so there, on other devices and for
+    everything else (training, prefill), this is `nn.Linear`. Measurements: bench/RESULTS.md.
+    """
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not _BATCHED_DECODING_PRODUCTS or x.device.type != "cpu":  # first, and cheap: most calls stop here
+            return F.linear(x, self.weight, self.bias)
+        in_features, out_features = self.in_features, self.out_features
+        rows = x.numel() // in_features if x.shape[-1] == in_features else 0
+        head = out_features >= 8 * in_features
+        if not (rows == 1 or (head and 0 < rows <= 8)) or not self.weight.is_contiguous():
+            return F.linear(x, self.weight, self.bias)
+        even = out_features - out_features % 2  # GPT-2's 50257-token head leaves one row over
+        halves = self.weight[:even].view(2, even // 2, in_features)  # (2, out/2, in)
+        columns = x.reshape(1, rows, in_features).mT.expand(2, -1, -1)  # (2, in, rows), column-major as BLAS wants
+        y = torch.bmm(halves, columns).view(even, rows).t()  # (2, out/2, rows) -> (rows, out)
+        if even < out_features:
+            y = torch.cat([y, x.reshape(rows, in_features) @ self.weight[even:].t()], dim=1)
+        if self.bias is not None:
+            y = y + self.bias.to(y.dtype)  # under autocast the product is bf16, as F.linear's would be
+        return y.reshape(*x.shape[:-1], out_features)
+
+
 class PgGPT2Attention(nn.Module):
     """Multi-head causal self-attention with one fused q/k/v projection (GPT-2's `c_attn`)."""
 
@@ -90,8 +139,8 @@ class PgGPT2Attention(nn.Module):
         self.head_dim = config.n_embd // config.n_head
         self.scaling = self.head_dim**-0.5
         self.is_causal = True  # read by the sdpa / flash-attention interfaces
-        self.c_attn = nn.Linear(config.n_embd, 3 * config.n_embd)
-        self.c_proj = nn.Linear(config.n_embd, config.n_embd)
+        self.c_attn = PgLinear(config.n_embd, 3 * config.n_embd)
+        self.c_proj = PgLinear(config.n_embd, config.n_embd)
         self.c_proj.is_residual_projection = True  # scaled init, see _init_weights
         self.resid_dropout = nn.Dropout(config.resid_pdrop)
 
@@ -130,8 +179,8 @@ class PgGPT2MLP(nn.Module):
     def __init__(self, config: PgGPT2Config) -> None:
         super().__init__()
         n_inner = config.n_inner if config.n_inner is not None else 4 * config.n_embd
-        self.c_fc = nn.Linear(config.n_embd, n_inner)
-        self.c_proj = nn.Linear(n_inner, config.n_embd)
+        self.c_fc = PgLinear(config.n_embd, n_inner)
+        self.c_proj = PgLinear(n_inner, config.n_embd)
         self.c_proj.is_residual_projection = True
         # GPT-2's "gelu_new" is the tanh approximation of GELU; torch has it as one fused kernel,
         # several times faster than transformers' elementwise formula and equal to within 1e-7.
@@ -371,7 +420,7 @@ class PgGPT2ForCausalLM(PgGPT2PreTrainedModel, GenerationMixin):
     def __init__(self, config: PgGPT2Config) -> None:
         super().__init__(config)
         self.transformer = PgGPT2Model(config)
-        self.lm_head = nn.Linear(config.n_embd, config.vocab_size, bias=False)
+        self.lm_head = PgLinear(config.n_embd, config.vocab_size, bias=False)
         self.post_init()
 
     def forward(

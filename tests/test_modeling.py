@@ -6,6 +6,7 @@ import math
 
 import pytest
 import torch
+import torch.nn.functional as F
 from conftest import gpt2_twin, tiny_config
 from transformers import (
     AutoConfig,
@@ -21,6 +22,8 @@ from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS, AttentionInterf
 from transformers.utils import is_flash_attn_2_available
 
 from modeling_pg_gpt2 import PRESETS, PgGPT2Config, PgGPT2ForCausalLM, PgGPT2Model
+from modeling_pg_gpt2 import modeling_pg_gpt2 as pg_modeling
+from modeling_pg_gpt2.modeling_pg_gpt2 import PgLinear
 
 IMPLEMENTATIONS = ["eager", "sdpa"]
 
@@ -114,6 +117,60 @@ def test_gpt2_names_linear_layers_and_tied_head(tiny_model):
         assert f"transformer.h.1.{name}.weight" in names
     assert isinstance(tiny_model.transformer.h[0].attn.c_attn, torch.nn.Linear)
     assert tiny_model.lm_head.weight is tiny_model.transformer.wte.weight
+
+
+class _RecordCalls(torch.overrides.TorchFunctionMode):
+    """Records which torch functions run (observes, changes nothing)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.called: set = set()
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        self.called.add(func)
+        return func(*args, **(kwargs or {}))
+
+
+@pytest.mark.parametrize(
+    ("in_features", "out_features", "bias", "rows", "batched"),
+    [
+        (16, 48, True, 1, True),  # one row: the batched product
+        (16, 51, False, 1, True),  # odd out_features: the last row on its own
+        (16, 48, True, 8, False),  # a few rows through a block's layer: nn.Linear's path
+        (16, 211, False, 8, True),  # ... through a vocabulary head: batched
+        (16, 211, False, 9, False),  # more rows: nn.Linear's path
+    ],
+)
+def test_pg_linear_equals_nn_linear_on_every_path(monkeypatch, in_features, out_features, bias, rows, batched):
+    """PgLinear's decoding path computes F.linear exactly where it is meant to run, gradients included.
+
+    The path is switched on for MKL on AMD CPUs (this project's machine); here it is on whatever the CPU."""
+    monkeypatch.setattr(pg_modeling, "_BATCHED_DECODING_PRODUCTS", True)
+    torch.manual_seed(0)
+    layer = PgLinear(in_features, out_features, bias=bias)
+    x = torch.randn(rows, 1, in_features, requires_grad=True)
+    with _RecordCalls() as record:
+        y = layer(x)
+    assert (torch.bmm in record.called) == batched
+    expected = F.linear(x, layer.weight, layer.bias)
+    assert y.shape == expected.shape == (rows, 1, out_features)
+    assert (y - expected).abs().max().item() <= 1e-5
+    grads = torch.autograd.grad(y.square().sum(), [x, layer.weight])
+    expected_grads = torch.autograd.grad(expected.square().sum(), [x, layer.weight])
+    for grad, expected_grad in zip(grads, expected_grads, strict=True):
+        assert (grad - expected_grad).abs().max().item() <= 1e-4
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert layer(x).dtype == F.linear(x, layer.weight, layer.bias).dtype == torch.bfloat16
+    with pytest.raises(RuntimeError, match="cannot be multiplied"):  # a wrong width gets nn.Linear's own error
+        layer(torch.randn(1, in_features + 1))
+
+
+def test_pg_linear_is_nn_linear_where_the_batched_path_is_off(monkeypatch):
+    monkeypatch.setattr(pg_modeling, "_BATCHED_DECODING_PRODUCTS", False)
+    layer = PgLinear(16, 48)
+    with _RecordCalls() as record:
+        y = layer(torch.randn(1, 16))
+    assert torch.bmm not in record.called and F.linear in record.called and y.shape == (1, 48)
 
 
 def test_initialisation_follows_gpt2():
