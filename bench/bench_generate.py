@@ -19,6 +19,7 @@ transformers compile the decoding step (on GPUs).
 from __future__ import annotations
 
 import argparse
+import collections
 import functools
 import statistics
 import time
@@ -88,10 +89,14 @@ def matvec(shapes: list[str], device: torch.device, dtype: torch.dtype, rounds: 
     Decoding reads every weight from memory, not cache: each timed pass multiplies enough copies of the
     weight (256 MB or more) that none is still cached when its turn comes again.
     """
-    rows = []
+    rows, per_token = [], []
     for shape in shapes:
         model = model_pair(preset_config(SHAPES[shape][0], dropout=0.0), "sdpa", device, dtype)[PG]
-        found = {(m.out_features, m.in_features, m.bias is not None) for m in model.modules() if type(m) is PgLinear}
+        layers_of = collections.Counter(
+            (m.out_features, m.in_features, m.bias is not None) for m in model.modules() if type(m) is PgLinear
+        )
+        found = set(layers_of)
+        seconds = {"nn.Linear": 0.0, "PgLinear": 0.0}  # one token's products at batch 1
         del model
         for out_features, in_features, bias in sorted(found):
             layer_bytes = out_features * in_features * torch.finfo(dtype).bits // 8
@@ -107,6 +112,9 @@ def matvec(shapes: list[str], device: torch.device, dtype: torch.dtype, rounds: 
                 }
                 timings = interleave(candidates, rounds=rounds, warmup=1, device=device)
                 speed = {name: len(layers) * layer_bytes / t.median / 1e9 for name, t in timings.items()}
+                if n_rows == 1:
+                    for name in seconds:
+                        seconds[name] += layers_of[out_features, in_features, bias] * layer_bytes / speed[name] / 1e9
                 rows.append(
                     [
                         shape,
@@ -118,7 +126,21 @@ def matvec(shapes: list[str], device: torch.device, dtype: torch.dtype, rounds: 
                     ]
                 )
             del layers
+        per_token.append((shape, seconds))
     print_table(["shape", "weight (out × in)", "rows", "nn.Linear GB/s", "PgLinear GB/s", "speed-up"], rows)
+    bandwidth = read_bandwidth(device)
+    print(f"\nOne token's weight products at batch 1, at these speeds (read bandwidth {bandwidth / 1e9:.1f} GB/s):")
+    for shape, seconds in per_token:
+        model_bytes = weight_bytes_per_token(
+            model_pair(preset_config(SHAPES[shape][0], 0.0), "sdpa", device, dtype)[PG]
+        )
+        floor = model_bytes / bandwidth
+        print(
+            f"- {shape}: "
+            + ", ".join(
+                f"{name} {s * 1e3:.2f} ms ({floor / s:.0%} of the bandwidth limit)" for name, s in seconds.items()
+            )
+        )
     state = "on (MKL on an AMD CPU)" if pg_modeling._BATCHED_DECODING_PRODUCTS else "off: PgLinear is nn.Linear here"
     print(f"\nPgLinear's batched products for decoding: {state}.")
 
