@@ -20,12 +20,14 @@ Every bad input is a [`~modeling_pg_gpt2.cli.UserError`] raised before the outpu
 
 from __future__ import annotations
 
+import ctypes
 import dataclasses
 import functools
 import importlib.util
 import json
 import logging
 import os
+import platform
 import re
 import shutil
 import time
@@ -168,6 +170,14 @@ class CLMTrainingArguments(TrainingArguments):
         metadata={
             "help": "Stop training after this many minutes of this process, evaluating and saving as at the end "
             "(a time budget on top of max_steps; the learning-rate schedule still follows max_steps)."
+        },
+    )
+    reuse_freed_memory: bool = field(
+        default=True,
+        metadata={
+            "help": "Training on a CPU under Linux (glibc): let malloc keep large freed blocks for the next step "
+            "instead of returning them to the system, whose fresh pages fault in one by one: 10-20%% faster steps "
+            "for ~15%% more resident memory. Pass false to keep memory tight."
         },
     )
     do_train: bool = field(default=True, metadata={"help": "Train (pass --do_train false to only evaluate)."})
@@ -660,6 +670,23 @@ def _final_eval_metrics(trainer: Trainer) -> dict[str, float]:
     return {key: value for key, value in evaluations[-1].items() if key.startswith("eval_")}
 
 
+def reuse_freed_memory() -> bool:
+    """Have glibc's malloc keep large freed blocks for reuse; False where the C library is not glibc.
+
+    A training step allocates and frees the same large tensors every time (logits and their gradient,
+    activations). Blocks above malloc's mmap threshold (32 MB at most by default) are fresh mappings
+    returned to the system when freed, and each of their pages faults in again on first touch: about
+    a million page faults per step for the tiny demo model. With the threshold at 1 GB, and no trimming
+    of the heap's top, they come from the heap and are reused: 10-20% faster CPU training steps for
+    13-19% more resident memory (bench/RESULTS.md, "Recipe"). Affects this process only.
+    """
+    if platform.libc_ver()[0] != "glibc":
+        return False
+    libc = ctypes.CDLL(None)
+    m_trim_threshold, m_mmap_threshold = -1, -3  # from glibc's malloc.h
+    return bool(libc.mallopt(m_mmap_threshold, 1 << 30)) and bool(libc.mallopt(m_trim_threshold, 2**31 - 1))
+
+
 def train(
     model_args: ModelArguments,
     corpus_args: CorpusArguments,
@@ -669,6 +696,9 @@ def train(
     """Run a whole pre-training job (see the module docstring) and return the final metrics."""
     _setup_logging(training_args)
     resume_from = resolve_resume(training_args)
+    on_cpu = training_args.use_cpu or not torch.accelerator.is_available()
+    if training_args.reuse_freed_memory and on_cpu and training_args.do_train and reuse_freed_memory():
+        logger.info("malloc keeps freed blocks for reuse (--reuse_freed_memory false to turn off).")
 
     set_seed(training_args.seed)  # before the model exists: Trainer seeds only after
     tokenizer = load_tokenizer(model_args)
@@ -802,6 +832,7 @@ def _training_info(
         "bf16": args.bf16,
         "fp16": args.fp16,
         "torch_compile": args.torch_compile,
+        "reuse_freed_memory": args.reuse_freed_memory,
         "attn_implementation": trainer.model.config._attn_implementation,
         "device": str(args.device),
         "versions": {"torch": torch.__version__, "transformers": transformers.__version__},
