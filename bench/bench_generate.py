@@ -95,10 +95,10 @@ def matvec(shapes: list[str], device: torch.device, dtype: torch.dtype, rounds: 
         layers_of = collections.Counter(
             (m.out_features, m.in_features, m.bias is not None) for m in model.modules() if type(m) is PgLinear
         )
-        found = set(layers_of)
+        model_bytes = weight_bytes_per_token(model)
         seconds = {"nn.Linear": 0.0, "PgLinear": 0.0}  # one token's products at batch 1
         del model
-        for out_features, in_features, bias in sorted(found):
+        for out_features, in_features, bias in sorted(layers_of):
             layer_bytes = out_features * in_features * torch.finfo(dtype).bits // 8
             layers = [
                 PgLinear(in_features, out_features, bias=bias, device=device, dtype=dtype)
@@ -126,14 +126,11 @@ def matvec(shapes: list[str], device: torch.device, dtype: torch.dtype, rounds: 
                     ]
                 )
             del layers
-        per_token.append((shape, seconds))
+        per_token.append((shape, model_bytes, seconds))
     print_table(["shape", "weight (out × in)", "rows", "nn.Linear GB/s", "PgLinear GB/s", "speed-up"], rows)
     bandwidth = read_bandwidth(device)
     print(f"\nOne token's weight products at batch 1, at these speeds (read bandwidth {bandwidth / 1e9:.1f} GB/s):")
-    for shape, seconds in per_token:
-        model_bytes = weight_bytes_per_token(
-            model_pair(preset_config(SHAPES[shape][0], 0.0), "sdpa", device, dtype)[PG]
-        )
+    for shape, model_bytes, seconds in per_token:
         floor = model_bytes / bandwidth
         print(
             f"- {shape}: "

@@ -109,14 +109,21 @@ class PgLinear(nn.Linear):
     everything else (training, prefill), this is `nn.Linear`. Measurements: bench/RESULTS.md.
     """
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def _batched_rows(self, x: torch.Tensor) -> int:
+        """How many rows x has if the batched product pays for them, else 0 (nn.Linear's path)."""
         if not _BATCHED_DECODING_PRODUCTS or x.device.type != "cpu":  # first, and cheap: most calls stop here
+            return 0
+        if x.shape[-1] != self.in_features or not self.weight.is_contiguous():
+            return 0
+        rows = x.numel() // self.in_features
+        head = self.out_features >= 8 * self.in_features
+        return rows if rows == 1 or (head and 0 < rows <= 8) else 0
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        rows = self._batched_rows(x)
+        if not rows:
             return F.linear(x, self.weight, self.bias)
         in_features, out_features = self.in_features, self.out_features
-        rows = x.numel() // in_features if x.shape[-1] == in_features else 0
-        head = out_features >= 8 * in_features
-        if not (rows == 1 or (head and 0 < rows <= 8)) or not self.weight.is_contiguous():
-            return F.linear(x, self.weight, self.bias)
         even = out_features - out_features % 2  # GPT-2's 50257-token head leaves one row over
         halves = self.weight[:even].view(2, even // 2, in_features)  # (2, out/2, in)
         columns = x.reshape(1, rows, in_features).mT.expand(2, -1, -1)  # (2, in, rows), column-major as BLAS wants
