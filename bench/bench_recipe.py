@@ -6,9 +6,11 @@ betas, clipping, seed) and the same wall-clock budget (`--minutes`). What differ
 chooses for speed:
 
 - pg_gpt2: `python run_clm.py configs/shakespeare-cpu.yaml`, exactly as the demo runs it (its
-  optimizer, thread and compile settings, packing), in the environment this script was started in;
+  optimizer, precision, attention, thread and compile settings, packing), in the environment this
+  script was started in;
 - baseline: transformers' `GPT2LMHeadModel` in a plain `Trainer` with its defaults for everything
-  else (`adamw_torch`, no compile, torch's thread settings: OMP_*/MKL_*/GOMP_* variables are removed).
+  else (the default optimizer, fp32, sdpa attention, no compile, torch's thread settings:
+  OMP_*/MKL_*/GOMP_* variables are removed).
 
 Mid-run evaluations and checkpoints are switched off for both, so the budget is spent training; each
 run ends with one evaluation on the whole validation split (loss, bits per byte). The table gives
@@ -128,6 +130,8 @@ def train_baseline(argv: list[str], minutes: float, result_file: Path) -> None:
         "tokens_per_step": tokens_per_step,
         "optim": str(getattr(args.optim, "value", args.optim)),
         "torch_compile": args.torch_compile,
+        "bf16": args.bf16,
+        "attn_implementation": model.config._attn_implementation,
         "shared_hyperparameters": shared,
     }
     result_file.write_text(json.dumps(result, indent=2, default=str) + "\n")
@@ -160,6 +164,8 @@ def run(name: str, recipe_argv: list[str], minutes: float, folder: Path) -> dict
             tokens_per_step=info["tokens_per_step"],
             optim=info["optim"],
             torch_compile=info["torch_compile"],
+            bf16=info["bf16"],
+            attn_implementation=info["attn_implementation"],
         )
         return metrics
     return json.loads(result_file.read_text())
@@ -205,7 +211,8 @@ def main() -> None:
         rows.append(
             [
                 name,
-                f"{first['optim']}, compile {first['torch_compile']}",
+                f"{first['optim']}, {'bf16' if first['bf16'] else 'fp32'}, {first['attn_implementation']}, "
+                f"compile {first['torch_compile']}",
                 f"{median(name, 'global_step'):.0f}",
                 rate(speed[name]),
                 f"**{speed[name] / speed[HF]:.2f}×**" if name == PG else "1",
@@ -215,7 +222,16 @@ def main() -> None:
         )
     print()
     print_table(
-        ["run", "optimizer, compile", "steps", "train tokens/s", f"vs {HF}", "val loss", "val bits/byte"], rows
+        [
+            "run",
+            "optimizer, precision, attention, compile",
+            "steps",
+            "train tokens/s",
+            f"vs {HF}",
+            "val loss",
+            "val bits/byte",
+        ],
+        rows,
     )
     for name in (PG, HF):
         for r in results[name]:

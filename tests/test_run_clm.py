@@ -496,3 +496,32 @@ def test_reuse_freed_memory_keeps_large_blocks_mapped():
     pages = 5 * 64 * 2**20 // os.sysconf("SC_PAGE_SIZE")
     assert default >= 0.9 * pages  # every block's pages fault in again
     assert reused <= 0.1 * pages
+
+
+def cpu_has_native_bf16() -> bool:
+    """AVX512-BF16 or AMX-BF16 in /proc/cpuinfo's flags, read independently of torch's probes."""
+    for line in Path("/proc/cpuinfo").read_text().splitlines():
+        if line.startswith("flags"):
+            return bool({"avx512_bf16", "amx_bf16"} & set(line.split(":", 1)[1].split()))
+    return False
+
+
+@pytest.mark.skipif(not Path("/proc/cpuinfo").exists() or torch.accelerator.is_available(), reason="Linux CPU only")
+def test_auto_bf16_trains_in_bf16_exactly_where_the_cpu_has_bf16_instructions(trained, recipe, workspace):
+    native = cpu_has_native_bf16()
+    parsed = parse_arguments(make_parser(DATACLASSES), [str(recipe), "--output_dir", "x", "--auto_bf16", "true"])[-1]
+    assert parsed.bf16 is native and parsed.use_cpu is native  # transformers allows CPU bf16 only with use_cpu
+
+    out = workspace / "auto-bf16"
+    result = run_clm(recipe, "--output_dir", out, "--auto_bf16", "true")
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert json.loads((out / "training_info.json").read_text())["bf16"] is native
+    assert ("| Precision | bf16 |" in (out / "README.md").read_text()) is native
+    fp32 = weights(trained)
+    changed = [name for name, tensor in weights(out).items() if not torch.equal(tensor, fp32[name])]
+    if native:  # the same run from the same seed, with bf16 products: other weights, as good a model
+        assert changed
+        losses = [json.loads((folder / "metrics.json").read_text())["eval_loss"] for folder in (out, trained)]
+        assert losses[0] == pytest.approx(losses[1], rel=0.05)
+    else:  # nothing changes where bf16 would be emulated
+        assert not changed
