@@ -9,9 +9,13 @@ peak measured here at start-up.
     .venv/bin/python bench/bench_train.py                      # tiny and 124M, eager and sdpa, CPU
     .venv/bin/python bench/bench_train.py --quick              # smoke run (tiny, few rounds)
     .venv/bin/python bench/bench_train.py --compile --shapes tiny
+    .venv/bin/python bench/bench_train.py --malloc reuse           # freed memory reused, as run_clm.py trains
     python bench/bench_train.py --device cuda --dtype bf16 --compile --shapes 124m --context 1024 --batch 8
 
 `--dtype bf16` trains under `torch.autocast` with fp32 weights (what the Trainer's `--bf16` does).
+`--malloc reuse` measures both models with glibc's malloc keeping freed blocks (as `run_clm.py` trains on
+a CPU): without it, blocks above malloc's mmap threshold fault in page by page at every step, and how
+many do depends on each model's allocations and on the other model's in the same process.
 """
 
 from __future__ import annotations
@@ -48,6 +52,7 @@ from transformers import GPT2LMHeadModel
 
 from modeling_pg_gpt2 import PgGPT2ForCausalLM
 from modeling_pg_gpt2.convert import pg_config_to_gpt2
+from modeling_pg_gpt2.training import reuse_freed_memory
 
 
 def training_step(model, optimizer: torch.optim.Optimizer, ids: torch.Tensor, autocast_dtype: torch.dtype | None):
@@ -251,10 +256,19 @@ def main() -> None:
     parser.add_argument(
         "--optimizer", default="fused", choices=sorted(OPTIMIZERS), help="AdamW kernel (default fused)"
     )
+    parser.add_argument(
+        "--malloc",
+        default="default",
+        choices=("default", "reuse"),
+        help="glibc malloc as it comes (default), or keeping freed blocks for reuse as run_clm.py trains on a "
+        "CPU (no page faults on either side); both models share the choice",
+    )
     parser.add_argument("--no-memory", action="store_true", help="skip the peak-memory measurement")
     parser.add_argument("--breakdown", action="store_true", help="profile one step of each: where the time goes")
     args = parser.parse_args()
     device = setup(args)
+    if args.malloc == "reuse" and not reuse_freed_memory():
+        sys.exit("error: --malloc reuse needs glibc (Linux); use --malloc default")
     rounds = args.rounds or (3 if args.quick else 10)
     shapes = ["tiny"] if args.quick and args.shapes == "tiny,124m" else csv(args.shapes)
     autocast = DTYPES[args.dtype] if args.dtype != "fp32" else None
@@ -264,6 +278,7 @@ def main() -> None:
     peak = matmul_peak(device, matmul_dtype, quick=args.quick)
     print(
         f"Rounds: {rounds} (+1 warm-up). Dropout {args.dropout}, compile {args.compile}, dtype {args.dtype}, "
+        f"malloc {args.malloc}, "
         f"device {device.type}; AdamW(lr=6e-4, betas=(0.9, 0.95), weight_decay=0.1), {args.optimizer} "
         "implementation on both sides.\n"
     )
