@@ -17,7 +17,7 @@ run ends with one evaluation on the whole validation split (loss, bits per byte)
 training tokens/s (steps done x tokens per step / training time) and the validation bits per byte
 reached within the budget.
 
-    .venv/bin/python bench/bench_recipe.py                 # 5 minutes each, about 12 minutes in all
+    .venv/bin/python bench/bench_recipe.py                 # 5 minutes each, about 10 minutes in all
     .venv/bin/python bench/bench_recipe.py --quick         # 1 minute each, a smoke run
     .venv/bin/python bench/bench_recipe.py --repeats 2     # pg, baseline, baseline, pg: medians of 2
 
