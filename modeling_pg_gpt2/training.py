@@ -200,7 +200,7 @@ class CLMTrainingArguments(TrainingArguments):
         metadata={
             "help": "Train under bf16 autocast (as --bf16, fp32 master weights) where the device multiplies bf16 "
             "natively: a CUDA GPU that supports it, or a CPU with AVX512-BF16 or AMX, where bf16 matrix products "
-            "run about twice as fast as fp32; fp32 elsewhere. --bf16 or --fp16, when given, decide instead."
+            "run about twice as fast as fp32; fp32 elsewhere. --bf16 true or --fp16 true take precedence."
         },
     )
     do_train: bool = field(default=True, metadata={"help": "Train (pass --do_train false to only evaluate)."})
