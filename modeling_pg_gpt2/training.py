@@ -230,12 +230,13 @@ class CLMTrainingArguments(TrainingArguments):
     )
 
     def __post_init__(self) -> None:
+        accelerator = torch.accelerator.current_accelerator(check_available=True)  # None on a CPU-only machine
         if self.auto_bf16 and not (self.bf16 or self.fp16):
-            on_cpu = self.use_cpu or not torch.accelerator.is_available()
-            self.bf16 = native_bf16("cpu" if on_cpu else torch.accelerator.current_accelerator().type)
+            on_cpu = self.use_cpu or accelerator is None
+            self.bf16 = native_bf16("cpu" if on_cpu else accelerator.type)
             # transformers accepts bf16 on a CPU only when told that the CPU is the device
             self.use_cpu = self.use_cpu or (self.bf16 and on_cpu)
-        if not torch.accelerator.is_available():
+        if accelerator is None:
             # Under a launcher (accelerate launch, torchrun) on a machine without GPUs, only use_cpu makes
             # transformers set up DDP over gloo; without it every rank silently trains alone.
             if int(os.environ.get("WORLD_SIZE", "1")) > 1:
@@ -729,7 +730,7 @@ def train(
         logger.info("malloc keeps freed blocks for reuse (--reuse_freed_memory false to turn off).")
     if training_args.auto_bf16:
         precision = "bf16 autocast" if training_args.bf16 else "fp16 autocast" if training_args.fp16 else "fp32"
-        logger.info(f"--auto_bf16: training in {precision} on {training_args.device.type}.")
+        logger.info("--auto_bf16: training in %s on %s.", precision, training_args.device.type)
 
     set_seed(training_args.seed)  # before the model exists: Trainer seeds only after
     tokenizer = load_tokenizer(model_args)
