@@ -135,6 +135,100 @@ class PgLinear(nn.Linear):
         return y.reshape(*x.shape[:-1], out_features)
 
 
+# Tokens per chunk of the fused loss below. A chunk's logits are 1024 x V floats (32 MB at V = 8192, 206 MB
+# at GPT-2's 50257); smaller chunks cost 4-14% of the head's time at 124M on a CPU, where every chunk also
+# reads and writes the whole (V, C) weight gradient.
+_LOSS_CHUNK = 1024
+
+
+class _FusedHeadLoss(torch.autograd.Function):
+    """Cross-entropy of `hidden @ weight.T` against `targets`, without keeping the (N, V) logits.
+
+    The forward pass works through the tokens chunk by chunk: logits, log-softmax, the loss, and the
+    loss's gradients for `hidden` and `weight`, all while the chunk is still in cache; backward only
+    scales the stored gradients. The products are the three the unfused head and loss compute, but the
+    (N, V) logits, their log-softmax and their gradient are never allocated whole: less memory, and on
+    a CPU no freshly mapped blocks that fault in page by page at every step (bench/RESULTS.md).
+    """
+
+    @staticmethod
+    def forward(ctx, hidden, weight, targets, scale, compute_dtype):
+        # hidden (N, C), weight (V, C), targets (N,) with ignored tokens clamped to 0, scale (N,): 0 for
+        # ignored tokens, else 1 / divisor. Products run in compute_dtype (bf16 under autocast), the
+        # softmax and the loss in fp32, as GPT2LMHeadModel's head and loss_function do.
+        need_hidden, need_weight = ctx.needs_input_grad[:2]
+        with torch.autocast(hidden.device.type, enabled=False):
+            h_all, w = hidden.to(compute_dtype), weight.to(compute_dtype)
+            grad_hidden = torch.empty_like(hidden) if need_hidden else None
+            grad_weight = None
+            loss = hidden.new_zeros((), dtype=torch.float32)
+            for start in range(0, hidden.shape[0], _LOSS_CHUNK):
+                h = h_all[start : start + _LOSS_CHUNK]  # (n, C)
+                s = scale[start : start + _LOSS_CHUNK]  # (n,)
+                rows = torch.arange(h.shape[0], device=h.device)
+                t = targets[start : start + _LOSS_CHUNK]
+                probs = torch.log_softmax((h @ w.t()).float(), dim=-1)  # (n, V) log-probabilities
+                loss -= (probs[rows, t] * s).sum()
+                if not (need_hidden or need_weight):
+                    continue
+                # d loss / d logits = (softmax - onehot(target)) * s, with s applied to the (n, C) side
+                probs.exp_()
+                probs[rows, t] -= 1
+                d_logits = probs.to(compute_dtype)  # (n, V)
+                if need_hidden:
+                    grad_hidden[start : start + _LOSS_CHUNK] = (d_logits @ w) * s[:, None]
+                if need_weight:
+                    chunk_grad = d_logits.t() @ (h * s[:, None].to(compute_dtype))  # (V, C)
+                    if grad_weight is None:
+                        grad_weight = chunk_grad.to(weight.dtype)
+                    else:
+                        grad_weight += chunk_grad
+        ctx.save_for_backward(grad_hidden, grad_weight)
+        return loss
+
+    @staticmethod
+    def backward(ctx, grad_loss):
+        grad_hidden, grad_weight = ctx.saved_tensors
+        return (
+            grad_hidden * grad_loss if grad_hidden is not None else None,
+            grad_weight * grad_loss if grad_weight is not None else None,
+            None,
+            None,
+            None,
+        )
+
+
+def fused_head_loss(
+    hidden_states: torch.Tensor,
+    weight: torch.Tensor,
+    labels: torch.Tensor,
+    num_items_in_batch: torch.Tensor | int | None = None,
+    ignore_index: int = -100,
+    shift_labels: torch.Tensor | None = None,
+    **kwargs: Any,
+) -> torch.Tensor:
+    """transformers' causal-LM loss of `hidden_states @ weight.T`, computed without materialising the logits.
+
+    Same arguments and result as `ForCausalLMLoss` on the logits: labels are shifted inside unless
+    `shift_labels` are given, `ignore_index` tokens count for nothing, and the summed loss is divided by
+    `num_items_in_batch` when given (the Trainer's gradient accumulation), else by the label tokens.
+    """
+    if shift_labels is None:
+        shift_labels = F.pad(labels, (0, 1), value=ignore_index)[..., 1:]
+    targets = shift_labels.reshape(-1).to(hidden_states.device)  # (N,)
+    valid = targets != ignore_index
+    divisor = num_items_in_batch if num_items_in_batch is not None else valid.sum()
+    if torch.is_tensor(divisor):
+        divisor = divisor.to(hidden_states.device)
+    scale = valid.float() / divisor  # (N,)
+    device_type = hidden_states.device.type
+    compute_dtype = (
+        torch.get_autocast_dtype(device_type) if torch.is_autocast_enabled(device_type) else hidden_states.dtype
+    )
+    hidden = hidden_states.reshape(-1, hidden_states.shape[-1])  # (N, C)
+    return _FusedHeadLoss.apply(hidden, weight, targets.masked_fill(~valid, 0), scale, compute_dtype)
+
+
 class PgGPT2Attention(nn.Module):
     """Multi-head causal self-attention with one fused q/k/v projection (GPT-2's `c_attn`)."""
 
@@ -444,6 +538,7 @@ class PgGPT2ForCausalLM(PgGPT2PreTrainedModel, GenerationMixin):
         return_dict: bool | None = None,
         logits_to_keep: int | torch.Tensor = 0,
         cache: Cache | None = None,
+        skip_logits: bool | None = None,
         **kwargs: Any,
     ) -> CausalLMOutputWithPast | tuple:
         r"""Next-token logits (B, T, V), and the mean cross-entropy when `labels` are given.
@@ -451,6 +546,10 @@ class PgGPT2ForCausalLM(PgGPT2PreTrainedModel, GenerationMixin):
         labels: (B, T), usually `input_ids`; the shift by one happens inside. -100 is ignored.
         logits_to_keep: compute logits only for the last N positions (0 = all) or the given indices;
             generation needs just the last one, which saves a (B, T, V) matmul.
+        skip_logits: compute the loss straight from the hidden states, chunk by chunk, and return no
+            logits (`logits=None`): the (B, T, V) logits, their log-softmax and gradient are never held
+            whole. Default: in training mode with labels and gradients on (every Trainer step); pass
+            False to get logits in training too.
         **kwargs: forwarded to the loss, e.g. the Trainer's `num_items_in_batch`, which makes
             gradient accumulation average over tokens exactly as one large batch would.
         """
@@ -466,17 +565,23 @@ class PgGPT2ForCausalLM(PgGPT2PreTrainedModel, GenerationMixin):
             **kwargs,
         )
         hidden_states = outputs.last_hidden_state
-        keep = slice(-logits_to_keep, None) if isinstance(logits_to_keep, int) else logits_to_keep
-        logits = self.lm_head(hidden_states[:, keep, :])  # (B, T', V)
-
-        loss = None
-        if labels is not None:
-            if torch.compiler.is_compiling():
-                # Compiled, the loss gets a graph of its own, as in GPT2LMHeadModel. In one graph with the logits
-                # output, AOTAutograd would hand the backward a zero-filled (B, T, V) gradient for the logits
-                # whenever only the loss is used (every Trainer step): 3-4% of a compiled CPU step.
-                torch._dynamo.graph_break()
-            loss = self.loss_function(logits, labels, vocab_size=self.config.vocab_size, **kwargs)
+        if skip_logits is None:
+            skip_logits = self.training and labels is not None and torch.is_grad_enabled()
+        logits = loss = None
+        if skip_logits:
+            if labels is None:
+                raise ValueError("skip_logits=True returns only the loss, which needs labels; pass labels.")
+            loss = fused_head_loss(hidden_states, self.lm_head.weight, labels, **kwargs)
+        else:
+            keep = slice(-logits_to_keep, None) if isinstance(logits_to_keep, int) else logits_to_keep
+            logits = self.lm_head(hidden_states[:, keep, :])  # (B, T', V)
+            if labels is not None:
+                if torch.compiler.is_compiling():
+                    # Compiled, the loss gets a graph of its own, as in GPT2LMHeadModel. In one graph with the
+                    # logits output, AOTAutograd would hand the backward a zero-filled (B, T, V) gradient for the
+                    # logits whenever only the loss is used: 3-4% of a compiled CPU step.
+                    torch._dynamo.graph_break()
+                loss = self.loss_function(logits, labels, vocab_size=self.config.vocab_size, **kwargs)
 
         output = CausalLMOutputWithPast(
             loss=loss,

@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import gpt2_twin, tiny_config
+from conftest import _CONV1D_WEIGHTS, gpt2_twin, tiny_config
 from transformers import (
     AutoConfig,
     AutoModel,
@@ -19,7 +19,7 @@ from transformers import (
     TrainingArguments,
 )
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS, AttentionInterface
-from transformers.utils import is_flash_attn_2_available
+from transformers.utils import ModelOutput, is_flash_attn_2_available
 
 from modeling_pg_gpt2 import PRESETS, PgGPT2Config, PgGPT2ForCausalLM, PgGPT2Model
 from modeling_pg_gpt2 import modeling_pg_gpt2 as pg_modeling
@@ -37,6 +37,21 @@ def _left_padded(ids: torch.Tensor, pads: list[int], pad_id: int = 0) -> tuple[t
     for row, n in enumerate(pads):
         ids[row, :n], mask[row, :n] = pad_id, 0
     return ids, mask
+
+
+def _loss_and_grads(model, ids, labels, **kwargs) -> tuple[ModelOutput, dict[str, torch.Tensor]]:
+    """One forward and backward; the output and every parameter's gradient, GPT-2's Conv1D ones transposed."""
+    model.zero_grad(set_to_none=True)
+    out = model(ids, labels=labels, **kwargs)
+    out.loss.backward()
+    model = getattr(model, "_orig_mod", model)  # a compiled model's parameters are the original's
+    conv1d = isinstance(model, GPT2LMHeadModel)
+    grads = {n: p.grad.t() if conv1d and n.endswith(_CONV1D_WEIGHTS) else p.grad for n, p in model.named_parameters()}
+    return out, grads
+
+
+def _worst_relative(ours: dict[str, torch.Tensor], theirs: dict[str, torch.Tensor]) -> float:
+    return max(((ours[n] - theirs[n]).abs().max() / theirs[n].abs().max()).item() for n in theirs)
 
 
 # --- configuration ------------------------------------------------------------------------------------------
@@ -275,18 +290,26 @@ def test_no_cache_is_built_in_training(tiny_model):
 
 
 @pytest.mark.parametrize("implementation", IMPLEMENTATIONS)
-def test_compiled_training_step_is_two_graphs_and_trains_through_the_logits_too(implementation):
-    """Compiled, a training forward is two graphs, the model and its loss, split on purpose (one graph makes
-    AOTAutograd feed the backward a zero gradient for the logits); a loss that also uses the logits still
-    gets their gradient. aot_eager runs AOTAutograd without compiling kernels (tests/test_cuda.py does that)."""
+def test_compiled_training_step_is_one_graph_and_two_with_the_logits(implementation):
+    """Compiled, a training step (loss from the hidden states, no logits) is one graph. Asked for logits too,
+    it is two, the model and its loss, split on purpose (one graph makes AOTAutograd feed the backward a zero
+    gradient for the logits whenever only the loss is used), and a loss that also uses the logits still gets
+    their gradient. aot_eager runs AOTAutograd without compiling kernels (tests/test_cuda.py does that)."""
     config = tiny_config(resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0)
     model = PgGPT2ForCausalLM._from_config(config, attn_implementation=implementation).train()
     ids = _ids()
-    explained = torch._dynamo.explain(model)(ids, labels=ids)
-    assert explained.graph_count == 2, [reason.reason for reason in explained.break_reasons]
+    for skip_logits, graphs in [(None, 1), (False, 2)]:
+        explained = torch._dynamo.explain(model)(ids, labels=ids, skip_logits=skip_logits)
+        assert explained.graph_count == graphs, [reason.reason for reason in explained.break_reasons]
+
+    fused, fused_grads = _loss_and_grads(model, ids, ids)
+    compiled, compiled_grads = _loss_and_grads(torch.compile(model, backend="aot_eager"), ids, ids)
+    assert compiled.loss.item() == pytest.approx(fused.loss.item(), abs=1e-6)
+    assert _worst_relative(compiled_grads, fused_grads) <= 1e-6
 
     def loss_and_grads(module):
-        out = module(ids, labels=ids)
+        model.zero_grad(set_to_none=True)
+        out = module(ids, labels=ids, skip_logits=False)
         (out.loss + 0.1 * out.logits.square().mean()).backward()
         grads = {name: p.grad.clone() for name, p in model.named_parameters()}
         model.zero_grad(set_to_none=True)
@@ -378,6 +401,59 @@ def test_activation_checkpointing_gives_identical_gradients():
     checkpointed = grads()
     for name, grad in plain.items():
         assert torch.equal(grad, checkpointed[name]), name
+
+
+@pytest.mark.parametrize("num_items_in_batch", [None, 1000])
+def test_training_loss_and_gradients_equal_gpt2_without_the_logits(num_items_in_batch):
+    """In training the loss comes from the hidden states chunk by chunk (1280 tokens: two chunks, one
+    partial), with ignored labels and the Trainer's token count: the same loss and gradients as GPT-2's
+    logits + cross-entropy, and no (B, T, V) logits returned."""
+    torch.manual_seed(0)
+    model = PgGPT2ForCausalLM(tiny_config(resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0)).train()
+    twin = gpt2_twin(model)
+    ids = _ids(batch=20, length=64)
+    labels = ids.clone()
+    labels[0, :40] = -100
+    labels[19] = -100  # a whole row of the second, partial chunk ignored
+    kwargs = {} if num_items_in_batch is None else {"num_items_in_batch": torch.tensor(num_items_in_batch)}
+    ours, our_grads = _loss_and_grads(model, ids, labels, **kwargs)
+    theirs, their_grads = _loss_and_grads(twin, ids, labels, **kwargs)
+    assert ours.logits is None and theirs.logits is not None
+    assert ours.loss.item() == pytest.approx(theirs.loss.item(), rel=1e-6)
+    assert _worst_relative(our_grads, their_grads) <= 1e-5
+    with_logits, grads_with_logits = _loss_and_grads(model, ids, labels, skip_logits=False, **kwargs)
+    assert with_logits.logits.shape == (20, 64, model.config.vocab_size)
+    assert _worst_relative(grads_with_logits, their_grads) <= 1e-5
+
+
+def test_fused_loss_under_bf16_autocast_is_as_close_to_gpt2_as_the_logits_path():
+    """Under autocast the head's products run in bf16 and the softmax in fp32, as GPT2LMHeadModel's do."""
+    torch.manual_seed(0)
+    model = PgGPT2ForCausalLM(tiny_config(resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0)).train()
+    twin = gpt2_twin(model)
+    ids = _ids(batch=20, length=64)
+    reference, reference_grads = _loss_and_grads(twin, ids, ids)  # fp32
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        fused, fused_grads = _loss_and_grads(model, ids, ids)
+        logits_path, logits_grads = _loss_and_grads(model, ids, ids, skip_logits=False)
+        theirs, their_grads = _loss_and_grads(twin, ids, ids)
+    assert fused.logits is None and logits_path.logits.dtype == torch.bfloat16
+    assert fused.loss.item() == pytest.approx(theirs.loss.item(), rel=1e-3)
+    assert _worst_relative(fused_grads, their_grads) <= 2e-2
+    # bf16 moves the fused path from fp32 no further than it moves transformers' own head
+    assert _worst_relative(fused_grads, reference_grads) <= 2 * _worst_relative(logits_grads, reference_grads)
+    assert _worst_relative(fused_grads, reference_grads) > 0  # the products did run in bf16
+
+
+def test_skip_logits_without_gradients_and_without_labels(tiny_model):
+    ids = _ids(batch=2, length=16)
+    with torch.no_grad():
+        fused = tiny_model(ids, labels=ids, skip_logits=True)
+        plain = tiny_model(ids, labels=ids)  # eval mode: logits and the loss on them
+    assert fused.logits is None and plain.logits is not None
+    assert fused.loss.item() == pytest.approx(plain.loss.item(), rel=1e-6)
+    with pytest.raises(ValueError, match="needs labels"):
+        tiny_model(ids, skip_logits=True)
 
 
 class _Blocks(torch.utils.data.Dataset):
