@@ -135,9 +135,9 @@ class PgLinear(nn.Linear):
         return y.reshape(*x.shape[:-1], out_features)
 
 
-# Tokens per chunk of the fused loss below. A chunk's logits are 1024 x V floats (32 MB at V = 8192, 206 MB
-# at GPT-2's 50257); smaller chunks cost 4-14% of the head's time at 124M on a CPU, where every chunk also
-# reads and writes the whole (V, C) weight gradient.
+# Tokens per chunk of the fused loss below. A chunk's fp32 logits are 1024 x V floats (32 MiB at V = 8192,
+# 196 MiB at GPT-2's 50257); smaller chunks cost 4-14% of the head's time at 124M on a CPU, where every
+# chunk also reads and writes the whole (V, C) weight gradient.
 _LOSS_CHUNK = 1024
 
 
@@ -152,42 +152,47 @@ class _FusedHeadLoss(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, hidden, weight, targets, scale, compute_dtype):
-        # hidden (N, C), weight (V, C), targets (N,) with ignored tokens clamped to 0, scale (N,): 0 for
-        # ignored tokens, else 1 / divisor. Products run in compute_dtype (bf16 under autocast), the
-        # softmax and the loss in fp32, as GPT2LMHeadModel's head and loss_function do.
+    def forward(ctx, hidden, weight, targets, valid, divisor, compute_dtype):
+        # hidden (N, C), weight (V, C), targets (N,) with ignored tokens replaced by 0, valid (N,) bool,
+        # divisor: what the summed loss is divided by. Products run in compute_dtype (bf16 under
+        # autocast), the softmax, the loss and the weight gradient's sum over chunks in fp32, as
+        # GPT2LMHeadModel's head and loss_function do.
         need_hidden, need_weight = ctx.needs_input_grad[:2]
+        # 1 / divisor for each label token and 0 for ignored ones, so that a batch without any label
+        # token gets zero gradients (its loss is NaN, 0 / 0, as in transformers' loss).
+        scale = torch.where(valid, 1.0 / divisor, 0.0)  # (N,) fp32
         with torch.autocast(hidden.device.type, enabled=False):
-            h_all, w = hidden.to(compute_dtype), weight.to(compute_dtype)
+            w = weight.to(compute_dtype)
             grad_hidden = torch.empty_like(hidden) if need_hidden else None
-            grad_weight = None
-            loss = hidden.new_zeros((), dtype=torch.float32)
+            grad_weight = None  # (V, C) fp32, summed over the chunks
+            total = hidden.new_zeros((), dtype=torch.float32)
             for start in range(0, hidden.shape[0], _LOSS_CHUNK):
-                h = h_all[start : start + _LOSS_CHUNK]  # (n, C)
-                s = scale[start : start + _LOSS_CHUNK]  # (n,)
+                chunk = slice(start, start + _LOSS_CHUNK)
+                h, t, s = hidden[chunk], targets[chunk], scale[chunk]  # (n, C), (n,), (n,)
                 rows = torch.arange(h.shape[0], device=h.device)
-                t = targets[start : start + _LOSS_CHUNK]
-                probs = torch.log_softmax((h @ w.t()).float(), dim=-1)  # (n, V) log-probabilities
-                loss -= (probs[rows, t] * s).sum()
+                logp = torch.log_softmax((h.to(compute_dtype) @ w.t()).float(), dim=-1)  # (n, V)
+                total -= torch.where(valid[chunk], logp[rows, t], 0.0).sum()
                 if not (need_hidden or need_weight):
                     continue
-                # d loss / d logits = (softmax - onehot(target)) * s, with s applied to the (n, C) side
-                probs.exp_()
-                probs[rows, t] -= 1
-                d_logits = probs.to(compute_dtype)  # (n, V)
+                # d loss / d logits = (softmax - onehot(target)) * s, built in place of the log-probs; s is
+                # applied in fp32 on the (n, C) side, which is n x C multiplications instead of n x V.
+                d_logits = logp.exp_()
+                d_logits[rows, t] -= 1
+                d_logits = d_logits.to(compute_dtype)  # (n, V)
                 if need_hidden:
-                    grad_hidden[start : start + _LOSS_CHUNK] = (d_logits @ w) * s[:, None]
+                    grad_hidden[chunk] = (d_logits @ w).float() * s[:, None]
                 if need_weight:
-                    chunk_grad = d_logits.t() @ (h * s[:, None].to(compute_dtype))  # (V, C)
-                    if grad_weight is None:
-                        grad_weight = chunk_grad.to(weight.dtype)
-                    else:
-                        grad_weight += chunk_grad
-        ctx.save_for_backward(grad_hidden, grad_weight)
-        return loss
+                    product = d_logits.t() @ (h.float() * s[:, None]).to(compute_dtype)  # (V, C)
+                    grad_weight = product.float() if grad_weight is None else grad_weight.add_(product)
+        ctx.save_for_backward(grad_hidden, grad_weight.to(weight.dtype) if need_weight else None)
+        return total / divisor
 
     @staticmethod
     def backward(ctx, grad_loss):
+        if torch.is_grad_enabled():  # backward(create_graph=True): the stored gradients have no graph to extend
+            raise RuntimeError(
+                "The fused loss has no second derivative; pass skip_logits=False to differentiate twice."
+            )
         grad_hidden, grad_weight = ctx.saved_tensors
         return (
             grad_hidden * grad_loss if grad_hidden is not None else None,
@@ -195,9 +200,11 @@ class _FusedHeadLoss(torch.autograd.Function):
             None,
             None,
             None,
+            None,
         )
 
 
+@torch.compiler.disable  # compiled, the chunk loop would pin B * T: a recompilation for every new shape
 def fused_head_loss(
     hidden_states: torch.Tensor,
     weight: torch.Tensor,
@@ -212,21 +219,29 @@ def fused_head_loss(
     Same arguments and result as `ForCausalLMLoss` on the logits: labels are shifted inside unless
     `shift_labels` are given, `ignore_index` tokens count for nothing, and the summed loss is divided by
     `num_items_in_batch` when given (the Trainer's gradient accumulation), else by the label tokens.
+    The gradients are computed in the forward pass (backward only scales them), so a forward whose loss
+    is never backpropagated costs a backward too; it supports one backward, not second derivatives.
     """
     if shift_labels is None:
         shift_labels = F.pad(labels, (0, 1), value=ignore_index)[..., 1:]
     targets = shift_labels.reshape(-1).to(hidden_states.device)  # (N,)
     valid = targets != ignore_index
+    targets = targets.masked_fill(~valid, 0)
+    low, high = targets.aminmax()
+    if low < 0 or high >= weight.shape[0]:
+        bad = low.item() if low < 0 else high.item()
+        raise ValueError(
+            f"Label {bad} is outside the vocabulary [0, {weight.shape[0]}) and is not ignore_index={ignore_index}; "
+            "mark tokens to ignore with ignore_index."
+        )
     divisor = num_items_in_batch if num_items_in_batch is not None else valid.sum()
-    if torch.is_tensor(divisor):
-        divisor = divisor.to(hidden_states.device)
-    scale = valid.float() / divisor  # (N,)
+    divisor = torch.as_tensor(divisor, dtype=torch.float32, device=hidden_states.device)
     device_type = hidden_states.device.type
     compute_dtype = (
         torch.get_autocast_dtype(device_type) if torch.is_autocast_enabled(device_type) else hidden_states.dtype
     )
     hidden = hidden_states.reshape(-1, hidden_states.shape[-1])  # (N, C)
-    return _FusedHeadLoss.apply(hidden, weight, targets.masked_fill(~valid, 0), scale, compute_dtype)
+    return _FusedHeadLoss.apply(hidden, weight, targets, valid, divisor, compute_dtype)
 
 
 class PgGPT2Attention(nn.Module):
@@ -513,7 +528,8 @@ class PgGPT2ForCausalLM(PgGPT2PreTrainedModel, GenerationMixin):
     Example:
         >>> from modeling_pg_gpt2 import PgGPT2Config, PgGPT2ForCausalLM
         >>> model = PgGPT2ForCausalLM(PgGPT2Config.from_preset("tiny"))
-        >>> out = model(input_ids, labels=input_ids)  # out.loss, out.logits (B, T, V)
+        >>> out = model(input_ids, labels=input_ids)  # a new model trains: out.loss, out.logits None
+        >>> logits = model.eval()(input_ids).logits  # (B, T, V)
     """
 
     _tied_weights_keys = {"lm_head.weight": "transformer.wte.weight"}
@@ -541,15 +557,17 @@ class PgGPT2ForCausalLM(PgGPT2PreTrainedModel, GenerationMixin):
         skip_logits: bool | None = None,
         **kwargs: Any,
     ) -> CausalLMOutputWithPast | tuple:
-        r"""Next-token logits (B, T, V), and the mean cross-entropy when `labels` are given.
+        r"""Next-token logits (B, T, V) (None with `skip_logits`), and the mean cross-entropy when `labels` are given.
 
         labels: (B, T), usually `input_ids`; the shift by one happens inside. -100 is ignored.
         logits_to_keep: compute logits only for the last N positions (0 = all) or the given indices;
             generation needs just the last one, which saves a (B, T, V) matmul.
         skip_logits: compute the loss straight from the hidden states, chunk by chunk, and return no
-            logits (`logits=None`): the (B, T, V) logits, their log-softmax and gradient are never held
-            whole. Default: in training mode with labels and gradients on (every Trainer step); pass
-            False to get logits in training too.
+            logits (`logits=None`, and a shorter tuple with `return_dict=False`): the (B, T, V) logits,
+            their log-softmax and gradient are never held whole (`fused_head_loss`). Default: in training
+            mode with labels and gradients on (every Trainer step), unless `lm_head` was replaced or
+            hooked (a PEFT adapter, accelerate's device map), which the fused loss would bypass. Pass
+            False for logits in training, or to train with a `loss_function` of your own.
         **kwargs: forwarded to the loss, e.g. the Trainer's `num_items_in_batch`, which makes
             gradient accumulation average over tokens exactly as one large batch would.
         """
@@ -565,12 +583,21 @@ class PgGPT2ForCausalLM(PgGPT2PreTrainedModel, GenerationMixin):
             **kwargs,
         )
         hidden_states = outputs.last_hidden_state
+        # The fused loss multiplies by lm_head's weight itself: only right for the plain head, not one that a
+        # PEFT adapter replaced or that hooks (accelerate's device map, quantisation) act on.
+        plain_head = type(self.lm_head) is PgLinear and not hasattr(self.lm_head, "_hf_hook")
+        plain_head = plain_head and not (self.lm_head._forward_hooks or self.lm_head._forward_pre_hooks)
         if skip_logits is None:
-            skip_logits = self.training and labels is not None and torch.is_grad_enabled()
+            skip_logits = self.training and labels is not None and torch.is_grad_enabled() and plain_head
         logits = loss = None
         if skip_logits:
             if labels is None:
                 raise ValueError("skip_logits=True returns only the loss, which needs labels; pass labels.")
+            if not plain_head:
+                raise ValueError(
+                    "skip_logits=True computes the loss from lm_head's weight, bypassing the adapter or hooks "
+                    "on lm_head; leave skip_logits unset (or False) for this model."
+                )
             loss = fused_head_loss(hidden_states, self.lm_head.weight, labels, **kwargs)
         else:
             keep = slice(-logits_to_keep, None) if isinstance(logits_to_keep, int) else logits_to_keep

@@ -702,12 +702,12 @@ def _final_eval_metrics(trainer: Trainer) -> dict[str, float]:
 def reuse_freed_memory() -> bool:
     """Have glibc's malloc keep large freed blocks for reuse; False where the C library is not glibc.
 
-    A training step allocates and frees the same large tensors every time (logits and their gradient,
-    activations). Blocks above malloc's mmap threshold (32 MB at most by default) are fresh mappings
-    returned to the system when freed, and each of their pages faults in again on first touch: about
-    a million page faults per step for the tiny demo model. With the threshold at 1 GB, and no trimming
-    of the heap's top, they come from the heap and are reused: 10-20% faster CPU training steps for
-    13-19% more resident memory (bench/RESULTS.md, "Recipe"). Affects this process only.
+    A training step allocates and frees the same large tensors every time (activations, and under
+    transformers' loss the logits and their gradient). Blocks above malloc's mmap threshold (32 MB at most
+    by default) are fresh mappings returned to the system when freed, and each of their pages faults in
+    again on first touch: about a million page faults per step for the tiny demo model. With the threshold
+    at 1 GB, and no trimming of the heap's top, they come from the heap and are reused: 10-20% faster CPU
+    training steps for 13-19% more resident memory (bench/RESULTS.md, "Recipe"). Affects this process only.
     """
     if platform.libc_ver()[0] != "glibc":
         return False

@@ -291,10 +291,12 @@ def test_no_cache_is_built_in_training(tiny_model):
 
 @pytest.mark.parametrize("implementation", IMPLEMENTATIONS)
 def test_compiled_training_step_is_one_graph_and_two_with_the_logits(implementation):
-    """Compiled, a training step (loss from the hidden states, no logits) is one graph. Asked for logits too,
-    it is two, the model and its loss, split on purpose (one graph makes AOTAutograd feed the backward a zero
-    gradient for the logits whenever only the loss is used), and a loss that also uses the logits still gets
-    their gradient. aot_eager runs AOTAutograd without compiling kernels (tests/test_cuda.py does that)."""
+    """Compiled, a training step is one graph up to the hidden states; the fused loss runs outside it (its
+    chunk loop would pin B * T), so new batch shapes stop compiling once the graph is dynamic. Asked for
+    logits too, it is two graphs, the model and its loss, split on purpose (one graph makes AOTAutograd feed
+    the backward a zero gradient for the logits whenever only the loss is used), and a loss that also uses
+    the logits still gets their gradient. aot_eager runs AOTAutograd without compiling kernels
+    (tests/test_cuda.py does that)."""
     config = tiny_config(resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0)
     model = PgGPT2ForCausalLM._from_config(config, attn_implementation=implementation).train()
     ids = _ids()
@@ -303,9 +305,16 @@ def test_compiled_training_step_is_one_graph_and_two_with_the_logits(implementat
         assert explained.graph_count == graphs, [reason.reason for reason in explained.break_reasons]
 
     fused, fused_grads = _loss_and_grads(model, ids, ids)
-    compiled, compiled_grads = _loss_and_grads(torch.compile(model, backend="aot_eager"), ids, ids)
+    torch._dynamo.reset()
+    compiled_model = torch.compile(model, backend="aot_eager")
+    compiled, compiled_grads = _loss_and_grads(compiled_model, ids, ids)
     assert compiled.loss.item() == pytest.approx(fused.loss.item(), abs=1e-6)
     assert _worst_relative(compiled_grads, fused_grads) <= 1e-6
+    graphs = []
+    for length in (9, 11, 13, 15):
+        _loss_and_grads(compiled_model, ids[:, :length], ids[:, :length])
+        graphs.append(torch._dynamo.utils.counters["stats"]["unique_graphs"])
+    assert graphs[1] == graphs[2] == graphs[3], graphs  # once dynamic, new lengths compile nothing more
 
     def loss_and_grads(module):
         model.zero_grad(set_to_none=True)
@@ -454,6 +463,103 @@ def test_skip_logits_without_gradients_and_without_labels(tiny_model):
     assert fused.loss.item() == pytest.approx(plain.loss.item(), rel=1e-6)
     with pytest.raises(ValueError, match="needs labels"):
         tiny_model(ids, skip_logits=True)
+
+
+def _training_twins(**overrides) -> PgGPT2ForCausalLM:
+    torch.manual_seed(0)
+    config = tiny_config(resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0, **overrides)
+    return PgGPT2ForCausalLM._from_config(config, attn_implementation="eager").train()
+
+
+def test_fused_loss_edge_cases_equal_the_logits_path():
+    """Whatever the loss is given, the fused path computes what the logits path does, gradients included."""
+    model = _training_twins()
+    ids = _ids(batch=4, length=32)
+    labels = ids.clone()
+    labels[1, 5:] = -100
+    cases = {
+        "an int num_items_in_batch": {"labels": labels, "num_items_in_batch": 77},
+        "shift_labels given": {"labels": labels, "shift_labels": F.pad(labels[:, 1:], (0, 1), value=-100)},
+        "another ignore_index": {"labels": labels.masked_fill(labels == -100, 7), "ignore_index": 7},
+    }
+    for case, kwargs in cases.items():
+        fused, fused_grads = _loss_and_grads(model, ids, **kwargs)
+        plain, plain_grads = _loss_and_grads(model, ids, skip_logits=False, **kwargs)
+        assert fused.loss.item() == pytest.approx(plain.loss.item(), rel=1e-6), case
+        assert _worst_relative(fused_grads, plain_grads) <= 1e-5, case
+
+    # a batch without a single label token: NaN loss (0 / 0) as in transformers, but zero gradients, so an
+    # optimizer step leaves the weights as they are instead of turning them into NaN
+    fused, fused_grads = _loss_and_grads(model, ids, torch.full_like(ids, -100))
+    assert math.isnan(fused.loss.item()) and math.isnan(model(ids, labels=torch.full_like(ids, -100)).loss.item())
+    assert all(torch.equal(g, torch.zeros_like(g)) for g in fused_grads.values())
+
+    # a scaled loss (GradScaler, DDP) scales the stored gradients; a frozen embedding gets none
+    _, once = _loss_and_grads(model, ids, labels)
+    model.zero_grad(set_to_none=True)
+    (3 * model(ids, labels=labels).loss).backward()
+    assert (
+        _worst_relative({n: p.grad for n, p in model.named_parameters()}, {n: 3 * g for n, g in once.items()}) <= 1e-6
+    )
+    model.transformer.wte.weight.requires_grad_(False)
+    _, frozen = _loss_and_grads(model, ids, labels, skip_logits=True)
+    assert frozen["transformer.wte.weight"] is None
+    assert (
+        _worst_relative(
+            {n: g for n, g in frozen.items() if g is not None}, {n: once[n] for n in frozen if "wte" not in n}
+        )
+        <= 1e-5
+    )
+
+
+def test_fused_loss_in_bf16_sums_the_weight_gradient_over_chunks_in_fp32():
+    """bf16 hidden states and head (a bf16 model, no autocast), 16 chunks: the head's gradient is as close to
+    fp32's as the logits path's (summed in bf16 across the chunks, it was 1.7x as far)."""
+    generator = torch.Generator().manual_seed(0)
+    hidden = torch.randn(16, 1024, 32, generator=generator)
+    weight = torch.randn(211, 32, generator=generator) * 0.3
+    labels = torch.randint(0, 211, (16, 1024), generator=generator)
+
+    def head_grad(h: torch.Tensor, w: torch.Tensor, fused: bool) -> torch.Tensor:
+        h, w = h.detach().requires_grad_(), w.detach().requires_grad_()
+        if fused:
+            loss = pg_modeling.fused_head_loss(h, w, labels)
+        else:
+            logits = (h @ w.t()).float()[:, :-1]
+            loss = F.cross_entropy(logits.reshape(-1, 211), labels[:, 1:].reshape(-1))
+        loss.backward()
+        return w.grad.float()
+
+    reference = head_grad(hidden, weight, fused=False)
+    assert (head_grad(hidden, weight, fused=True) - reference).norm() <= 1e-6 * reference.norm()
+
+    def error(fused: bool) -> float:
+        return ((head_grad(hidden.bfloat16(), weight.bfloat16(), fused) - reference).norm() / reference.norm()).item()
+
+    assert 0 < error(fused=True) <= 1.25 * error(fused=False)
+
+
+def test_fused_loss_refuses_what_it_cannot_do():
+    model = _training_twins()
+    ids = _ids(batch=2, length=16)
+    with pytest.raises(ValueError, match="Label -1 is outside the vocabulary"):
+        model(ids, labels=torch.full_like(ids, -1))
+    loss = model(ids, labels=ids).loss
+    with pytest.raises(RuntimeError, match="no second derivative"):
+        torch.autograd.grad(loss, model.transformer.ln_f.weight, create_graph=True)
+
+
+def test_an_adapter_on_the_head_keeps_the_logits_path():
+    """PEFT replaces lm_head; the fused loss would multiply by the bare weight and leave the adapter out."""
+    peft = pytest.importorskip("peft")
+    model = peft.get_peft_model(_training_twins(), peft.LoraConfig(r=4, target_modules=["lm_head", "c_attn"]))
+    ids = _ids(batch=2, length=16)
+    out = model(input_ids=ids, labels=ids)
+    out.loss.backward()
+    assert out.logits is not None
+    assert all(p.grad is not None for n, p in model.named_parameters() if "lm_head.lora_" in n)
+    with pytest.raises(ValueError, match="bypassing the adapter"):
+        model(input_ids=ids, labels=ids, skip_logits=True)
 
 
 class _Blocks(torch.utils.data.Dataset):
