@@ -166,8 +166,15 @@ class _FusedHeadLoss(torch.autograd.Function):
             grad_hidden = torch.empty_like(hidden) if need_hidden else None
             grad_weight = None  # (V, C) fp32, summed over the chunks
             total = hidden.new_zeros((), dtype=torch.float32)
-            for start in range(0, hidden.shape[0], _LOSS_CHUNK):
-                chunk = slice(start, start + _LOSS_CHUNK)
+            # Compiled, one chunk: a loop over B * T would pin it in the graph (a recompilation for every new
+            # shape), and inductor fuses the softmax passes itself.
+            n = hidden.shape[0]
+            chunks = (
+                [slice(None)]
+                if torch.compiler.is_compiling()
+                else [slice(i, i + _LOSS_CHUNK) for i in range(0, n, _LOSS_CHUNK)]
+            )
+            for chunk in chunks:
                 h, t, s = hidden[chunk], targets[chunk], scale[chunk]  # (n, C), (n,), (n,)
                 rows = torch.arange(h.shape[0], device=h.device)
                 logp = torch.log_softmax((h.to(compute_dtype) @ w.t()).float(), dim=-1)  # (n, V)
@@ -204,7 +211,6 @@ class _FusedHeadLoss(torch.autograd.Function):
         )
 
 
-@torch.compiler.disable  # compiled, the chunk loop would pin B * T: a recompilation for every new shape
 def fused_head_loss(
     hidden_states: torch.Tensor,
     weight: torch.Tensor,
@@ -228,7 +234,7 @@ def fused_head_loss(
     valid = targets != ignore_index
     targets = targets.masked_fill(~valid, 0)
     low, high = targets.aminmax()
-    if low < 0 or high >= weight.shape[0]:
+    if not torch.compiler.is_compiling() and (low < 0 or high >= weight.shape[0]):  # a graph cannot branch on it
         bad = low.item() if low < 0 else high.item()
         raise ValueError(
             f"Label {bad} is outside the vocabulary [0, {weight.shape[0]}) and is not ignore_index={ignore_index}; "

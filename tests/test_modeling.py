@@ -291,8 +291,8 @@ def test_no_cache_is_built_in_training(tiny_model):
 
 @pytest.mark.parametrize("implementation", IMPLEMENTATIONS)
 def test_compiled_training_step_is_one_graph_and_two_with_the_logits(implementation):
-    """Compiled, a training step is one graph up to the hidden states; the fused loss runs outside it (its
-    chunk loop would pin B * T), so new batch shapes stop compiling once the graph is dynamic. Asked for
+    """Compiled, a training step is one graph, the fused loss traced in as a single chunk (a loop over
+    chunks would pin B * T), so new batch shapes stop compiling once the graph is dynamic. Asked for
     logits too, it is two graphs, the model and its loss, split on purpose (one graph makes AOTAutograd feed
     the backward a zero gradient for the logits whenever only the loss is used), and a loss that also uses
     the logits still gets their gradient. aot_eager runs AOTAutograd without compiling kernels
