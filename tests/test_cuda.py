@@ -76,7 +76,7 @@ def test_bf16_training_runs_on_the_flash_kernel_and_equals_gpt2():
 
 
 def test_compiled_training_step_equals_eager():
-    """Inductor's kernels for the model graph and the loss graph (tests/test_modeling.py counts the graphs)."""
+    """Inductor's kernels for the training graph, the fused loss traced in (tests/test_modeling.py counts graphs)."""
     model = _model().train()
     ids = _ids()
     loss, grads = _loss_and_grads(model, ids)
