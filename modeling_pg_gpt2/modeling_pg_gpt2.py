@@ -135,6 +135,14 @@ class PgLinear(nn.Linear):
         return y.reshape(*x.shape[:-1], out_features)
 
 
+def _out_of_range(ids: torch.Tensor, size: int) -> int | None:
+    """An id in `ids` outside [0, size), or None if there is none; reading it synchronises with the device."""
+    if ids.numel() == 0:
+        return None
+    low, high = (int(x) for x in torch.aminmax(ids))
+    return low if low < 0 else high if high >= size else None
+
+
 # Tokens per chunk of the fused loss below. A chunk's fp32 logits are 1024 x V floats (32 MiB at V = 8192,
 # 196 MiB at GPT-2's 50257); smaller chunks cost 4-14% of the head's time at 124M on a CPU, where every
 # chunk also reads and writes the whole (V, C) weight gradient.
@@ -168,11 +176,10 @@ class _FusedHeadLoss(torch.autograd.Function):
             total = hidden.new_zeros((), dtype=torch.float32)
             # Compiled, one chunk: a loop over B * T would pin it in the graph (a recompilation for every new
             # shape), and inductor fuses the softmax passes itself.
-            n = hidden.shape[0]
             chunks = (
                 [slice(None)]
                 if torch.compiler.is_compiling()
-                else [slice(i, i + _LOSS_CHUNK) for i in range(0, n, _LOSS_CHUNK)]
+                else [slice(i, i + _LOSS_CHUNK) for i in range(0, hidden.shape[0], _LOSS_CHUNK)]
             )
             for chunk in chunks:
                 h, t, s = hidden[chunk], targets[chunk], scale[chunk]  # (n, C), (n,), (n,)
@@ -233,9 +240,8 @@ def fused_head_loss(
     targets = shift_labels.reshape(-1).to(hidden_states.device)  # (N,)
     valid = targets != ignore_index
     targets = targets.masked_fill(~valid, 0)
-    low, high = targets.aminmax()
-    if not torch.compiler.is_compiling() and (low < 0 or high >= weight.shape[0]):  # a graph cannot branch on it
-        bad = low.item() if low < 0 else high.item()
+    bad = None if torch.compiler.is_compiling() else _out_of_range(targets, weight.shape[0])  # no branch in graphs
+    if bad is not None:
         raise ValueError(
             f"Label {bad} is outside the vocabulary [0, {weight.shape[0]}) and is not ignore_index={ignore_index}; "
             "mark tokens to ignore with ignore_index."
@@ -518,14 +524,12 @@ class PgGPT2Model(PgGPT2PreTrainedModel):
                 f"attention_mask has shape {tuple(attention_mask.shape)} but the input needs "
                 f"({B}, {past_length + T}) = (batch, cached + new tokens)."
             )
-        if input_ids is not None and input_ids.numel() > 0:  # reading the ids synchronises with the device
-            low, high = (int(x) for x in torch.aminmax(input_ids))
-            if low < 0 or high >= self.config.vocab_size:
-                bad = low if low < 0 else high
-                raise ValueError(
-                    f"Token id {bad} is outside the vocabulary [0, {self.config.vocab_size}); the tokenizer and "
-                    "the model disagree: build the model with vocab_size=len(tokenizer)."
-                )
+        bad = _out_of_range(input_ids, self.config.vocab_size) if input_ids is not None else None
+        if bad is not None:
+            raise ValueError(
+                f"Token id {bad} is outside the vocabulary [0, {self.config.vocab_size}); the tokenizer and "
+                "the model disagree: build the model with vocab_size=len(tokenizer)."
+            )
 
 
 class PgGPT2ForCausalLM(PgGPT2PreTrainedModel, GenerationMixin):
@@ -589,17 +593,13 @@ class PgGPT2ForCausalLM(PgGPT2PreTrainedModel, GenerationMixin):
             **kwargs,
         )
         hidden_states = outputs.last_hidden_state
-        # The fused loss multiplies by lm_head's weight itself: only right for the plain head, not one that a
-        # PEFT adapter replaced or that hooks (accelerate's device map, quantisation) act on.
-        plain_head = type(self.lm_head) is PgLinear and not hasattr(self.lm_head, "_hf_hook")
-        plain_head = plain_head and not (self.lm_head._forward_hooks or self.lm_head._forward_pre_hooks)
         if skip_logits is None:
-            skip_logits = self.training and labels is not None and torch.is_grad_enabled() and plain_head
+            skip_logits = self.training and labels is not None and torch.is_grad_enabled() and self._plain_head()
         logits = loss = None
         if skip_logits:
             if labels is None:
                 raise ValueError("skip_logits=True returns only the loss, which needs labels; pass labels.")
-            if not plain_head:
+            if not self._plain_head():
                 raise ValueError(
                     "skip_logits=True computes the loss from lm_head's weight, bypassing the adapter or hooks "
                     "on lm_head; leave skip_logits unset (or False) for this model."
@@ -624,6 +624,17 @@ class PgGPT2ForCausalLM(PgGPT2PreTrainedModel, GenerationMixin):
             **{_CACHE_FIELD: getattr(outputs, _CACHE_FIELD)},
         )
         return output if return_dict is not False else output.to_tuple()
+
+    def _plain_head(self) -> bool:
+        """Whether lm_head is the model's own layer, without hooks.
+
+        The fused loss multiplies by its weight itself, which would bypass an adapter that replaced the layer
+        (PEFT) or hooks acting on it (accelerate's device map, quantisation).
+        """
+        head = self.lm_head
+        return type(head) is PgLinear and not (
+            hasattr(head, "_hf_hook") or head._forward_hooks or head._forward_pre_hooks
+        )
 
     def _validate_generated_length(self, generation_config, input_ids_length, has_default_max_length):
         """Refuse before generating when prompt + new tokens cannot fit the learned positions."""

@@ -465,7 +465,7 @@ def test_skip_logits_without_gradients_and_without_labels(tiny_model):
         tiny_model(ids, skip_logits=True)
 
 
-def _training_twins(**overrides) -> PgGPT2ForCausalLM:
+def _training_model(**overrides) -> PgGPT2ForCausalLM:
     torch.manual_seed(0)
     config = tiny_config(resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0, **overrides)
     return PgGPT2ForCausalLM._from_config(config, attn_implementation="eager").train()
@@ -473,7 +473,7 @@ def _training_twins(**overrides) -> PgGPT2ForCausalLM:
 
 def test_fused_loss_edge_cases_equal_the_logits_path():
     """Whatever the loss is given, the fused path computes what the logits path does, gradients included."""
-    model = _training_twins()
+    model = _training_model()
     ids = _ids(batch=4, length=32)
     labels = ids.clone()
     labels[1, 5:] = -100
@@ -540,7 +540,7 @@ def test_fused_loss_in_bf16_sums_the_weight_gradient_over_chunks_in_fp32():
 
 
 def test_fused_loss_refuses_what_it_cannot_do():
-    model = _training_twins()
+    model = _training_model()
     ids = _ids(batch=2, length=16)
     with pytest.raises(ValueError, match="Label -1 is outside the vocabulary"):
         model(ids, labels=torch.full_like(ids, -1))
@@ -552,7 +552,7 @@ def test_fused_loss_refuses_what_it_cannot_do():
 def test_an_adapter_on_the_head_keeps_the_logits_path():
     """PEFT replaces lm_head; the fused loss would multiply by the bare weight and leave the adapter out."""
     peft = pytest.importorskip("peft")
-    model = peft.get_peft_model(_training_twins(), peft.LoraConfig(r=4, target_modules=["lm_head", "c_attn"]))
+    model = peft.get_peft_model(_training_model(), peft.LoraConfig(r=4, target_modules=["lm_head", "c_attn"]))
     ids = _ids(batch=2, length=16)
     out = model(input_ids=ids, labels=ids)
     out.loss.backward()
