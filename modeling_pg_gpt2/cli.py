@@ -1,22 +1,140 @@
-"""What every command-line front shares: one-line errors for bad input instead of tracebacks."""
+"""What every command-line front shares: one-line errors for bad input and faults instead of tracebacks.
+
+Exit codes: 0 done (or nothing left to do), 1 a fault the user can act on (full disk, diverged
+training), 2 bad input, 130 interrupted with Ctrl-C.
+"""
 
 from __future__ import annotations
 
+import errno
+import os
+import shutil
 import sys
-from collections.abc import Callable
+import tempfile
+from collections.abc import Callable, Iterable
+from pathlib import Path
 from typing import TypeVar
 
 T = TypeVar("T")
 
+# Free space below which a failed write is taken for a full disk: torch.save reports a full disk as
+# "unexpected pos ..." with no errno, and the failed write has used up what was left.
+FULL_DISK_BYTES = 64 * 2**20
 
-class UserError(Exception):
+
+class CommandError(Exception):
+    """A failure the user can act on: the message is one line that says what happened and what to do."""
+
+    exit_code = 1
+
+
+class UserError(CommandError):
     """Bad input from the user: the message is one line that says what was wrong and how to fix it."""
+
+    exit_code = 2
+
+
+class Interrupted(CommandError):
+    """The user pressed Ctrl-C; the message says what was kept (e.g. the checkpoint a re-run resumes from)."""
+
+    exit_code = 130
 
 
 def run_cli(main: Callable[[], T]) -> T:
-    """Run a script's `main()`; a `UserError` prints `error: <message>` on stderr and exits with status 2."""
+    """Run a script's `main()`, turning its failures into one line on stderr and an exit status.
+
+    A `CommandError` prints `error: <message>` and exits with its `exit_code` (2 for a `UserError`); a
+    Ctrl-C that nothing handled exits with 130; a full disk anywhere exits with 1.
+    """
     try:
         return main()
-    except UserError as err:
+    except CommandError as err:
         print(f"error: {err}", file=sys.stderr)
-        raise SystemExit(2) from None
+        raise SystemExit(err.exit_code) from None
+    except KeyboardInterrupt:
+        print("error: interrupted (Ctrl-C)", file=sys.stderr)
+        raise SystemExit(Interrupted.exit_code) from None
+    except OSError as err:
+        if err.errno not in (errno.ENOSPC, errno.EDQUOT):
+            raise
+        print(f"error: {disk_full_message(err.filename or 'a file')}", file=sys.stderr)
+        raise SystemExit(CommandError.exit_code) from None
+
+
+def disk_full_message(target: str | os.PathLike, resume_from: str | os.PathLike | None = None) -> str:
+    """The one line for a write to `target` that failed on a full disk; `resume_from` is what a re-run resumes."""
+    then = f" to resume from {resume_from}" if resume_from else ""
+    return f"no space left on device while writing {target}; free space and run the same command again{then}"
+
+
+def is_disk_full(err: BaseException, folder: str | os.PathLike) -> bool:
+    """Whether `err`, raised while writing into `folder`, comes from a full disk (or an exhausted quota).
+
+    Python and safetensors name the cause (errno 28, "No space left on device"); torch.save does not
+    (`RuntimeError: ... unexpected pos`), so a write error with almost no space left counts too.
+    """
+    chain: BaseException | None = err
+    while chain is not None:
+        if isinstance(chain, OSError) and chain.errno in (errno.ENOSPC, errno.EDQUOT):
+            return True
+        if any(sign in str(chain) for sign in ("No space left on device", "os error 28", "Disk quota exceeded")):
+            return True
+        chain = chain.__cause__ or chain.__context__
+    path = Path(folder)
+    while not path.exists() and path != path.parent:
+        path = path.parent
+    try:
+        return shutil.disk_usage(path).free < FULL_DISK_BYTES
+    except OSError:
+        return False
+
+
+def check_output_dir(
+    path: str | os.PathLike,
+    flag: str = "--output_dir",
+    overwrite_flag: str | None = "--overwrite_output_dir",
+    allowed: Callable[[Path], bool] | None = None,
+    ignore: Iterable[str] = (),
+) -> Path:
+    """Check before any work that `path` can become the output folder; returns it as a `Path`.
+
+    Refused with a one-line `UserError`: a path that is a file, a folder that cannot be created or
+    written to, and, unless `overwrite_flag` is `None` (the caller passed it), a folder holding
+    entries other than those `allowed` accepts (names in `ignore` are never listed). Nothing is created.
+    """
+    out = Path(path)
+    if out.exists() and not out.is_dir():
+        raise UserError(f"{flag} {out} is a file, not a folder; choose a folder")
+    existing = out
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        raise UserError(f"{flag} {out} cannot be created: {existing} is a file")
+    try:  # a real write: access() says yes to root on a read-only file system or an immutable folder
+        with tempfile.TemporaryFile(dir=existing, prefix=".write-test-"):
+            pass
+    except OSError as err:
+        reason = err.strerror or type(err).__name__
+        raise UserError(f"{flag} {out} is not writable ({existing}: {reason}); choose another folder") from None
+    if overwrite_flag is None or not out.is_dir():
+        return out
+    ignored = set(ignore)
+    others = sorted(p.name for p in out.iterdir() if p.name not in ignored and not (allowed and allowed(p)))
+    if others:
+        shown = ", ".join(others[:3]) + (", ..." if len(others) > 3 else "")
+        raise UserError(
+            f"{flag} {out} is not empty (holds {shown}); choose another folder or pass {overwrite_flag} "
+            "to write there anyway"
+        )
+    return out
+
+
+__all__ = [
+    "CommandError",
+    "Interrupted",
+    "UserError",
+    "check_output_dir",
+    "disk_full_message",
+    "is_disk_full",
+    "run_cli",
+]

@@ -39,7 +39,7 @@ from pathlib import Path
 import torch
 from transformers import GPT2Config, GPT2LMHeadModel, PreTrainedConfig, PreTrainedModel
 
-from .cli import UserError, run_cli
+from .cli import CommandError, UserError, disk_full_message, is_disk_full, run_cli
 from .configuration_pg_gpt2 import PgGPT2Config
 from .hub import TOKENIZER_FILES
 from .modeling_pg_gpt2 import PgGPT2ForCausalLM, PgGPT2Model
@@ -388,14 +388,22 @@ def _check_not_source(dst: Path, folder: Path) -> None:
 
 
 def _write(model: PreTrainedModel, folder: Path, dst: Path, overwrite: bool) -> Path:
-    """Save `model` plus `folder`'s tokenizer files into `dst`, which appears only once complete."""
+    """Save `model` plus `folder`'s tokenizer files into `dst`, which appears only once complete.
+
+    A full disk is a one-line `CommandError`; the half-written copy is removed and `dst` left as it was.
+    """
     dst.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{dst.name}.", dir=dst.parent))
     try:
-        model.save_pretrained(staging)
-        for name in SIDE_FILES:
-            if (folder / name).is_file():
-                shutil.copyfile(folder / name, staging / name)
+        try:
+            model.save_pretrained(staging)
+            for name in SIDE_FILES:
+                if (folder / name).is_file():
+                    shutil.copyfile(folder / name, staging / name)
+        except Exception as err:
+            if not is_disk_full(err, staging):
+                raise
+            raise CommandError(disk_full_message(dst)) from None
         if dst.exists():
             shutil.rmtree(dst)
         staging.rename(dst)

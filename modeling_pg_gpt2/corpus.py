@@ -34,6 +34,7 @@ from __future__ import annotations
 import contextlib
 import glob
 import importlib.util
+import json
 import logging
 import os
 import re
@@ -309,6 +310,8 @@ def _load_files(spec: str, flag: str, args: CorpusArguments) -> Dataset:
         )
     except Exception as err:  # a parse error anywhere in the user's files: report it in one line
         _raise_if_not_utf8(files)
+        if fmt == "json":
+            _raise_json_error(files)
         raise UserError(f"cannot read {flag} {spec} as {fmt}: {_one_line(err)}") from None
     documents = _text_column(table, args.text_column, f"{flag} {spec}")
     # pyarrow's JSON reader accepts invalid UTF-8 and only fails when a value is read back.
@@ -389,6 +392,34 @@ def _raise_if_not_utf8(files: Sequence[Path]) -> None:
                 f"{path} is not UTF-8 text (invalid byte at offset {offset}); re-encode it, "
                 f"e.g. iconv -f latin1 -t utf-8"
             )
+
+
+def _raise_json_error(files: Sequence[Path]) -> None:
+    """Raise a `UserError` naming the file, line and column of the first malformed JSON in `files`.
+
+    pyarrow's message says neither. A file is either one JSON document or JSON Lines (one document per
+    line, whatever its suffix): a file that fails as a whole with "Extra data" is read line by line.
+    """
+    for path in files:
+        text = path.read_text(encoding="utf-8")
+        try:
+            json.loads(text)
+            continue
+        except json.JSONDecodeError as err:
+            whole = err
+        if whole.msg == "Extra data" or path.suffix.lower() == ".jsonl":
+            for number, line in enumerate(text.splitlines(), start=1):
+                if not line.strip():
+                    continue
+                try:
+                    json.loads(line)
+                except json.JSONDecodeError as err:
+                    raise UserError(
+                        f"{path}, line {number}, column {err.colno}: not valid JSON ({err.msg}); "
+                        "JSON Lines files hold one JSON object per line"
+                    ) from None
+            continue
+        raise UserError(f"{path}, line {whole.lineno}, column {whole.colno}: not valid JSON ({whole.msg})")
 
 
 def first_invalid_utf8(path: str | os.PathLike, chunk_size: int = 1 << 20) -> int | None:

@@ -20,16 +20,21 @@ Every bad input is a [`~modeling_pg_gpt2.cli.UserError`] raised before the outpu
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import dataclasses
+import fcntl
 import functools
 import importlib.util
 import json
 import logging
+import math
 import os
 import platform
 import re
 import shutil
+import signal
+import socket
 import time
 import zipfile
 from dataclasses import dataclass, field
@@ -57,7 +62,7 @@ from transformers import (
 )
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
-from .cli import UserError
+from .cli import CommandError, Interrupted, UserError, check_output_dir, disk_full_message, is_disk_full
 from .configuration_pg_gpt2 import PRESETS, PgGPT2Config
 from .corpus import CorpusArguments, load_corpus
 from .modeling_pg_gpt2 import PgGPT2ForCausalLM
@@ -67,6 +72,8 @@ logger = logging.getLogger(__name__)
 IGNORE_INDEX = -100
 METRICS_FILE = "metrics.json"
 TRAINING_INFO_FILE = "training_info.json"
+# Held (flock) by the run writing to the folder; records its pid and host for whoever finds it taken.
+LOCK_FILE = ".run.lock"
 LM_METRICS_PATH = Path(__file__).parent / "metrics" / "lm_metrics.py"
 # Config fields that change parameter shapes: they cannot be overridden on a trained checkpoint.
 SHAPE_FIELDS = ("vocab_size", "n_positions", "n_embd", "n_layer", "n_head", "n_inner")
@@ -246,6 +253,12 @@ class CLMTrainingArguments(TrainingArguments):
             self.eval_strategy = "no"
         if self.eval_strategy == "no":
             self.load_best_model_at_end = False
+        if self.do_train and (self.max_steps == 0 or self.max_steps < -1):
+            # transformers takes any max_steps <= 0 as "train num_train_epochs epochs"
+            raise ValueError(
+                f"--max_steps {self.max_steps} trains nothing: pass a positive number of steps, -1 to train "
+                "--num_train_epochs epochs, or --do_train false to only evaluate."
+            )
         super().__post_init__()
 
 
@@ -317,16 +330,93 @@ def resolve_resume(args: CLMTrainingArguments) -> str | None:
     if checkpoint is not None:
         logger.info("Resuming from %s (pass --overwrite_output_dir to start over).", checkpoint)
         return checkpoint
-    others = sorted(p.name for p in output_dir.iterdir() if not _is_run_artifact(p))
-    if others:
-        raise UserError(
-            f"output folder {output_dir} is not empty ({', '.join(others[:3])}{', ...' if len(others) > 3 else ''}) "
-            "and holds no complete checkpoint to resume from; pass --overwrite_output_dir to train there anyway, "
-            "or choose another --output_dir."
-        )
+    check_output_dir(output_dir, allowed=_is_run_artifact, ignore=(LOCK_FILE,))
     if any(output_dir.iterdir()):
         logger.warning("%s holds a run stopped before its first complete checkpoint: starting over.", output_dir)
     return None
+
+
+def finished_run(output_dir: str | os.PathLike) -> dict[str, Any] | None:
+    """The `training_info.json` of the finished run in `output_dir`, or `None` if it holds none.
+
+    A run is finished once it wrote its final model and, last of all, `training_info.json` with the
+    reason it stopped (`finished`: "max_steps", "time budget" or "early stopping"); a run killed, stopped
+    by Ctrl-C or diverged never writes it, and a final model cut off while being written does not count.
+    """
+    folder = Path(output_dir)
+    try:
+        info = json.loads((folder / TRAINING_INFO_FILE).read_text(encoding="utf-8"))
+        with safe_open(folder / "model.safetensors", framework="pt"):
+            pass
+    except Exception:  # missing, unreadable or truncated: not a finished run
+        return None
+    return info if isinstance(info, dict) and info.get("finished") else None
+
+
+def asks_for_more(info: dict[str, Any], args: CLMTrainingArguments) -> bool:
+    """Whether `args` asks a finished run (its `training_info.json`) to train on: a larger --max_steps (or
+    --num_train_epochs), or a longer --max_train_minutes for a run that the time budget stopped."""
+    done_steps, done_epochs = info.get("max_steps", -1), info.get("num_train_epochs", 0)
+    if args.max_steps > 0:
+        more = args.max_steps > (done_steps if done_steps > 0 else info.get("global_step", 0))
+    else:
+        more = done_steps <= 0 and args.num_train_epochs > done_epochs
+    if info.get("finished") == "time budget":
+        budget = info.get("max_train_minutes")
+        more = more or args.max_train_minutes is None or (budget is not None and args.max_train_minutes > budget)
+    return more
+
+
+@contextlib.contextmanager
+def output_lock(output_dir: str | os.PathLike):
+    """Hold `output_dir` for this run, so a second run on the same folder is refused at once.
+
+    The lock is an `flock` on `.run.lock` in the folder, which records the holder's pid and host. The
+    kernel releases it when its process dies, so the lock left by a killed run is taken over (with a
+    warning) and never needs deleting by hand. A folder this created and left empty is removed again.
+    """
+    folder = Path(output_dir)
+    created = not folder.exists()
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / LOCK_FILE
+    while True:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = _lock_holder(fd)
+            os.close(fd)
+            raise UserError(
+                f"another run ({holder or 'unknown process'}) is writing to {folder}; wait for it to end or "
+                "choose another --output_dir"
+            ) from None
+        with contextlib.suppress(FileNotFoundError):
+            if os.fstat(fd).st_ino == os.stat(path).st_ino:
+                break  # the file we locked is still the lock (not one its holder removed meanwhile)
+        os.close(fd)
+    try:
+        previous = _lock_holder(fd)
+        if previous:
+            logger.warning("Taking over the lock of %s, a run that ended without releasing it.", previous)
+        record = {"pid": os.getpid(), "host": socket.gethostname(), "started": time.strftime("%Y-%m-%d %H:%M:%S")}
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, json.dumps(record).encode(), 0)
+        yield
+    finally:
+        path.unlink(missing_ok=True)
+        os.close(fd)
+        if created:
+            with contextlib.suppress(OSError):
+                folder.rmdir()  # only if empty: a bad input refused before anything was written
+
+
+def _lock_holder(fd: int) -> str | None:
+    """'pid N on HOST since T' from a lock file, or `None` if it records nothing readable."""
+    try:
+        record = json.loads(os.pread(fd, 4096, 0).decode())
+        return f"pid {record['pid']} on {record['host']} since {record['started']}"
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
 
 
 def _is_run_artifact(path: Path) -> bool:
@@ -641,6 +731,7 @@ class TimeLimitCallback(TrainerCallback):
     def __init__(self, minutes: float) -> None:
         self.seconds = minutes * 60
         self.start: float | None = None
+        self.used_up = False
 
     def on_train_begin(self, args, state, control, **kwargs):
         self.start = time.monotonic()
@@ -648,10 +739,8 @@ class TimeLimitCallback(TrainerCallback):
     def on_step_end(self, args, state, control, **kwargs):
         if self.start is None or control.should_training_stop:
             return control
-        over = torch.tensor([float(time.monotonic() - self.start >= self.seconds)], device=args.device)
-        if torch.distributed.is_available() and torch.distributed.is_initialized():
-            torch.distributed.all_reduce(over, op=torch.distributed.ReduceOp.MAX)  # every rank stops together
-        if over.item():
+        if _on_any_rank(time.monotonic() - self.start >= self.seconds, args.device):  # every rank stops together
+            self.used_up = True
             logger.warning(
                 "Time budget of %g minutes used up at step %d: stopping.", self.seconds / 60, state.global_step
             )
@@ -659,6 +748,93 @@ class TimeLimitCallback(TrainerCallback):
             control.should_evaluate = args.eval_strategy != "no"
             control.should_save = args.save_strategy != "no"
         return control
+
+
+def _on_any_rank(flag: bool, device: torch.device) -> bool:
+    """Whether `flag` is true on any process, so that every rank takes the same decision."""
+    if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
+        return flag
+    value = torch.tensor([float(flag)], device=device)
+    torch.distributed.all_reduce(value, op=torch.distributed.ReduceOp.MAX)
+    return bool(value.item())
+
+
+class DivergenceCallback(TrainerCallback):
+    """Stops training at the first non-finite gradient norm or training loss, before it reaches the weights.
+
+    Every optimizer step, the gradient norm is checked after the backward pass (one device sync per step);
+    a non-finite one drops the gradients, so the optimizer step leaves every weight as it was, and ends
+    training without a checkpoint. Under fp16 the loss scaler skips overflowing steps by design, so only
+    the logged loss is checked there. `diverged` then describes what was seen.
+    """
+
+    def __init__(self) -> None:
+        self.diverged: str | None = None
+
+    def on_pre_optimizer_step(self, args, state, control, model=None, **kwargs):
+        if args.fp16 or model is None:
+            return
+        grads = [p.grad for p in model.parameters() if p.grad is not None]
+        norm = torch.nn.utils.get_total_norm(grads) if grads else torch.zeros(())
+        if _on_any_rank(not bool(torch.isfinite(norm)), args.device):
+            for parameter in model.parameters():
+                parameter.grad = None  # the optimizer skips parameters without a gradient
+            self._stop(control, f"the gradient norm is {norm.item():g} at step {state.global_step + 1}")
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        loss = (logs or {}).get("loss")
+        if loss is not None and not math.isfinite(loss) and self.diverged is None:
+            self._stop(control, f"the training loss is {loss:g} at step {state.global_step}")
+        self._suppress(control)
+
+    def on_step_end(self, args, state, control, **kwargs):
+        self._suppress(control)
+
+    on_epoch_end = on_step_end
+
+    def _stop(self, control, what: str) -> None:
+        self.diverged = what
+        control.should_training_stop = True
+        self._suppress(control)
+
+    def _suppress(self, control) -> None:
+        if self.diverged is not None:  # nothing of a diverged step is evaluated or saved
+            control.should_save = control.should_evaluate = False
+
+
+class InterruptCallback(TrainerCallback):
+    """Ctrl-C (SIGINT) during training: finish the step, save a checkpoint and stop; a second Ctrl-C stops at once.
+
+    `stopped_at` is then the step whose checkpoint was saved. The handler is in place from the first to
+    the last step only: elsewhere Ctrl-C raises `KeyboardInterrupt` as usual.
+    """
+
+    def __init__(self) -> None:
+        self.requested = False
+        self.stopped_at: int | None = None
+        self._previous: Any = None
+
+    def _handle(self, signum, frame) -> None:
+        self.requested = True
+        signal.signal(signal.SIGINT, signal.default_int_handler)  # the second Ctrl-C interrupts at once
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        self._previous = signal.signal(signal.SIGINT, self._handle)
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if self.stopped_at is None and _on_any_rank(self.requested, args.device):
+            logger.warning("Ctrl-C: saving a checkpoint of step %d, then stopping (Ctrl-C again stops at once).",
+                           state.global_step)  # fmt: skip
+            self.stopped_at = state.global_step
+            control.should_training_stop = True
+            control.should_evaluate = False
+            control.should_save = args.save_strategy != "no"
+        return control
+
+    def on_train_end(self, args, state, control, **kwargs):
+        if self._previous is not None:
+            signal.signal(signal.SIGINT, self._previous)
+            self._previous = None
 
 
 # --------------------------------------------------------------------------------------------------
@@ -722,8 +898,35 @@ def train(
     data_args: DataTrainingArguments,
     training_args: CLMTrainingArguments,
 ) -> dict[str, float]:
-    """Run a whole pre-training job (see the module docstring) and return the final metrics."""
+    """Run a whole pre-training job (see the module docstring) and return the final metrics.
+
+    Re-run on the folder of a finished run, it changes nothing and returns that run's metrics, unless
+    asked to train further (see [`asks_for_more`]). A second run on a folder in use is refused.
+    """
     _setup_logging(training_args)
+    output_dir = check_output_dir(training_args.output_dir, overwrite_flag=None)  # a file, or not writable
+    if training_args.do_train and not (training_args.overwrite_output_dir or training_args.resume_from_checkpoint):
+        info = finished_run(output_dir)
+        if info is not None and not asks_for_more(info, training_args):
+            logger.info(
+                "The run in %s is complete (step %d, ended by %s): nothing to do. Pass a larger --max_steps to "
+                "train it further, or --overwrite_output_dir to start over.",
+                output_dir,
+                info.get("global_step", 0),
+                info["finished"],
+            )
+            return json.loads((output_dir / METRICS_FILE).read_text(encoding="utf-8"))
+    lock = output_lock(output_dir) if training_args.process_index == 0 else contextlib.nullcontext()
+    with lock:
+        return _train(model_args, corpus_args, data_args, training_args)
+
+
+def _train(
+    model_args: ModelArguments,
+    corpus_args: CorpusArguments,
+    data_args: DataTrainingArguments,
+    training_args: CLMTrainingArguments,
+) -> dict[str, float]:
     resume_from = resolve_resume(training_args)
     on_cpu = training_args.device.type == "cpu"
     if training_args.reuse_freed_memory and on_cpu and training_args.do_train and reuse_freed_memory():
@@ -768,9 +971,9 @@ def train(
         block_size,
     )
 
-    callbacks: list[TrainerCallback] = [PlotCallback()]
-    if training_args.max_train_minutes:
-        callbacks.append(TimeLimitCallback(training_args.max_train_minutes))
+    divergence, interrupt = DivergenceCallback(), InterruptCallback()
+    time_limit = TimeLimitCallback(training_args.max_train_minutes) if training_args.max_train_minutes else None
+    callbacks: list[TrainerCallback] = [PlotCallback(), divergence, interrupt, *filter(None, [time_limit])]
     if training_args.early_stopping_patience:
         callbacks.append(
             EarlyStoppingCallback(training_args.early_stopping_patience, training_args.early_stopping_threshold)
@@ -787,36 +990,100 @@ def train(
         callbacks=callbacks,
     )
 
+    output_dir = Path(training_args.output_dir)
     if training_args.overwrite_output_dir and trainer.is_world_process_zero():
-        for stale in Path(training_args.output_dir).glob(f"{PREFIX_CHECKPOINT_DIR}-*"):
+        for stale in output_dir.glob(f"{PREFIX_CHECKPOINT_DIR}-*"):
             logger.warning("--overwrite_output_dir: deleting %s from the previous run.", stale)
             shutil.rmtree(stale)
 
     metrics: dict[str, float] = {}
-    if training_args.do_train:
-        result = trainer.train(resume_from_checkpoint=resume_from)
-        metrics.update(result.metrics)
-        if "train_samples_per_second" in result.metrics:  # all processes together
-            metrics["train_tokens_per_second"] = result.metrics["train_samples_per_second"] * block_size
-    if training_args.do_eval:
-        metrics.update(_final_eval_metrics(trainer))
+    with _saving(trainer):
+        if training_args.do_train:
+            try:
+                result = trainer.train(resume_from_checkpoint=resume_from)
+            except KeyboardInterrupt:  # a second Ctrl-C, in the middle of a step
+                raise Interrupted(f"stopped by Ctrl-C; {_resume_hint(output_dir)}") from None
+            if divergence.diverged is not None:
+                raise CommandError(_divergence_message(divergence.diverged, training_args, output_dir))
+            if interrupt.stopped_at is not None:
+                raise Interrupted(f"stopped by Ctrl-C at step {interrupt.stopped_at}; {_resume_hint(output_dir)}")
+            metrics.update(result.metrics)
+            if "train_samples_per_second" in result.metrics:  # all processes together
+                metrics["train_tokens_per_second"] = result.metrics["train_samples_per_second"] * block_size
+        if training_args.do_eval:
+            metrics.update(_final_eval_metrics(trainer))
+        if not all(bool(torch.isfinite(p).all()) for p in trainer.model.parameters()):
+            raise CommandError(_divergence_message("the weights are not finite", training_args, output_dir))
 
-    trainer.save_model()  # the best model when load_best_model_at_end; tokenizer included
-    if trainer.is_world_process_zero():
-        trainer.save_state()
-        output_dir = Path(training_args.output_dir)
-        (output_dir / METRICS_FILE).write_text(json.dumps(metrics, indent=2) + "\n", encoding="utf-8")
-        info = _training_info(model_args, corpus_args, training_args, trainer, source, block_size, datasets)
-        (output_dir / TRAINING_INFO_FILE).write_text(json.dumps(info, indent=2) + "\n", encoding="utf-8")
-        from .model_card import write_model_card
-        from .plots import write_plots
+        finished = None
+        if training_args.do_train:
+            state = trainer.state
+            finished = (
+                "time budget"
+                if time_limit is not None and time_limit.used_up
+                else "max_steps"
+                if state.global_step >= state.max_steps
+                else "early stopping"
+            )
+        if trainer.is_world_process_zero():  # no stale completion record next to the files now rewritten
+            (output_dir / TRAINING_INFO_FILE).unlink(missing_ok=True)
+        trainer.save_model()  # the best model when load_best_model_at_end; tokenizer included
+        if trainer.is_world_process_zero():
+            trainer.save_state()
+            (output_dir / METRICS_FILE).write_text(json.dumps(metrics, indent=2) + "\n", encoding="utf-8")
+            info = _training_info(model_args, corpus_args, training_args, trainer, source, block_size, datasets)
+            info["finished"] = finished
+            from .model_card import write_model_card
+            from .plots import write_plots
 
-        write_plots(output_dir, trainer.state.log_history)
-        write_model_card(output_dir)
-        _report(output_dir, metrics)
+            write_plots(output_dir, trainer.state.log_history)
+            write_model_card(output_dir, **info)
+            # Written last: its `finished` marks the run complete (see `finished_run`).
+            (output_dir / TRAINING_INFO_FILE).write_text(json.dumps(info, indent=2) + "\n", encoding="utf-8")
+            _report(output_dir, metrics)
     trainer.accelerator.wait_for_everyone()
     trainer.end()
     return metrics
+
+
+@contextlib.contextmanager
+def _saving(trainer: Trainer):
+    """Turn a full disk while training or saving into one line, removing the checkpoint it cut off."""
+    output_dir = Path(trainer.args.output_dir)
+    try:
+        yield
+    except Exception as err:
+        if isinstance(err, CommandError) or not is_disk_full(err, output_dir):
+            raise
+        target: Path = output_dir
+        checkpoints = sorted(output_dir.glob(f"{PREFIX_CHECKPOINT_DIR}-*"), key=os.path.getmtime)
+        if checkpoints and checkpoint_problem(checkpoints[-1]) is not None:
+            target = checkpoints[-1]
+            if trainer.is_world_process_zero():  # incomplete, never resumed from: give its space back
+                shutil.rmtree(target, ignore_errors=True)
+        raise CommandError(disk_full_message(target, find_resumable_checkpoint(output_dir))) from None
+
+
+def _resume_hint(output_dir: Path) -> str:
+    """What a re-run of the same command does: resume from the newest complete checkpoint, or start over."""
+    checkpoint = find_resumable_checkpoint(output_dir)
+    if checkpoint is None:
+        return "no checkpoint was saved: a re-run starts over"
+    return f"a re-run of the same command resumes from {checkpoint}"
+
+
+def _divergence_message(what: str, args: CLMTrainingArguments, output_dir: Path) -> str:
+    """One line for a run whose loss or gradients stopped being finite: where, what is kept, what to try."""
+    kept = find_resumable_checkpoint(output_dir)
+    fixes = f"a lower --learning_rate (now {args.learning_rate:g}), more --warmup_steps (now {args.warmup_steps:g})"
+    if not 0 < args.max_grad_norm <= 1:
+        fixes += f", --max_grad_norm 1.0 (now {args.max_grad_norm:g})"
+    if kept is None:
+        return f"training diverged: {what}; no final model written, no checkpoint saved. Try {fixes}."
+    return (
+        f"training diverged: {what}; no final model written, the newest checkpoint (finite weights) is {kept}. "
+        f"Try {fixes}, with --overwrite_output_dir to start over (a plain re-run resumes from that checkpoint)."
+    )
 
 
 def _training_info(
@@ -860,6 +1127,7 @@ def _training_info(
         "optim": str(getattr(args.optim, "value", args.optim)),
         "max_steps": args.max_steps,
         "num_train_epochs": args.num_train_epochs,
+        "max_train_minutes": args.max_train_minutes,
         "seed": args.seed,
         "bf16": args.bf16,
         "fp16": args.fp16,
