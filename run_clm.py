@@ -7,9 +7,11 @@
     accelerate launch --config_file configs/accelerate/multi-gpu.yaml run_clm.py configs/pg-essays-gpu.yaml
 
 The flags are those of transformers' examples/pytorch/language-modeling/run_clm.py (`--help` lists
-them). Re-running the same command on an output folder resumes from its last complete checkpoint;
-`--overwrite_output_dir` starts over. The output folder ends with the best model, its tokenizer,
-metrics.json, training curves and a model card. See `modeling_pg_gpt2.training`.
+them); a corpus flag after a recipe replaces the recipe's corpus. Re-running the same command on an
+output folder resumes from its last complete checkpoint, or says the run is complete (a larger
+--max_steps trains it further); `--overwrite_output_dir` starts over. Ctrl-C saves a checkpoint and
+exits with 130. The output folder ends with the best model, its tokenizer, metrics.json, training
+curves and a model card. See `modeling_pg_gpt2.training` and docs/faults.md.
 """
 
 from modeling_pg_gpt2.arguments import make_parser, parse_arguments

@@ -5,8 +5,9 @@ example ([`ModelArguments`], [`DataTrainingArguments`], [`CLMTrainingArguments`]
 [`~modeling_pg_gpt2.corpus.CorpusArguments`]), parsed by `modeling_pg_gpt2.arguments`; [`train`] runs
 the whole job:
 
-1. check the output folder: resume from its last complete checkpoint, refuse to overwrite a
-   folder that holds something else, start over with `--overwrite_output_dir`;
+1. check the output folder and lock it for this run: resume from its last complete checkpoint, leave
+   a finished run alone (unless asked for more steps), refuse to overwrite a folder that holds
+   something else, start over with `--overwrite_output_dir`;
 2. build the model (preset, config file, pg_gpt2 checkpoint or GPT-2 weights) sized to the tokenizer;
 3. tokenize the corpus with `datasets.map` (batched, cached, `num_proc`), separate documents with
    `<|endoftext|>` and pack them into `block_size` blocks;
@@ -16,6 +17,9 @@ the whole job:
    plots and a model card into the output folder.
 
 Every bad input is a [`~modeling_pg_gpt2.cli.UserError`] raised before the output folder is touched.
+Faults during training end in one line too, keeping every complete checkpoint: Ctrl-C saves the
+current step ([`InterruptCallback`]), a non-finite gradient norm or loss stops the run before the update
+([`DivergenceCallback`]), a full disk names the file it cut off (docs/faults.md lists them all).
 """
 
 from __future__ import annotations
@@ -905,17 +909,6 @@ def train(
     """
     _setup_logging(training_args)
     output_dir = check_output_dir(training_args.output_dir, overwrite_flag=None)  # a file, or not writable
-    if training_args.do_train and not (training_args.overwrite_output_dir or training_args.resume_from_checkpoint):
-        info = finished_run(output_dir)
-        if info is not None and not asks_for_more(info, training_args):
-            logger.info(
-                "The run in %s is complete (step %d, ended by %s): nothing to do. Pass a larger --max_steps to "
-                "train it further, or --overwrite_output_dir to start over.",
-                output_dir,
-                info.get("global_step", 0),
-                info["finished"],
-            )
-            return json.loads((output_dir / METRICS_FILE).read_text(encoding="utf-8"))
     lock = output_lock(output_dir) if training_args.process_index == 0 else contextlib.nullcontext()
     with lock:
         return _train(model_args, corpus_args, data_args, training_args)
@@ -927,7 +920,6 @@ def _train(
     data_args: DataTrainingArguments,
     training_args: CLMTrainingArguments,
 ) -> dict[str, float]:
-    resume_from = resolve_resume(training_args)
     on_cpu = training_args.device.type == "cpu"
     if training_args.reuse_freed_memory and on_cpu and training_args.do_train and reuse_freed_memory():
         logger.info("malloc keeps freed blocks for reuse (--reuse_freed_memory false to turn off).")
@@ -957,6 +949,21 @@ def _train(
     generation.do_sample, generation.top_k = True, 50
     if model.config.tie_word_embeddings:
         _hide_tied_weight_warning(model)
+
+    # Every argument is checked by now: a finished run asked for nothing more is left as it is.
+    output_dir = Path(training_args.output_dir)
+    if training_args.do_train and not (training_args.overwrite_output_dir or training_args.resume_from_checkpoint):
+        info = finished_run(output_dir)
+        if info is not None and not asks_for_more(info, training_args):
+            logger.info(
+                "The run in %s is complete (step %d, ended by %s): nothing to do. Pass a larger --max_steps to "
+                "train it further, or --overwrite_output_dir to start over.",
+                output_dir,
+                info.get("global_step", 0),
+                info["finished"],
+            )
+            return json.loads((output_dir / METRICS_FILE).read_text(encoding="utf-8"))
+    resume_from = resolve_resume(training_args)
 
     datasets = prepare_datasets(corpus_args, data_args, training_args, tokenizer, block_size)
     logger.info(
@@ -990,7 +997,6 @@ def _train(
         callbacks=callbacks,
     )
 
-    output_dir = Path(training_args.output_dir)
     if training_args.overwrite_output_dir and trainer.is_world_process_zero():
         for stale in output_dir.glob(f"{PREFIX_CHECKPOINT_DIR}-*"):
             logger.warning("--overwrite_output_dir: deleting %s from the previous run.", stale)
@@ -1174,10 +1180,15 @@ def _setup_logging(args: TrainingArguments) -> None:
 __all__ = [
     "CLMTrainingArguments",
     "DataTrainingArguments",
+    "DivergenceCallback",
+    "InterruptCallback",
     "LMMetrics",
     "ModelArguments",
+    "asks_for_more",
     "checkpoint_problem",
     "find_resumable_checkpoint",
+    "finished_run",
+    "output_lock",
     "preprocess_logits_for_metrics",
     "token_byte_lengths",
     "train",

@@ -414,6 +414,58 @@ def test_recipe_with_unknown_field_is_refused(tmp_path):
         parse_arguments(make_parser(DATACLASSES), [str(recipe)])
 
 
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("max_steps: 2.5\n", "line 1: max_steps must be an integer, got 2.5"),
+        ("dataset_name: shakespeare\nconfig_overrides: {n_layer: 2}\n", "line 2: config_overrides must be a string"),
+        ("per_device_train_batch_size: [4]\n", "line 1: per_device_train_batch_size must be an integer, got [4]"),
+        ("learning_rate: fast\n", "line 1: learning_rate must be a number"),
+        ("bf16: maybe\n", "line 1: bf16 must be true or false"),
+        ("lr_scheduler_type: cosin\n", "line 1: lr_scheduler_type must be one of linear, cosine"),
+        ("max_steps: 10\n  seed: 1\n", "line 2, column 7: not valid YAML/JSON: mapping values are not allowed here"),
+        ('{"max_steps": 10,\n "seed": 1,,}', "line 2, column 12: not valid YAML/JSON"),
+    ],
+)
+def test_recipe_value_of_the_wrong_type_names_the_field(tmp_path, text, message):
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text(text)
+    with pytest.raises(UserError, match=re.escape(f"recipe {recipe}, {message}")):
+        parse_arguments(make_parser(DATACLASSES), [str(recipe)])
+
+
+def test_recipe_values_of_the_right_type_are_kept(tmp_path):
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text(
+        "max_steps: 7\nlearning_rate: 3e-3\nlogging_steps: 5\nlr_scheduler_kwargs: {min_lr_rate: 0.1}\n"
+        "report_to: [none]\nlr_scheduler_type: cosine_with_min_lr\nwarmup_steps: 0.5\n"
+    )
+    *_, args = parse_arguments(make_parser(DATACLASSES), [str(recipe), "--output_dir", str(tmp_path)])
+    assert (args.max_steps, args.learning_rate, args.logging_steps) == (7, 3e-3, 5)
+    assert args.lr_scheduler_kwargs == {"min_lr_rate": 0.1} and args.report_to == []  # "none"
+    assert args.warmup_steps == 0.5
+
+
+@pytest.mark.parametrize("steps", ["0", "-2"])
+def test_max_steps_that_train_nothing_are_refused(steps):
+    with pytest.raises(UserError, match=f"--max_steps {steps} trains nothing"):
+        parse_arguments(make_parser(DATACLASSES), ["--dataset_name", "x", "--max_steps", steps])
+    parse_arguments(make_parser(DATACLASSES), ["--dataset_name", "x", "--max_steps", "0", "--do_train", "false"])
+
+
+@pytest.mark.parametrize("recipe", ["configs/shakespeare-cpu.yaml", "configs/pg-essays-gpu.yaml"])
+def test_a_corpus_flag_replaces_the_recipes_corpus(recipe, corpus):
+    parser_args = [str(ROOT / recipe), "--bf16", "false"]
+    _, corpus_args, *_ = parse_arguments(make_parser(DATACLASSES), [*parser_args, "--train_file", str(corpus)])
+    assert (corpus_args.dataset_name, corpus_args.train_file) == (None, str(corpus))
+    assert load_corpus(corpus_args)["train"].num_rows > 0  # no "pass either --dataset_name or --train_file"
+
+    _, corpus_args, *_ = parse_arguments(make_parser(DATACLASSES), [*parser_args, "--dataset_name=shakespeare"])
+    assert (corpus_args.dataset_name, corpus_args.train_file) == ("shakespeare", None)
+    model_args, *_ = parse_arguments(make_parser(DATACLASSES), [*parser_args, "--model_name_or_path", "gpt2"])
+    assert (model_args.model_name_or_path, model_args.config_name) == ("gpt2", None)
+
+
 def test_error_reaches_the_terminal_as_one_line(corpus, tokenizer_dir, tmp_path):
     result = run_clm(*base_flags(corpus, tokenizer_dir), "--config_name", "gpt5", "--output_dir", tmp_path / "out")
     assert result.returncode == 2
