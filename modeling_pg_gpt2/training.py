@@ -332,7 +332,6 @@ def resolve_resume(args: CLMTrainingArguments) -> str | None:
         return None
     checkpoint = find_resumable_checkpoint(output_dir)
     if checkpoint is not None:
-        logger.info("Resuming from %s (pass --overwrite_output_dir to start over).", checkpoint)
         return checkpoint
     check_output_dir(output_dir, allowed=_is_run_artifact, ignore=(LOCK_FILE,))
     if any(output_dir.iterdir()):
@@ -354,7 +353,11 @@ def finished_run(output_dir: str | os.PathLike) -> dict[str, Any] | None:
             pass
     except Exception:  # missing, unreadable or truncated: not a finished run
         return None
-    return info if isinstance(info, dict) and info.get("finished") else None
+    if not isinstance(info, dict):
+        return None
+    if "finished" not in info and 0 < info.get("max_steps", -1) <= info.get("global_step", 0):
+        info["finished"] = "max_steps"  # written before `finished` was recorded
+    return info if info.get("finished") else None
 
 
 def asks_for_more(info: dict[str, Any], args: CLMTrainingArguments) -> bool:
@@ -827,8 +830,8 @@ class InterruptCallback(TrainerCallback):
 
     def on_step_end(self, args, state, control, **kwargs):
         if self.stopped_at is None and _on_any_rank(self.requested, args.device):
-            logger.warning("Ctrl-C: saving a checkpoint of step %d, then stopping (Ctrl-C again stops at once).",
-                           state.global_step)  # fmt: skip
+            message = "Ctrl-C: saving a checkpoint of step %d, then stopping (Ctrl-C again stops at once)."
+            logger.warning(message, state.global_step)
             self.stopped_at = state.global_step
             control.should_training_stop = True
             control.should_evaluate = False
@@ -920,6 +923,7 @@ def _train(
     data_args: DataTrainingArguments,
     training_args: CLMTrainingArguments,
 ) -> dict[str, float]:
+    resume_from = resolve_resume(training_args)  # first: refuses a folder that holds something else
     on_cpu = training_args.device.type == "cpu"
     if training_args.reuse_freed_memory and on_cpu and training_args.do_train and reuse_freed_memory():
         logger.info("malloc keeps freed blocks for reuse (--reuse_freed_memory false to turn off).")
@@ -950,7 +954,9 @@ def _train(
     if model.config.tie_word_embeddings:
         _hide_tied_weight_warning(model)
 
-    # Every argument is checked by now: a finished run asked for nothing more is left as it is.
+    datasets = prepare_datasets(corpus_args, data_args, training_args, tokenizer, block_size)
+    # Every input is checked by now (on a re-run the corpus comes from the datasets cache): a finished run
+    # that is asked for nothing more is left as it is.
     output_dir = Path(training_args.output_dir)
     if training_args.do_train and not (training_args.overwrite_output_dir or training_args.resume_from_checkpoint):
         info = finished_run(output_dir)
@@ -963,9 +969,8 @@ def _train(
                 info["finished"],
             )
             return json.loads((output_dir / METRICS_FILE).read_text(encoding="utf-8"))
-    resume_from = resolve_resume(training_args)
-
-    datasets = prepare_datasets(corpus_args, data_args, training_args, tokenizer, block_size)
+    if resume_from is not None:
+        logger.info("Resuming from %s (pass --overwrite_output_dir to start over).", resume_from)
     logger.info(
         "Model %s: %s parameters, %d layers, %d wide, vocab %d; %d train and %d validation blocks of %d tokens.",
         source,
