@@ -166,6 +166,7 @@ def write(name: str, text: str) -> Callable[[dict[str, Any]], None]:
 
 def a_run_holds_the_folder(ctx: dict[str, Any]) -> None:
     ctx["first"] = start_run(ctx, "--max_steps", "100000")
+    ctx["first"].send_signal(signal.SIGSTOP)  # paused, it keeps the lock and leaves the CPU to the second run
 
 
 def the_first_run_went_on(ctx: dict[str, Any], stderr: str) -> None:

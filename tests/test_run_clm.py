@@ -37,6 +37,7 @@ from modeling_pg_gpt2.training import (
     CLMTrainingArguments,
     DataTrainingArguments,
     ModelArguments,
+    asks_for_more,
     build_model,
     checkpoint_problem,
     load_tokenizer,
@@ -464,6 +465,30 @@ def test_a_corpus_flag_replaces_the_recipes_corpus(recipe, corpus):
     assert (corpus_args.dataset_name, corpus_args.train_file) == ("shakespeare", None)
     model_args, *_ = parse_arguments(make_parser(DATACLASSES), [*parser_args, "--model_name_or_path", "gpt2"])
     assert (model_args.model_name_or_path, model_args.config_name) == ("gpt2", None)
+
+
+BUDGET = {"finished": "time budget", "max_steps": 800, "global_step": 500, "max_train_minutes": 9.5}
+EPOCHS = {"finished": "max_steps", "max_steps": -1, "num_train_epochs": 3.0, "global_step": 90}
+
+
+@pytest.mark.parametrize(
+    ("info", "flags", "more"),
+    [
+        ({"finished": "max_steps", "max_steps": 30, "global_step": 30}, ["--max_steps", "30"], False),
+        ({"finished": "max_steps", "max_steps": 30, "global_step": 30}, ["--max_steps", "20"], False),
+        ({"finished": "max_steps", "max_steps": 30, "global_step": 30}, ["--max_steps", "40"], True),
+        (BUDGET, ["--max_steps", "800", "--max_train_minutes", "9.5"], False),
+        (BUDGET, ["--max_steps", "800", "--max_train_minutes", "20"], True),
+        (BUDGET, ["--max_steps", "800"], True),  # no time budget any more
+        (BUDGET, ["--max_steps", "1000", "--max_train_minutes", "9.5"], True),
+        ({"finished": "early stopping", "max_steps": 800, "global_step": 300}, ["--max_steps", "800"], False),
+        (EPOCHS, ["--num_train_epochs", "3"], False),
+        (EPOCHS, ["--num_train_epochs", "4"], True),
+    ],
+)
+def test_a_finished_run_trains_on_only_when_asked_for_more(info, flags, more):
+    *_, args = parse_arguments(make_parser(DATACLASSES), ["--dataset_name", "x", "--output_dir", "x", *flags])
+    assert asks_for_more(info, args) is more
 
 
 def test_error_reaches_the_terminal_as_one_line(corpus, tokenizer_dir, tmp_path):
