@@ -18,7 +18,7 @@ from typing import Any
 import yaml
 from transformers import HfArgumentParser
 
-from .cli import UserError
+from .cli import UserError, first_line
 
 RECIPE_SUFFIXES = (".yaml", ".yml", ".json")
 
@@ -46,7 +46,7 @@ def parse_arguments(parser: HfArgumentParser, argv: Sequence[str] | None = None)
         try:
             values = yaml.safe_load(recipe.read_text(encoding="utf-8")) or {}  # JSON is YAML too
         except yaml.YAMLError as err:
-            raise UserError(f"recipe {recipe} is not valid YAML/JSON: {str(err).splitlines()[0]}") from None
+            raise UserError(f"recipe {recipe} is not valid YAML/JSON: {first_line(err)}") from None
         if not isinstance(values, dict):
             raise UserError(f"recipe {recipe} must be a mapping of field: value.")
         unknown = sorted(set(values) - {action.dest for action in parser._actions})
@@ -56,7 +56,7 @@ def parse_arguments(parser: HfArgumentParser, argv: Sequence[str] | None = None)
     try:
         return parser.parse_args_into_dataclasses(args=argv)
     except (ValueError, TypeError) as err:  # a dataclass's __post_init__ refusing a combination of values
-        raise UserError(str(err).strip().splitlines()[0]) from None
+        raise UserError(first_line(err)) from None
 
 
 __all__ = ["HelpFormatter", "make_parser", "parse_arguments"]

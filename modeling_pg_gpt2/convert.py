@@ -39,7 +39,7 @@ from pathlib import Path
 import torch
 from transformers import GPT2Config, GPT2LMHeadModel, PreTrainedConfig, PreTrainedModel
 
-from .cli import UserError, run_cli
+from .cli import UserError, first_line, run_cli
 from .configuration_pg_gpt2 import PgGPT2Config
 from .hub import TOKENIZER_FILES
 from .modeling_pg_gpt2 import PgGPT2ForCausalLM, PgGPT2Model
@@ -198,8 +198,8 @@ def _natural(name: str) -> list[int | str]:
 
 
 def _first_line(err: BaseException) -> str:
-    lines = str(err).strip().splitlines()
-    return f"{type(err).__name__}: {lines[0]}" if lines else type(err).__name__
+    message = first_line(err)
+    return message if message == type(err).__name__ else f"{type(err).__name__}: {message}"
 
 
 def _few(names: Sequence[str], limit: int = 3) -> str:
@@ -333,7 +333,7 @@ def _read_config(folder: Path, model_type: str, config_class: type[PreTrainedCon
     try:
         return config_class.from_dict(raw)
     except (ValueError, TypeError) as err:
-        raise UserError(f"{path} is not a valid {model_type} config: {str(err).strip().splitlines()[0]}") from None
+        raise UserError(f"{path} is not a valid {model_type} config: {first_line(err)}") from None
 
 
 def _build(

@@ -46,7 +46,6 @@ from tokenizers.pre_tokenizers import ByteLevel
 from transformers import (
     AutoConfig,
     AutoModelForCausalLM,
-    AutoTokenizer,
     EarlyStoppingCallback,
     PreTrainedTokenizerBase,
     Trainer,
@@ -344,15 +343,14 @@ def _is_run_artifact(path: Path) -> bool:
 
 def load_tokenizer(model_args: ModelArguments) -> PreTrainedTokenizerBase:
     """The tokenizer named by `--tokenizer_name`, else the one stored with `--model_name_or_path`."""
+    from .tokenizer import load_tokenizer as load_checked_tokenizer
+
     name = model_args.tokenizer_name or model_args.model_name_or_path
     if name is None:
         raise UserError("no tokenizer: pass --tokenizer_name with a folder made by train_tokenizer.py (or a Hub id).")
-    try:
-        tokenizer = AutoTokenizer.from_pretrained(
-            name, cache_dir=model_args.cache_dir, revision=model_args.model_revision, token=model_args.token
-        )
-    except (OSError, ValueError) as err:
-        raise UserError(f"cannot load the tokenizer {name!r}: {str(err).strip().splitlines()[0]}") from None
+    tokenizer = load_checked_tokenizer(
+        name, cache_dir=model_args.cache_dir, revision=model_args.model_revision, token=model_args.token
+    )
     if tokenizer.eos_token_id is None:
         raise UserError(f"tokenizer {name!r} has no end-of-text token; train one with train_tokenizer.py.")
     return tokenizer
