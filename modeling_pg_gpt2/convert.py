@@ -381,6 +381,14 @@ def _check_destination(dst: Path, overwrite: bool) -> None:
         raise UserError(f"{dst} is not empty; choose another folder or pass --overwrite to replace it")
 
 
+def _check_tokenizer(folder: Path) -> None:
+    """A checkpoint's tokenizer files travel with it: refuse them unless they make a working tokenizer."""
+    if any((folder / name).is_file() for name in TOKENIZER_FILES):
+        from .tokenizer import load_tokenizer
+
+        load_tokenizer(folder)
+
+
 def _check_not_source(dst: Path, folder: Path) -> None:
     source, target = folder.resolve(), dst.resolve()
     if target == source or target in source.parents:
@@ -423,6 +431,7 @@ def convert_gpt2_to_pg(
     _check_destination(dst, overwrite)
     folder = resolve_checkpoint(src, revision, cache_dir, token)
     _check_not_source(dst, folder)
+    _check_tokenizer(folder)
     return _write(convert_gpt2_checkpoint(folder), folder, dst, overwrite)
 
 
@@ -444,6 +453,7 @@ def convert_pg_to_gpt2(
     _check_destination(dst, overwrite)
     folder = resolve_checkpoint(src, revision, cache_dir, token)
     _check_not_source(dst, folder)
+    _check_tokenizer(folder)
     return _write(convert_pg_checkpoint(folder), folder, dst, overwrite)
 
 

@@ -359,7 +359,9 @@ done(model_class=f"{module}.{type(model).__name__}", vocab_size=vocab_size, toke
 """
 
 
-def validate_folder(folder: Path, remote_code: bool = True, python: str = sys.executable) -> dict[str, Any]:
+def validate_folder(
+    folder: Path, remote_code: bool = True, python: str = sys.executable, shown: str | Path | None = None
+) -> dict[str, Any]:
     """Load `folder` as a stranger would and generate a few tokens; refuse it with a `UserError` if that fails.
 
     A fresh `python -I` process in an empty directory, with this package made unimportable, loads the model
@@ -367,8 +369,10 @@ def validate_folder(folder: Path, remote_code: bool = True, python: str = sys.ex
     comes from the folder's remote code when `remote_code`) and the tokenizer with `AutoTokenizer`, checks
     that the tokenizer fits the model's vocabulary and that the logits are finite, and generates 4 tokens
     greedily. Nothing touches the network (`HF_HUB_OFFLINE=1`) or the user's module cache. Returns the
-    report (model class, vocab size, tokenizer size, generated sample).
+    report (model class, vocab size, tokenizer size, generated sample). Messages name `shown` (default:
+    `folder`), the folder the user knows when `folder` is a staged copy.
     """
+    shown = shown or folder
     with tempfile.TemporaryDirectory(prefix="pg_gpt2_validate_") as tmp:
         env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_MODULES_CACHE": os.path.join(tmp, "modules")}
         env.update(TRANSFORMERS_VERBOSITY="error", TOKENIZERS_PARALLELISM="false")
@@ -378,17 +382,17 @@ def validate_folder(folder: Path, remote_code: bool = True, python: str = sys.ex
                 command, cwd=tmp, env=env, capture_output=True, text=True, timeout=VALIDATION_TIMEOUT_S
             )
         except subprocess.TimeoutExpired:
-            raise UserError(f"validating {folder} took more than {VALIDATION_TIMEOUT_S} s; gave up") from None
+            raise UserError(f"validating {shown} took more than {VALIDATION_TIMEOUT_S} s; gave up") from None
     reports = [line for line in proc.stdout.splitlines() if line.startswith("PG_GPT2_VALIDATION ")]
     if not reports:
         stderr = [line for line in proc.stderr.splitlines() if line.strip()]
         raise UserError(
-            f"{folder} failed validation: the check process exited with status {proc.returncode} "
+            f"{shown} failed validation: the check process exited with status {proc.returncode} "
             f"({stderr[-1] if stderr else 'no output'})"
         )
     report = json.loads(reports[-1].split(" ", 1)[1])
     if "error" in report:
-        raise UserError(f"{folder} is not ready to publish: {report['error']}")
+        raise UserError(f"{shown} is not ready to publish: {report['error']}")
     return report
 
 
@@ -591,9 +595,10 @@ def push_to_hub(output_dir: str | Path, repo_id: str, args: PushArguments | None
             check_model_card(plan.folder / "README.md", remote_code=False)
         else:
             plan = _stage_files(plan, staging / "upload", card)
-        report = validate_folder(plan.folder, remote_code=not args.as_gpt2)
+        shown = f"the gpt2 export of {folder}" if args.as_gpt2 else folder
+        report = validate_folder(plan.folder, remote_code=not args.as_gpt2, shown=shown)
         print(
-            f"validated {'the gpt2 export of ' if args.as_gpt2 else ''}{folder}: "
+            f"validated {shown}: "
             f"{report['model_class'].rsplit('.', 1)[-1]}, "
             f"vocab {report['vocab_size']} (tokenizer {report['tokenizer_size']}), greedy {report['sample']!r}"
         )

@@ -224,6 +224,7 @@ def published(hub, model_dir, tmp_path_factory) -> dict:
     """
     work = tmp_path_factory.mktemp("clients")
     env = client_env(hub.url, work / "hf_home")
+    card = (model_dir / "README.md").read_bytes()
     first = push(model_dir, REPO, env)
     assert first.returncode == 0, first.stderr
     commits_after_first = len(hub.repo(REPO).log("main"))
@@ -239,15 +240,19 @@ def published(hub, model_dir, tmp_path_factory) -> dict:
     )
     for result in (again, branch, gpt2):
         assert result.returncode == 0, result.stderr
-    return {"first": first, "again": again, "branch": branch, "gpt2": gpt2, "commits": commits_after_first}
+    return {
+        "first": first, "again": again, "branch": branch, "gpt2": gpt2, "commits": commits_after_first, "card": card
+    }  # fmt: skip
 
 
 def test_uploads_exactly_the_model_files(hub, model_dir, published):
     head = hub.repo(REPO).resolve("main")
     # `.gitattributes` is the file the Hub itself creates with every repository.
     assert set(head.files) == EXPECTED_FILES | {".gitattributes"}
-    for name in EXPECTED_FILES:
+    for name in EXPECTED_FILES - {"README.md"}:
         assert hub.read(REPO, name) == (model_dir / name).read_bytes(), name
+    # The card is published pointing at the repository; the folder's own card is left as it was.
+    assert (model_dir / "README.md").read_bytes() == published["card"]
     assert head.files["model.safetensors"].sha256 is not None, "weights must be stored with LFS"
 
     card = ModelCard(hub.read(REPO, "README.md").decode())
