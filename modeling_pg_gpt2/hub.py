@@ -412,7 +412,11 @@ def looks_like_local_path(name: str) -> bool:
 
 
 def check_pretrained_source(
-    name: str | os.PathLike, what: str = "model", revision: str | None = None, token: str | bool | None = None
+    name: str | os.PathLike,
+    what: str = "model",
+    revision: str | None = None,
+    token: str | bool | None = None,
+    cache_dir: str | os.PathLike | None = None,
 ) -> None:
     """Refuse at once, with a `UserError`, a `from_pretrained` source that is neither a folder nor a Hub repository.
 
@@ -445,7 +449,7 @@ def check_pretrained_source(
         validate_repo_id(name)
     except HFValidationError:
         raise UserError(f"{missing}; pass an existing {what} folder (or a Hub id, as namespace/name)") from None
-    cached = (try_to_load_from_cache(name, marker, revision=revision) for marker in _CACHED_MARKERS)
+    cached = (try_to_load_from_cache(name, m, cache_dir=cache_dir, revision=revision) for m in _CACHED_MARKERS)
     if constants.HF_HUB_OFFLINE or any(isinstance(found, str) for found in cached):
         return  # from_pretrained reads the cache (or says that offline it cannot)
     hub = constants.ENDPOINT

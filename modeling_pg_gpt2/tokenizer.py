@@ -51,6 +51,7 @@ from transformers import AutoTokenizer, GPT2Tokenizer, PreTrainedTokenizerBase
 
 from .cli import UserError, check_output_dir, first_line
 from .corpus import CorpusArguments, corpus_bytes, load_corpus
+from .hub import check_pretrained_source
 
 EOS_TOKEN = "<|endoftext|>"
 BYTE_ALPHABET_SIZE = 256
@@ -241,12 +242,10 @@ def load_tokenizer(name_or_path: str | os.PathLike, **kwargs: Any) -> PreTrained
 
     A missing folder or Hub repository is said at once (`hub.check_pretrained_source`); a local folder must
     hold `tokenizer.json` (or `vocab.json` and `merges.txt`); the tokenizer loaded must pass
-    `check_tokenizer`. `revision` and `token` in `kwargs` also apply to the Hub lookup.
+    `check_tokenizer`. `revision`, `token` and `cache_dir` in `kwargs` also apply to the Hub lookup.
     """
-    from .hub import check_pretrained_source
-
     name = os.fspath(name_or_path)
-    check_pretrained_source(name, "tokenizer", kwargs.get("revision"), kwargs.get("token"))
+    check_pretrained_source(name, "tokenizer", kwargs.get("revision"), kwargs.get("token"), kwargs.get("cache_dir"))
     if Path(name).expanduser().is_dir():
         check_tokenizer_files(Path(name).expanduser())
     try:

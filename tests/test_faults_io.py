@@ -23,7 +23,8 @@ from pathlib import Path
 import pytest
 import torch
 from safetensors.torch import load_file, save_file
-from transformers import AutoTokenizer
+from tokenizers import Tokenizer, models
+from transformers import AutoTokenizer, PreTrainedTokenizerFast
 
 from modeling_pg_gpt2 import PgGPT2Config, PgGPT2ForCausalLM
 from modeling_pg_gpt2.cli import first_line
@@ -75,6 +76,12 @@ FAULTS = [
         "run_clm: empty tokenizer folder (the message was cut off)",
         ("run_clm.py", "--tokenizer_name", "empty", "--train_file", "corpus", "--output_dir", "out-clm"),
         "empty has no tokenizer.json (it holds no tokenizer file)",
+        unchanged=("out-clm",),
+    ),
+    Fault(
+        "run_clm: a tokenizer.json with a 1-token vocabulary",
+        ("run_clm.py", "--tokenizer_name", "tok-one-token", "--train_file", "corpus", "--output_dir", "out-clm"),
+        "tok-one-token is not a working tokenizer: it has 1 token(s)",
         unchanged=("out-clm",),
     ),
     Fault(
@@ -191,6 +198,10 @@ def workspace(tmp_path_factory) -> Path:
     write_model_card(model, corpus={"train_file": "corpus"})
 
     (ws / "empty").mkdir()
+    one_token = Tokenizer(models.WordLevel({"<|endoftext|>": 0}, unk_token="<|endoftext|>"))
+    PreTrainedTokenizerFast(tokenizer_object=one_token, eos_token="<|endoftext|>").save_pretrained(
+        ws / "tok-one-token"
+    )
     (ws / "tok-config-only").mkdir()
     (ws / "tok-config-only" / "tokenizer_config.json").write_bytes((ws / "tok" / "tokenizer_config.json").read_bytes())
     for variant, drop in (("model-tok-config-only", ["tokenizer.json"]), ("model-no-tok", None), ("model-nan", [])):

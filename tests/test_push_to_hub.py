@@ -297,6 +297,25 @@ def test_fresh_process_loads_the_same_model_from_the_hub(hub, model_dir, publish
     assert loaded["snippets"] >= 4
 
 
+def test_generate_loads_a_hub_id_and_names_a_missing_one_at_once(hub, published, tmp_path):
+    """generate.py looks a Hub id up once: a pushed model generates; a missing repository is one line."""
+    env = client_env(hub.url, tmp_path / "hf_home", token=None)
+
+    def generate(model: str) -> subprocess.CompletedProcess[str]:
+        command = [sys.executable, str(ROOT / "generate.py"), model, PROMPT, "--max_new_tokens", "4", "--seed", "0"]
+        return subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+
+    found, missing = run_all((generate, REPO), (generate, f"{USER}/no-such-model"))
+    assert found.returncode == 0, found.stderr
+    assert found.stdout.startswith(PROMPT) and len(found.stdout.strip()) > len(PROMPT)
+    assert missing.returncode == 2 and "Traceback" not in missing.stderr
+    assert (
+        missing.stderr.strip()
+        .splitlines()[-1]
+        .startswith(f"error: no such folder: {USER}/no-such-model, and {hub.url.rstrip('/')} has no repository")
+    ), missing.stderr
+
+
 def test_repush_of_an_unchanged_folder_makes_no_commit(hub, published):
     assert len(hub.repo(REPO).log("main")) == published["commits"] == 2
     assert "up to date" in published["again"].stdout
@@ -365,7 +384,8 @@ def test_refusals_are_one_line_and_dry_run_sends_nothing(hub, model_dir, oversiz
     tensorboard = next(path for path in TRAINING_LEFTOVERS if path.startswith("runs/"))
     assert set(listed) == EXPECTED_FILES | {tensorboard}, "the model files plus what --include asked for"
     for path, size in listed.items():
-        assert size == human_size((model_dir / path).stat().st_size), path
+        if path != "README.md":  # the card listed is the one published, which names the repository
+            assert size == human_size((model_dir / path).stat().st_size), path
     not_uploaded = dry.stdout.split("not uploaded")[1]
     assert "checkpoint-4/" in not_uploaded and "trainer_state.json" in not_uploaded
 
