@@ -20,7 +20,7 @@ import yaml
 from transformers import HfArgumentParser
 from transformers.hf_argparser import string_to_bool
 
-from .cli import UserError
+from .cli import UserError, first_line
 
 RECIPE_SUFFIXES = (".yaml", ".yml", ".json")
 
@@ -59,7 +59,7 @@ def parse_arguments(parser: HfArgumentParser, argv: Sequence[str] | None = None)
     try:
         return parser.parse_args_into_dataclasses(args=argv)
     except (ValueError, TypeError) as err:  # a dataclass's __post_init__ refusing a combination of values
-        raise UserError(str(err).strip().splitlines()[0]) from None
+        raise UserError(first_line(err)) from None
 
 
 def read_recipe(parser: HfArgumentParser, recipe: Path) -> dict[str, Any]:
@@ -73,7 +73,7 @@ def read_recipe(parser: HfArgumentParser, recipe: Path) -> dict[str, Any]:
     except yaml.YAMLError as err:
         mark = getattr(err, "problem_mark", None)
         where = f", line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
-        problem = getattr(err, "problem", None) or str(err).splitlines()[0]
+        problem = getattr(err, "problem", None) or first_line(err)
         raise UserError(f"recipe {recipe}{where}: not valid YAML/JSON: {problem}") from None
     if not isinstance(values, dict):
         raise UserError(f"recipe {recipe} must be a mapping of field: value.")

@@ -87,6 +87,19 @@ def is_disk_full(err: BaseException, folder: str | os.PathLike) -> bool:
         return shutil.disk_usage(path).free < FULL_DISK_BYTES
     except OSError:
         return False
+        raise SystemExit(2) from None
+
+
+def first_line(err: BaseException) -> str:
+    """The first non-blank line of `err`'s message, or its class name when the message is empty.
+
+    Library exceptions often carry several lines (a hint, a traceback excerpt); a `UserError` quotes
+    only the first. An exception raised without a message (`ValueError()`) still says what it was.
+    """
+    for line in str(err).splitlines():
+        if line.strip():
+            return line.strip()
+    return type(err).__name__
 
 
 def check_output_dir(
@@ -135,6 +148,7 @@ __all__ = [
     "UserError",
     "check_output_dir",
     "disk_full_message",
+    "first_line",
     "is_disk_full",
     "run_cli",
 ]

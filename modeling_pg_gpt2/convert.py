@@ -39,7 +39,7 @@ from pathlib import Path
 import torch
 from transformers import GPT2Config, GPT2LMHeadModel, PreTrainedConfig, PreTrainedModel
 
-from .cli import CommandError, UserError, disk_full_message, is_disk_full, run_cli
+from .cli import CommandError, UserError, disk_full_message, first_line, is_disk_full, run_cli
 from .configuration_pg_gpt2 import PgGPT2Config
 from .hub import TOKENIZER_FILES
 from .modeling_pg_gpt2 import PgGPT2ForCausalLM, PgGPT2Model
@@ -198,8 +198,8 @@ def _natural(name: str) -> list[int | str]:
 
 
 def _first_line(err: BaseException) -> str:
-    lines = str(err).strip().splitlines()
-    return f"{type(err).__name__}: {lines[0]}" if lines else type(err).__name__
+    message = first_line(err)
+    return message if message == type(err).__name__ else f"{type(err).__name__}: {message}"
 
 
 def _few(names: Sequence[str], limit: int = 3) -> str:
@@ -333,7 +333,7 @@ def _read_config(folder: Path, model_type: str, config_class: type[PreTrainedCon
     try:
         return config_class.from_dict(raw)
     except (ValueError, TypeError) as err:
-        raise UserError(f"{path} is not a valid {model_type} config: {str(err).strip().splitlines()[0]}") from None
+        raise UserError(f"{path} is not a valid {model_type} config: {first_line(err)}") from None
 
 
 def _build(
@@ -379,6 +379,14 @@ def _check_destination(dst: Path, overwrite: bool) -> None:
         raise UserError(f"{dst} is a file; DST must be a folder")
     if dst.is_dir() and any(dst.iterdir()) and not overwrite:
         raise UserError(f"{dst} is not empty; choose another folder or pass --overwrite to replace it")
+
+
+def _check_tokenizer(folder: Path) -> None:
+    """A checkpoint's tokenizer files travel with it: refuse them unless they make a working tokenizer."""
+    if any((folder / name).is_file() for name in TOKENIZER_FILES):
+        from .tokenizer import load_tokenizer
+
+        load_tokenizer(folder)
 
 
 def _check_not_source(dst: Path, folder: Path) -> None:
@@ -431,6 +439,7 @@ def convert_gpt2_to_pg(
     _check_destination(dst, overwrite)
     folder = resolve_checkpoint(src, revision, cache_dir, token)
     _check_not_source(dst, folder)
+    _check_tokenizer(folder)
     return _write(convert_gpt2_checkpoint(folder), folder, dst, overwrite)
 
 
@@ -452,6 +461,7 @@ def convert_pg_to_gpt2(
     _check_destination(dst, overwrite)
     folder = resolve_checkpoint(src, revision, cache_dir, token)
     _check_not_source(dst, folder)
+    _check_tokenizer(folder)
     return _write(convert_pg_checkpoint(folder), folder, dst, overwrite)
 
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 import sys
 from collections.abc import Sequence
@@ -20,10 +21,12 @@ from pathlib import Path
 from typing import TextIO
 
 import torch
-from transformers import AutoModelForCausalLM, AutoTokenizer, TextStreamer, set_seed
+from transformers import AutoModelForCausalLM, PreTrainedModel, TextStreamer, set_seed
 from transformers.utils import logging as hf_logging
 
-from .cli import UserError
+from .cli import UserError, first_line
+from .hub import check_pretrained_source
+from .tokenizer import load_tokenizer
 
 logger = logging.getLogger(__name__)
 
@@ -78,9 +81,44 @@ def read_prompts(prompts: Sequence[str], prompts_file: str | None) -> list[str]:
     return collected or [""]
 
 
+def check_generation_arguments(args: GenerationArguments) -> None:
+    """Refuse, before the model is loaded, sampling options `generate()` would reject deep inside or misuse."""
+    if args.max_new_tokens < 1:
+        raise UserError(f"--max_new_tokens must be at least 1, got {args.max_new_tokens}.")
+    if args.num_return_sequences < 1:
+        raise UserError(f"--num_return_sequences must be at least 1, got {args.num_return_sequences}.")
+    # `not x > 0` is also true for NaN.
+    if not args.temperature > 0 or math.isinf(args.temperature):
+        raise UserError(
+            f"--temperature must be a positive number, got {args.temperature} (greedy decoding: --do_sample false)."
+        )
+    if args.top_k < 0:
+        raise UserError(f"--top_k must be 0 (no limit) or more, got {args.top_k}.")
+    if not 0 < args.top_p <= 1:
+        raise UserError(f"--top_p must be in (0, 1] (1: no nucleus sampling), got {args.top_p}.")
+    if not args.repetition_penalty > 0 or math.isinf(args.repetition_penalty):
+        raise UserError(f"--repetition_penalty must be a positive number (1: none), got {args.repetition_penalty}.")
+    _device(args.device)
+
+
 def _device(requested: str | None) -> torch.device:
+    """The device `--device` names, checked to exist on this machine; by default the best one available."""
     if requested:
-        return torch.device(requested)
+        try:
+            device = torch.device(requested)
+        except RuntimeError:
+            raise UserError(f"--device {requested!r} is not a device: use cuda, cuda:N, mps or cpu.") from None
+        if device.type == "cuda" and not torch.cuda.is_available():
+            built = f"built with CUDA {torch.version.cuda}" if torch.version.cuda else "built without CUDA"
+            raise UserError(
+                f"--device {requested}: CUDA is not available here (torch {torch.__version__}, {built}); "
+                "leave out --device or pass --device cpu."
+            )
+        if device.type == "cuda" and (device.index or 0) >= torch.cuda.device_count():
+            raise UserError(f"--device {requested}: this machine has {torch.cuda.device_count()} CUDA device(s).")
+        if device.type == "mps" and not torch.backends.mps.is_available():
+            raise UserError(f"--device {requested}: MPS (Apple GPU) is not available here; pass --device cpu.")
+        return device
     if torch.cuda.is_available():
         return torch.device("cuda")
     if torch.backends.mps.is_available():
@@ -89,26 +127,39 @@ def _device(requested: str | None) -> torch.device:
 
 
 def load_for_generation(model_name_or_path: str | os.PathLike, args: GenerationArguments):
-    """The tokenizer and the model (eval mode, on the device) of a local folder or Hub id."""
+    """The tokenizer and the model (eval mode, on the device) of a local folder or Hub id.
+
+    A missing folder, a folder without a real tokenizer (see `tokenizer.load_tokenizer`) and a model with
+    NaN or infinite weights (a diverged training run) are each a one-line `UserError`.
+    """
     from . import PgGPT2Config  # noqa: F401  (registers pg_gpt2 with the Auto classes)
 
     model_name_or_path = os.fspath(model_name_or_path)
-    looks_local = model_name_or_path.startswith((".", "/", "~")) or model_name_or_path.count("/") > 1
-    if looks_local and not Path(model_name_or_path).expanduser().is_dir():
-        raise UserError(f"no model folder {model_name_or_path}: pass a run_clm.py output folder or a Hub id.")
+    check_pretrained_source(model_name_or_path, "model", args.revision, args.token)
     hub = {"revision": args.revision, "token": args.token, "trust_remote_code": args.trust_remote_code}
     progress_bars = hf_logging.is_progress_bar_enabled()
     hf_logging.disable_progress_bar()  # loading a small model is instant: keep the terminal for the text
     try:
-        tokenizer = AutoTokenizer.from_pretrained(model_name_or_path, **hub)
+        tokenizer = load_tokenizer(model_name_or_path, **hub)
         model = AutoModelForCausalLM.from_pretrained(model_name_or_path, **hub)
     except (OSError, ValueError) as err:
-        message = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise UserError(f"cannot load the model {model_name_or_path!r}: {message}") from None
+        raise UserError(f"cannot load the model {model_name_or_path!r}: {first_line(err)}") from None
     finally:
         if progress_bars:
             hf_logging.enable_progress_bar()
+    check_finite_weights(model, model_name_or_path)
     return tokenizer, model.to(_device(args.device)).eval()
+
+
+def check_finite_weights(model: PreTrainedModel, model_name: str) -> None:
+    """Refuse a model with NaN or infinite weights: it can only generate garbage (its training diverged)."""
+    bad = [name for name, param in model.named_parameters() if not torch.isfinite(param).all()]
+    if bad:
+        more = f" and {len(bad) - 1} more" if len(bad) > 1 else ""
+        raise UserError(
+            f"the model {model_name!r} has NaN or infinite weights ({bad[0]}{more}): its training diverged; use an "
+            "earlier checkpoint or train again with a lower learning rate"
+        )
 
 
 def context_length(config) -> int | None:
@@ -133,10 +184,7 @@ def generate_text(
     context is a `UserError`; `max_new_tokens` is lowered to what the context leaves, with a warning.
     """
     stream = sys.stdout if stream is None else stream
-    if args.max_new_tokens < 1:
-        raise UserError(f"--max_new_tokens must be at least 1, got {args.max_new_tokens}.")
-    if args.num_return_sequences < 1:
-        raise UserError(f"--num_return_sequences must be at least 1, got {args.num_return_sequences}.")
+    check_generation_arguments(args)
     tokenizer, model = load_for_generation(model_name_or_path, args)
     context = context_length(model.config)
     start_id = tokenizer.bos_token_id if tokenizer.bos_token_id is not None else tokenizer.eos_token_id
@@ -208,4 +256,11 @@ class _Streamer(TextStreamer):
         self.stream.flush()
 
 
-__all__ = ["GenerationArguments", "context_length", "generate_text", "read_prompts"]
+__all__ = [
+    "GenerationArguments",
+    "check_finite_weights",
+    "check_generation_arguments",
+    "context_length",
+    "generate_text",
+    "read_prompts",
+]

@@ -5,8 +5,9 @@
 1. pick the files a user of the model needs (weights, config with `auto_map`, the two remote-code files,
    tokenizer, generation config, plots, `metrics.json`, model card) and leave the rest of a training folder
    (checkpoints with optimizer states, TensorBoard logs, trainer state) behind unless `--include` asks;
-2. check the model card's metadata (writing the card first when the folder has none) and make its usage
-   snippets name the repository;
+2. check that the tokenizer is a working one, and the model card's metadata; the card published (written
+   from the folder's files when it has none) has usage snippets that name the repository. The folder itself
+   is never changed: what is uploaded is staged in a temporary folder;
 3. load the folder in a clean Python process where this package cannot be imported, through its remote code
    with `trust_remote_code=True`, and generate a few tokens: a folder that would not work for others is
    refused before anything is sent;
@@ -33,7 +34,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .cli import UserError
+from .cli import UserError, first_line
 
 WEIGHT_PATTERNS = ("*.safetensors", "*.safetensors.index.json")
 TOKENIZER_FILES = (
@@ -149,6 +150,8 @@ def plan_upload(folder: Path, include: list[str] | tuple[str, ...] = (), remote_
     remote-code files named by `auto_map` (when `remote_code`), tokenizer files, `metrics.json`, `*.png` plots
     and `README.md`. `include` adds glob patterns matched against paths relative to `folder`.
     """
+    from .tokenizer import check_tokenizer_files
+
     config = read_config(folder)
     top_level = {p.name for p in folder.iterdir() if p.is_file()}
     chosen = {name for name in top_level if any(fnmatch.fnmatch(name, p) for p in WEIGHT_PATTERNS)}
@@ -172,11 +175,7 @@ def plan_upload(folder: Path, include: list[str] | tuple[str, ...] = (), remote_
                 "save it again with `model.save_pretrained(folder)`"
             )
         chosen.update(code)
-    if not {"tokenizer.json", "tokenizer_config.json"} & top_level:
-        raise UserError(
-            f"{folder} has no tokenizer (tokenizer.json / tokenizer_config.json): "
-            "save it there with `tokenizer.save_pretrained(folder)`"
-        )
+    check_tokenizer_files(folder)
     chosen.update(top_level & set(MODEL_FILES + TOKENIZER_FILES))
     chosen.update(n for n in top_level if any(fnmatch.fnmatch(n, p) for p in REPORT_PATTERNS))
 
@@ -203,19 +202,21 @@ def plan_upload(folder: Path, include: list[str] | tuple[str, ...] = (), remote_
 # -- model card ----------------------------------------------------------------------------------------------
 
 
-def check_model_card(path: Path, remote_code: bool = True) -> None:
+def check_model_card(path: Path, remote_code: bool = True, shown: Path | None = None) -> None:
     """Refuse a model card whose metadata the Hub would not use to show and run the model.
 
+    `shown` is the path messages name (the user's card, when `path` is the copy prepared for upload).
     It must parse (YAML front matter, read with huggingface_hub's `ModelCard`) and declare
     `library_name: transformers`, `pipeline_tag: text-generation`, a license, the dataset, the tag
     `custom_code` (for a remote-code model) and a model-index with the evaluation perplexity.
     """
     from huggingface_hub import ModelCard
 
+    shown = shown or path
     try:
         data = ModelCard.load(path).data
     except Exception as err:  # ModelCard raises ValueError/YAMLError/KeyError for broken metadata
-        raise UserError(f"the model card {path} has unreadable metadata: {str(err).splitlines()[0]}") from None
+        raise UserError(f"the model card {shown} has unreadable metadata: {first_line(err)}") from None
     problems = []
     if data.library_name != "transformers":
         problems.append(f"library_name is {data.library_name!r}, not 'transformers'")
@@ -231,7 +232,7 @@ def check_model_card(path: Path, remote_code: bool = True) -> None:
         problems.append("no model-index result with the eval perplexity")
     if problems:
         raise UserError(
-            f"the model card {path} is incomplete: {'; '.join(problems)} "
+            f"the model card {shown} is incomplete: {'; '.join(problems)} "
             "(rewrite it with `modeling_pg_gpt2.model_card.write_model_card(folder)` or edit its metadata)"
         )
 
@@ -253,29 +254,27 @@ def name_repo_in_snippets(text: str, repo_id: str) -> str:
     return _CODE_BLOCK.sub(point_at_repo, text)
 
 
-def prepare_model_card(folder: Path, repo_id: str | None) -> str | None:
-    """Write the folder's card if it has none, and make its usage snippets load `repo_id` (when given).
+def prepare_model_card(folder: Path, destination: Path, repo_id: str | None) -> str | None:
+    """Write the card to publish to `destination`: the folder's own card with its usage snippets loading
+    `repo_id` (when given), or a card written from the folder's files when it has none.
 
-    A card written at the end of training names the local folder; the published one must name the
-    repository. Only the model references inside ```python blocks change, so edits to the card are kept.
-    Returns what was done, or None when the card was already right.
+    The folder itself is never changed (a dry run or a refused push leaves it as it was); only the model
+    references inside ```python blocks change, so edits to the card are kept. Returns what was done, or
+    None when the card is published as it is.
     """
-    path = folder / "README.md"
-    if not path.is_file():
-        from .model_card import write_model_card
+    source = folder / "README.md"
+    destination.parent.mkdir(parents=True, exist_ok=True)
+    if not source.is_file():
+        from .model_card import build_model_card
 
-        write_model_card(folder, repo_id=repo_id)
-        return f"wrote the model card {path}"
-    if repo_id is None:
-        return None
-    text = path.read_text(encoding="utf-8")
-    updated = name_repo_in_snippets(text, repo_id)
+        build_model_card(folder, repo_id=repo_id).save(destination)
+        return f"{folder} has no model card (README.md): publishing one written from its metrics and training info"
+    text = source.read_text(encoding="utf-8")
+    updated = text if repo_id is None else name_repo_in_snippets(text, repo_id)
+    destination.write_text(updated, encoding="utf-8")
     if updated == text:
         return None
-    partial = path.with_name(f".{path.name}.partial")
-    partial.write_text(updated, encoding="utf-8")
-    partial.replace(path)  # atomic: a reader never sees half a card
-    return f"updated the usage snippets of {path} to load {repo_id}"
+    return f"the published model card's usage snippets load {repo_id} ({source} is left as it is)"
 
 
 _REMOTE_CODE_SENTENCE = re.compile(r"[^.\n]*trust_remote_code[^.\n]*\.")
@@ -360,7 +359,9 @@ done(model_class=f"{module}.{type(model).__name__}", vocab_size=vocab_size, toke
 """
 
 
-def validate_folder(folder: Path, remote_code: bool = True, python: str = sys.executable) -> dict[str, Any]:
+def validate_folder(
+    folder: Path, remote_code: bool = True, python: str = sys.executable, shown: str | Path | None = None
+) -> dict[str, Any]:
     """Load `folder` as a stranger would and generate a few tokens; refuse it with a `UserError` if that fails.
 
     A fresh `python -I` process in an empty directory, with this package made unimportable, loads the model
@@ -368,8 +369,10 @@ def validate_folder(folder: Path, remote_code: bool = True, python: str = sys.ex
     comes from the folder's remote code when `remote_code`) and the tokenizer with `AutoTokenizer`, checks
     that the tokenizer fits the model's vocabulary and that the logits are finite, and generates 4 tokens
     greedily. Nothing touches the network (`HF_HUB_OFFLINE=1`) or the user's module cache. Returns the
-    report (model class, vocab size, tokenizer size, generated sample).
+    report (model class, vocab size, tokenizer size, generated sample). Messages name `shown` (default:
+    `folder`), the folder the user knows when `folder` is a staged copy.
     """
+    shown = shown or folder
     with tempfile.TemporaryDirectory(prefix="pg_gpt2_validate_") as tmp:
         env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_MODULES_CACHE": os.path.join(tmp, "modules")}
         env.update(TRANSFORMERS_VERBOSITY="error", TOKENIZERS_PARALLELISM="false")
@@ -379,21 +382,95 @@ def validate_folder(folder: Path, remote_code: bool = True, python: str = sys.ex
                 command, cwd=tmp, env=env, capture_output=True, text=True, timeout=VALIDATION_TIMEOUT_S
             )
         except subprocess.TimeoutExpired:
-            raise UserError(f"validating {folder} took more than {VALIDATION_TIMEOUT_S} s; gave up") from None
+            raise UserError(f"validating {shown} took more than {VALIDATION_TIMEOUT_S} s; gave up") from None
     reports = [line for line in proc.stdout.splitlines() if line.startswith("PG_GPT2_VALIDATION ")]
     if not reports:
         stderr = [line for line in proc.stderr.splitlines() if line.strip()]
         raise UserError(
-            f"{folder} failed validation: the check process exited with status {proc.returncode} "
+            f"{shown} failed validation: the check process exited with status {proc.returncode} "
             f"({stderr[-1] if stderr else 'no output'})"
         )
     report = json.loads(reports[-1].split(" ", 1)[1])
     if "error" in report:
-        raise UserError(f"{folder} is not ready to publish: {report['error']}")
+        raise UserError(f"{shown} is not ready to publish: {report['error']}")
     return report
 
 
 # -- Hub -----------------------------------------------------------------------------------------------------
+
+
+# Files one of which a model or tokenizer repository already in the Hub cache holds.
+_CACHED_MARKERS = ("config.json", "tokenizer_config.json", "tokenizer.json")
+
+
+def looks_like_local_path(name: str) -> bool:
+    """Whether `name` reads as a path, not a Hub id: `./x`, `/x`, `~/x`, `a/b/c`, or `out/x` where `out/` exists."""
+    if name.startswith((".", "/", "~")) or name.count("/") > 1 or (os.sep != "/" and os.sep in name):
+        return True
+    head, sep, _ = name.partition("/")
+    return bool(sep) and Path(head).is_dir()
+
+
+def check_pretrained_source(
+    name: str | os.PathLike,
+    what: str = "model",
+    revision: str | None = None,
+    token: str | bool | None = None,
+    cache_dir: str | os.PathLike | None = None,
+) -> None:
+    """Refuse at once, with a `UserError`, a `from_pretrained` source that is neither a folder nor a Hub repository.
+
+    A missing local path (see `looks_like_local_path`) is "no such folder" without asking the Hub. A Hub
+    id that is not in the Hub cache (and with the Hub not switched off by `HF_HUB_OFFLINE`) is looked up
+    once: an unreachable Hub or a missing repository is said at once, where transformers would retry for
+    about a minute and then name neither cause.
+    """
+    name = os.fspath(name)
+    path = Path(name).expanduser()
+    if path.is_dir():
+        return
+    if path.exists():
+        raise UserError(f"{name} is a file; pass the {what} folder (or a Hub repository id)")
+    missing = f"no such folder: {name}"
+    if looks_like_local_path(name):
+        raise UserError(f"{missing}; pass an existing {what} folder (or a Hub id, as namespace/name)")
+
+    import httpx2
+    from huggingface_hub import HfApi, constants, try_to_load_from_cache
+    from huggingface_hub.errors import (
+        GatedRepoError,
+        HfHubHTTPError,
+        RepositoryNotFoundError,
+        RevisionNotFoundError,
+    )
+    from huggingface_hub.utils import HFValidationError, validate_repo_id
+
+    try:
+        validate_repo_id(name)
+    except HFValidationError:
+        raise UserError(f"{missing}; pass an existing {what} folder (or a Hub id, as namespace/name)") from None
+    cached = (try_to_load_from_cache(name, m, cache_dir=cache_dir, revision=revision) for m in _CACHED_MARKERS)
+    if constants.HF_HUB_OFFLINE or any(isinstance(found, str) for found in cached):
+        return  # from_pretrained reads the cache (or says that offline it cannot)
+    hub = constants.ENDPOINT
+    try:
+        HfApi(token=token).model_info(name, revision=revision, timeout=10)
+    except GatedRepoError:
+        raise UserError(f"{name} is a gated repository: accept its conditions, then `hf auth login`") from None
+    except RepositoryNotFoundError:
+        raise UserError(
+            f"{missing}, and {hub} has no repository {name} (or your token cannot see it); "
+            f"pass an existing {what} folder"
+        ) from None
+    except RevisionNotFoundError:
+        raise UserError(f"the Hub repository {name} has no revision {revision!r}") from None
+    except HfHubHTTPError as err:
+        raise UserError(f"{missing}, and the Hub at {hub} answered: {first_line(err)}") from None
+    except (httpx2.TransportError, OSError) as err:  # no network, DNS, connection refused, timeout
+        raise UserError(
+            f"{missing}, and the Hub at {hub} is unreachable ({first_line(err)}); pass an existing folder, "
+            "or set HF_HUB_OFFLINE=1 to use the models in the Hub cache"
+        ) from None
 
 
 def check_repo_id(repo_id: str) -> None:
@@ -405,7 +482,7 @@ def check_repo_id(repo_id: str) -> None:
     try:
         validate_repo_id(repo_id)
     except HFValidationError as err:
-        raise UserError(f"repo id {repo_id!r} is not valid: {str(err).splitlines()[0]}") from None
+        raise UserError(f"repo id {repo_id!r} is not valid: {first_line(err)}") from None
 
 
 @contextlib.contextmanager
@@ -450,20 +527,39 @@ def _http_error(err: Any, repo_id: str, endpoint: str) -> UserError:
     return UserError(f"the Hub at {endpoint} refused the push to {repo_id} ({status}{detail})")
 
 
-def _stage_gpt2(folder: Path, plan: UploadPlan, staging: Path, repo_id: str) -> Path:
-    """Write the native `gpt2` variant of `folder` into `staging`: converted weights, tokenizer, plots, card."""
+def _stage_gpt2(folder: Path, plan: UploadPlan, staging: Path, repo_id: str, card: Path) -> Path:
+    """Write the native `gpt2` variant of `folder` into `staging`: converted weights, tokenizer, plots, and
+    the gpt2 version of the prepared `card`."""
     from .convert import convert_pg_to_gpt2
 
     convert_pg_to_gpt2(folder, staging)
     for name in plan.files:
         converted = name in MODEL_FILES or any(fnmatch.fnmatch(name, p) for p in WEIGHT_PATTERNS)
-        if converted or name.endswith(".py") or (staging / name).exists():
+        if converted or name.endswith(".py") or name == "README.md" or (staging / name).exists():
             continue
-        if name == "README.md":
-            gpt2_model_card(folder / name, staging / name, repo_id)
-        else:
-            shutil.copy2(folder / name, staging / name)
+        shutil.copy2(folder / name, staging / name)
+    gpt2_model_card(card, staging / "README.md", repo_id)
     return staging
+
+
+def _stage_files(plan: UploadPlan, staging: Path, card: Path) -> UploadPlan:
+    """The upload of `plan` from `staging`: links to the folder's files, and the prepared `card` as README.md.
+
+    Symbolic links (copies where the file system has none) cost nothing for big weights; the Hub client
+    reads through them.
+    """
+    for name in plan.files:
+        if name == "README.md":
+            continue
+        link = staging / name
+        link.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            link.symlink_to((plan.folder / name).resolve())
+        except OSError:
+            shutil.copy2(plan.folder / name, link)
+    card.replace(staging / "README.md")
+    files = {**plan.files, "README.md": (staging / "README.md").stat().st_size}
+    return UploadPlan(staging, dict(sorted(files.items())), plan.left_out)
 
 
 def push_to_hub(output_dir: str | Path, repo_id: str, args: PushArguments | None = None) -> str | None:
@@ -472,6 +568,8 @@ def push_to_hub(output_dir: str | Path, repo_id: str, args: PushArguments | None
     Returns the commit id on the Hub (the unchanged head when nothing changed), or `None` for a dry run.
     """
     from huggingface_hub import constants, get_token
+
+    from .tokenizer import load_tokenizer
 
     args = args or PushArguments()
     folder = Path(output_dir)
@@ -484,21 +582,27 @@ def push_to_hub(output_dir: str | Path, repo_id: str, args: PushArguments | None
     if args.as_gpt2 and args.include:
         raise UserError("--include applies to the folder as it is: it cannot be combined with --as_gpt2")
 
-    # The folder's own card names the pg_gpt2 repository; the gpt2 export gets its own copy below.
-    card_change = prepare_model_card(folder, None if args.as_gpt2 else repo_id)
-    if card_change:
-        print(card_change)
     plan = plan_upload(folder, args.include)
-    check_model_card(folder / "README.md")
+    load_tokenizer(folder)  # a folder without a working tokenizer would load (and generate) for nobody
 
-    with contextlib.ExitStack() as stack:
+    # What is uploaded is staged beside the folder, which the push never changes: the card published
+    # names the repository (the gpt2 export gets its own version of it).
+    with tempfile.TemporaryDirectory(prefix="pg_gpt2_push_") as tmp:
+        staging = Path(tmp)
+        card = staging / "card" / "README.md"
+        card_change = prepare_model_card(folder, card, None if args.as_gpt2 else repo_id)
+        if card_change:
+            print(card_change)
+        check_model_card(card, shown=folder / "README.md")
         if args.as_gpt2:
-            staging = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="pg_gpt2_as_gpt2_")))
-            plan = plan_upload(_stage_gpt2(folder, plan, staging, repo_id), remote_code=False)
+            plan = plan_upload(_stage_gpt2(folder, plan, staging / "gpt2", repo_id, card), remote_code=False)
             check_model_card(plan.folder / "README.md", remote_code=False)
-        report = validate_folder(plan.folder, remote_code=not args.as_gpt2)
+        else:
+            plan = _stage_files(plan, staging / "upload", card)
+        shown = f"the gpt2 export of {folder}" if args.as_gpt2 else folder
+        report = validate_folder(plan.folder, remote_code=not args.as_gpt2, shown=shown)
         print(
-            f"validated {'the gpt2 export of ' if args.as_gpt2 else ''}{folder}: "
+            f"validated {shown}: "
             f"{report['model_class'].rsplit('.', 1)[-1]}, "
             f"vocab {report['vocab_size']} (tokenizer {report['tokenizer_size']}), greedy {report['sample']!r}"
         )

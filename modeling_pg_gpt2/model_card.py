@@ -1,7 +1,7 @@
 """The model card (`README.md`) of a trained pg_gpt2 folder, built with huggingface_hub's `ModelCard`.
 
-`run_clm.py` writes one at the end of training; `push_to_hub.py` rewrites it with the repository id
-so its usage snippet names the Hub repository. Everything comes from the folder itself:
+`run_clm.py` writes one at the end of training; `push_to_hub.py` publishes a copy whose usage snippets
+name the Hub repository (the folder's own card is left as it is). Everything comes from the folder itself:
 `config.json`, `metrics.json`, `training_info.json`, the tokenizer files and the plots, so
 
     >>> from modeling_pg_gpt2.model_card import write_model_card

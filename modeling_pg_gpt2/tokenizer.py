@@ -8,6 +8,16 @@ unknown token and `decode(encode(text)) == text` for every Unicode string.
 `<|endoftext|>` is the only special token and, as in GPT-2, has the last id (`vocab_size - 1`). It is
 the bos, eos, unk and pad token (padding on the left, for batched generation).
 
+Training cuts pre-tokens longer than `MAX_PRE_TOKEN_CHARS` bytes into pieces of that length. BPE
+training costs grow with the square of a pre-token's length, so a long run without whitespace (minified
+JSON, DNA, base64, a repeated character) would make it hang; GPT-2's regex never yields such long
+pre-tokens from ordinary text, so the merges learnt from it are unchanged. The saved tokenizer
+pre-tokenises exactly like GPT-2's (encoding is fast on any input).
+
+`load_tokenizer` is how every script loads a tokenizer: it refuses, in one line, a folder that is not a
+working tokenizer (AutoTokenizer loads a folder holding only `tokenizer_config.json` as a 1-token
+tokenizer that encodes every text to no token at all).
+
 `<|endoftext|>` written inside text: like GPT-2's tokenizer in transformers, the tokenizer *keeps it as
 the special token* (one id), so prompts and concatenated documents can use it as a separator; decoding
 gives the same characters back, so the round trip is lossless either way. To treat it as plain text
@@ -26,6 +36,7 @@ Example:
 from __future__ import annotations
 
 import json
+import os
 import re
 import time
 from collections.abc import Iterable, Iterator
@@ -35,11 +46,12 @@ from typing import Any
 
 from datasets import Dataset
 from huggingface_hub.utils import tqdm
-from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers, trainers
-from transformers import GPT2Tokenizer, PreTrainedTokenizerBase
+from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, pre_tokenizers, trainers
+from transformers import AutoTokenizer, GPT2Tokenizer, PreTrainedTokenizerBase
 
-from .cli import UserError
+from .cli import UserError, check_output_dir, first_line
 from .corpus import CorpusArguments, corpus_bytes, load_corpus
+from .hub import check_pretrained_source
 
 EOS_TOKEN = "<|endoftext|>"
 BYTE_ALPHABET_SIZE = 256
@@ -49,6 +61,18 @@ REPORT_FILE = "tokenizer_report.json"
 # Documents are fed to the trainer in pieces of at most this many characters, so one huge document
 # (a single big .txt file) never becomes one huge string in the trainer.
 MAX_PIECE_CHARS = 1 << 20
+# Longest pre-token the BPE trainer sees, in bytes (the trainer's cost grows with its square). GPT-2's
+# regex gives longer ones only for runs of 256 letters, digits, punctuation or spaces.
+MAX_PRE_TOKEN_CHARS = 256
+
+# What a folder needs to hold a tokenizer: `tokenizer.json` (what save_pretrained writes), or GPT-2's
+# original `vocab.json` and `merges.txt`.
+TOKENIZER_FILE = "tokenizer.json"
+VOCAB_FILES = ("vocab.json", "merges.txt")
+# The other files save_pretrained writes: without the two above they make a tokenizer with no vocabulary.
+TOKENIZER_SIDE_FILES = ("tokenizer_config.json", "special_tokens_map.json", "added_tokens.json")
+# Any real tokenizer encodes this to at least one token.
+PROBE_TEXT = "Hello, world"
 
 
 @dataclass
@@ -86,17 +110,7 @@ def check_tokenizer_arguments(args: TokenizerArguments) -> None:
         raise UserError(f"--min_frequency must be >= 0, got {args.min_frequency}")
     if args.model_max_length < 1:
         raise UserError(f"--model_max_length must be positive, got {args.model_max_length}")
-    out = Path(args.output_dir)
-    if out.exists() and not out.is_dir():
-        raise UserError(f"--output_dir {out} is a file, not a folder")
-    if out.is_dir() and not args.overwrite_output_dir:
-        held = sorted(child.name for child in out.iterdir())
-        if held:
-            shown = ", ".join(held[:3]) + (", ..." if len(held) > 3 else "")
-            raise UserError(
-                f"--output_dir {out} is not empty (holds {shown}); choose a new folder or pass "
-                "--overwrite_output_dir to write the tokenizer there anyway"
-            )
+    check_output_dir(args.output_dir, overwrite_flag=None if args.overwrite_output_dir else "--overwrite_output_dir")
 
 
 def iter_text_batches(
@@ -139,14 +153,30 @@ def split_for_pretokenization(text: str, max_chars: int = MAX_PIECE_CHARS) -> li
     return pieces
 
 
+def gpt2_pre_tokenizer() -> pre_tokenizers.PreTokenizer:
+    """GPT-2's pre-tokenisation: its regex, then each byte mapped to a printable character."""
+    return pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
+
+
+def training_pre_tokenizer(max_chars: int = MAX_PRE_TOKEN_CHARS) -> pre_tokenizers.PreTokenizer:
+    """GPT-2's pre-tokenisation with every pre-token cut into pieces of at most `max_chars` bytes.
+
+    After `ByteLevel` each byte is one character (never a line break), so `.{1,n}` cuts by bytes.
+    """
+    cut = pre_tokenizers.Split(Regex(f".{{1,{max_chars}}}"), behavior="isolated")
+    return pre_tokenizers.Sequence([gpt2_pre_tokenizer(), cut])
+
+
 def train_bpe(batches: Iterable[list[str]], vocab_size: int, min_frequency: int = 2) -> Tokenizer:
     """Train GPT-2's byte-level BPE on `batches` of text; `<|endoftext|>` gets the last id.
 
     The trainer learns `vocab_size - 1` tokens (the 256 bytes, then merges) and `<|endoftext|>` is
-    appended after it. A corpus with too few distinct pairs gives a smaller vocabulary.
+    appended after it. A corpus with too few distinct pairs gives a smaller vocabulary. The trainer sees
+    pre-tokens of at most `MAX_PRE_TOKEN_CHARS` bytes (see the module docstring); the tokenizer returned
+    pre-tokenises like GPT-2's.
     """
     tokenizer = Tokenizer(models.BPE())
-    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
+    tokenizer.pre_tokenizer = training_pre_tokenizer()
     tokenizer.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(
         vocab_size=vocab_size - 1,
@@ -155,6 +185,7 @@ def train_bpe(batches: Iterable[list[str]], vocab_size: int, min_frequency: int 
         show_progress=False,
     )
     tokenizer.train_from_iterator(batches, trainer=trainer)
+    tokenizer.pre_tokenizer = gpt2_pre_tokenizer()  # what transformers' GPT2Tokenizer uses when loaded
     tokenizer.add_special_tokens([AddedToken(EOS_TOKEN, special=True, normalized=False)])
     return tokenizer
 
@@ -176,6 +207,53 @@ def to_transformers(tokenizer: Tokenizer, model_max_length: int = 1024) -> PreTr
         padding_side="left",
         clean_up_tokenization_spaces=False,
     )
+
+
+def check_tokenizer_files(folder: str | os.PathLike) -> None:
+    """Refuse, naming the missing file, a local folder that lacks a tokenizer's vocabulary."""
+    folder = Path(folder)
+    if (folder / TOKENIZER_FILE).is_file() or all((folder / name).is_file() for name in VOCAB_FILES):
+        return
+    held = [name for name in TOKENIZER_SIDE_FILES if (folder / name).is_file()]
+    found = f"it holds only {', '.join(held)}" if held else "it holds no tokenizer file"
+    raise UserError(
+        f"{folder} has no {TOKENIZER_FILE} ({found}): save a tokenizer there with train_tokenizer.py "
+        "(--output_dir) or tokenizer.save_pretrained(folder)"
+    )
+
+
+def check_tokenizer(tokenizer: PreTrainedTokenizerBase, name: str) -> None:
+    """Refuse a tokenizer that cannot be the tokenizer of a language model: too few tokens, or no token for text.
+
+    A byte-level BPE has more than the 256 byte tokens, and encodes any text to at least one token.
+    """
+    size = len(tokenizer)
+    n_ids = len(tokenizer(PROBE_TEXT, add_special_tokens=False)["input_ids"])
+    if size <= BYTE_ALPHABET_SIZE or n_ids == 0:
+        raise UserError(
+            f"{name} is not a working tokenizer: it has {size} token(s) (a byte-level BPE has more than "
+            f"{BYTE_ALPHABET_SIZE}) and encodes {PROBE_TEXT!r} to {n_ids}; its {TOKENIZER_FILE} is missing or "
+            "broken (train one with train_tokenizer.py)"
+        )
+
+
+def load_tokenizer(name_or_path: str | os.PathLike, **kwargs: Any) -> PreTrainedTokenizerBase:
+    """`AutoTokenizer.from_pretrained(name_or_path, **kwargs)`, refusing with a `UserError` what is not a tokenizer.
+
+    A missing folder or Hub repository is said at once (`hub.check_pretrained_source`); a local folder must
+    hold `tokenizer.json` (or `vocab.json` and `merges.txt`); the tokenizer loaded must pass
+    `check_tokenizer`. `revision`, `token` and `cache_dir` in `kwargs` also apply to the Hub lookup.
+    """
+    name = os.fspath(name_or_path)
+    check_pretrained_source(name, "tokenizer", kwargs.get("revision"), kwargs.get("token"), kwargs.get("cache_dir"))
+    if Path(name).expanduser().is_dir():
+        check_tokenizer_files(Path(name).expanduser())
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(name, **kwargs)
+    except (OSError, ValueError) as err:
+        raise UserError(f"cannot load the tokenizer {name!r}: {first_line(err)}") from None
+    check_tokenizer(tokenizer, name)
+    return tokenizer
 
 
 def count_tokens(tokenizer: Tokenizer, documents: Dataset, batch_size: int = 256) -> int:

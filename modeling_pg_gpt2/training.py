@@ -55,7 +55,6 @@ from tokenizers.pre_tokenizers import ByteLevel
 from transformers import (
     AutoConfig,
     AutoModelForCausalLM,
-    AutoTokenizer,
     EarlyStoppingCallback,
     PreTrainedTokenizerBase,
     Trainer,
@@ -66,7 +65,7 @@ from transformers import (
 )
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
-from .cli import CommandError, Interrupted, UserError, check_output_dir, disk_full_message, is_disk_full
+from .cli import CommandError, Interrupted, UserError, check_output_dir, disk_full_message, first_line, is_disk_full
 from .configuration_pg_gpt2 import PRESETS, PgGPT2Config
 from .corpus import CorpusArguments, load_corpus
 from .modeling_pg_gpt2 import PgGPT2ForCausalLM
@@ -441,15 +440,14 @@ def _is_run_artifact(path: Path) -> bool:
 
 def load_tokenizer(model_args: ModelArguments) -> PreTrainedTokenizerBase:
     """The tokenizer named by `--tokenizer_name`, else the one stored with `--model_name_or_path`."""
+    from .tokenizer import load_tokenizer as load_checked_tokenizer
+
     name = model_args.tokenizer_name or model_args.model_name_or_path
     if name is None:
         raise UserError("no tokenizer: pass --tokenizer_name with a folder made by train_tokenizer.py (or a Hub id).")
-    try:
-        tokenizer = AutoTokenizer.from_pretrained(
-            name, cache_dir=model_args.cache_dir, revision=model_args.model_revision, token=model_args.token
-        )
-    except (OSError, ValueError) as err:
-        raise UserError(f"cannot load the tokenizer {name!r}: {str(err).strip().splitlines()[0]}") from None
+    tokenizer = load_checked_tokenizer(
+        name, cache_dir=model_args.cache_dir, revision=model_args.model_revision, token=model_args.token
+    )
     if tokenizer.eos_token_id is None:
         raise UserError(f"tokenizer {name!r} has no end-of-text token; train one with train_tokenizer.py.")
     return tokenizer
@@ -502,7 +500,7 @@ def build_config(model_args: ModelArguments, tokenizer: PreTrainedTokenizerBase)
         try:
             base = PgGPT2Config.from_pretrained(name)
         except (OSError, ValueError) as err:
-            raise UserError(f"cannot read the config {name!r}: {str(err).strip().splitlines()[0]}") from None
+            raise UserError(f"cannot read the config {name!r}: {first_line(err)}") from None
     else:
         raise UserError(
             f"unknown --config_name {name!r}: use a preset ({', '.join(PRESETS)}), a folder with config.json, "
@@ -525,7 +523,7 @@ def build_model(model_args: ModelArguments, tokenizer: PreTrainedTokenizerBase) 
         try:
             model = AutoModelForCausalLM.from_config(config, **attn)
         except (ValueError, ImportError) as err:
-            raise UserError(str(err).strip().splitlines()[0]) from None
+            raise UserError(first_line(err)) from None
         return model, f"from scratch ({model_args.config_name or 'gpt2'})"
 
     name = model_args.model_name_or_path
@@ -535,7 +533,7 @@ def build_model(model_args: ModelArguments, tokenizer: PreTrainedTokenizerBase) 
     try:
         config = AutoConfig.from_pretrained(name, **hub)
     except (OSError, ValueError) as err:
-        raise UserError(f"cannot load the checkpoint {name!r}: {str(err).strip().splitlines()[0]}") from None
+        raise UserError(f"cannot load the checkpoint {name!r}: {first_line(err)}") from None
     if config.model_type not in ("pg_gpt2", "gpt2"):
         raise UserError(f"{name!r} is a {config.model_type!r} model; pg_gpt2 continues pg_gpt2 or GPT-2 checkpoints.")
     if config.vocab_size != len(tokenizer):
@@ -559,7 +557,7 @@ def build_model(model_args: ModelArguments, tokenizer: PreTrainedTokenizerBase) 
     try:
         model = PgGPT2ForCausalLM.from_pretrained(name, config=config, **hub, **attn)
     except (OSError, ValueError) as err:
-        raise UserError(f"cannot load the checkpoint {name!r}: {str(err).strip().splitlines()[0]}") from None
+        raise UserError(f"cannot load the checkpoint {name!r}: {first_line(err)}") from None
     source = f"checkpoint {name}"
     return model, source
 

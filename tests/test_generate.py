@@ -127,7 +127,7 @@ def test_context_limits(model_dir, caplog):
     with caplog.at_level(logging.WARNING, logger="modeling_pg_gpt2.generation"):
         generate_text(model_dir, [prompt], GenerationArguments(max_new_tokens=100, do_sample=False), io.StringIO())
     assert f"Generating {CONTEXT - prompt_tokens} tokens instead of 100" in caplog.text
-    with pytest.raises(UserError, match="no model folder"):
+    with pytest.raises(UserError, match="no such folder"):
         generate_text(str(model_dir.parent / "missing"), ["x"], GenerationArguments(), stream=io.StringIO())
 
 

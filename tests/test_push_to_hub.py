@@ -224,6 +224,7 @@ def published(hub, model_dir, tmp_path_factory) -> dict:
     """
     work = tmp_path_factory.mktemp("clients")
     env = client_env(hub.url, work / "hf_home")
+    card = (model_dir / "README.md").read_bytes()
     first = push(model_dir, REPO, env)
     assert first.returncode == 0, first.stderr
     commits_after_first = len(hub.repo(REPO).log("main"))
@@ -239,15 +240,19 @@ def published(hub, model_dir, tmp_path_factory) -> dict:
     )
     for result in (again, branch, gpt2):
         assert result.returncode == 0, result.stderr
-    return {"first": first, "again": again, "branch": branch, "gpt2": gpt2, "commits": commits_after_first}
+    return {
+        "first": first, "again": again, "branch": branch, "gpt2": gpt2, "commits": commits_after_first, "card": card
+    }  # fmt: skip
 
 
 def test_uploads_exactly_the_model_files(hub, model_dir, published):
     head = hub.repo(REPO).resolve("main")
     # `.gitattributes` is the file the Hub itself creates with every repository.
     assert set(head.files) == EXPECTED_FILES | {".gitattributes"}
-    for name in EXPECTED_FILES:
+    for name in EXPECTED_FILES - {"README.md"}:
         assert hub.read(REPO, name) == (model_dir / name).read_bytes(), name
+    # The card is published pointing at the repository; the folder's own card is left as it was.
+    assert (model_dir / "README.md").read_bytes() == published["card"]
     assert head.files["model.safetensors"].sha256 is not None, "weights must be stored with LFS"
 
     card = ModelCard(hub.read(REPO, "README.md").decode())
@@ -290,6 +295,25 @@ def test_fresh_process_loads_the_same_model_from_the_hub(hub, model_dir, publish
     assert loaded["auto_gpt2_class"] == "GPT2LMHeadModel"
     torch.testing.assert_close(loaded["gpt2_logits"], expected["logits"], rtol=1e-5, atol=1e-5)
     assert loaded["snippets"] >= 4
+
+
+def test_generate_loads_a_hub_id_and_names_a_missing_one_at_once(hub, published, tmp_path):
+    """generate.py looks a Hub id up once: a pushed model generates; a missing repository is one line."""
+    env = client_env(hub.url, tmp_path / "hf_home", token=None)
+
+    def generate(model: str) -> subprocess.CompletedProcess[str]:
+        command = [sys.executable, str(ROOT / "generate.py"), model, PROMPT, "--max_new_tokens", "4", "--seed", "0"]
+        return subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+
+    found, missing = run_all((generate, REPO), (generate, f"{USER}/no-such-model"))
+    assert found.returncode == 0, found.stderr
+    assert found.stdout.startswith(PROMPT) and len(found.stdout.strip()) > len(PROMPT)
+    assert missing.returncode == 2 and "Traceback" not in missing.stderr
+    assert (
+        missing.stderr.strip()
+        .splitlines()[-1]
+        .startswith(f"error: no such folder: {USER}/no-such-model, and {hub.url.rstrip('/')} has no repository")
+    ), missing.stderr
 
 
 def test_repush_of_an_unchanged_folder_makes_no_commit(hub, published):
@@ -360,7 +384,8 @@ def test_refusals_are_one_line_and_dry_run_sends_nothing(hub, model_dir, oversiz
     tensorboard = next(path for path in TRAINING_LEFTOVERS if path.startswith("runs/"))
     assert set(listed) == EXPECTED_FILES | {tensorboard}, "the model files plus what --include asked for"
     for path, size in listed.items():
-        assert size == human_size((model_dir / path).stat().st_size), path
+        if path != "README.md":  # the card listed is the one published, which names the repository
+            assert size == human_size((model_dir / path).stat().st_size), path
     not_uploaded = dry.stdout.split("not uploaded")[1]
     assert "checkpoint-4/" in not_uploaded and "trainer_state.json" in not_uploaded
 

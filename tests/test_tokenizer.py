@@ -23,11 +23,13 @@ from modeling_pg_gpt2.cli import UserError
 from modeling_pg_gpt2.corpus import CorpusArguments, load_corpus
 from modeling_pg_gpt2.tokenizer import (
     EOS_TOKEN,
+    MAX_PRE_TOKEN_CHARS,
     REPORT_FILE,
     TokenizerArguments,
     format_report,
     split_for_pretokenization,
     train_tokenizer,
+    training_pre_tokenizer,
 )
 
 REPO = Path(__file__).resolve().parents[1]
@@ -162,6 +164,7 @@ def test_endoftext_in_text_is_the_special_token_unless_split(tokenizer):
 TRICKY_PIECES = [
     EOS_TOKEN, "<|endoftext", "|>", "😀", "👩‍👩‍👧", "日本語", "e\u0301", "\u0301", "\x00", "\x1b[0m", "\r\n",
     "\t", "   ", "\n\n\n", " ", "\ufeff", "\u200b", "'s", " 's", " .", " n't", "’", "\U0010ffff", "a", "The",
+    "a" * 700, "ACGT" * 100, "日" * 200,
 ]  # fmt: skip
 any_text = st.one_of(
     st.text(),
@@ -196,6 +199,23 @@ def test_pieces_for_the_trainer_cover_the_text_and_keep_its_pre_tokens(text, max
     # A piece of exactly max_chars is a forced cut (no place to cut cleanly); otherwise nothing changes.
     if all(len(piece) < max_chars for piece in pieces[:-1]):
         assert [word for piece in pieces for word in pre_tokens(piece)] == pre_tokens(text)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.sampled_from([*FRAGMENTS, "a" * 40, "-" * 25, " " * 30, "日本" * 9]), max_size=60).map("".join))
+def test_the_trainer_sees_gpt2_pre_tokens_cut_to_a_bounded_length(text):
+    """What keeps BPE training linear in the corpus: no pre-token longer than the bound reaches the trainer."""
+    limit = 8
+    expected = [word[i : i + limit] for word in pre_tokens(text) for i in range(0, len(word), limit)]
+    assert [word for word, _ in training_pre_tokenizer(limit).pre_tokenize_str(text)] == expected
+
+
+def test_the_bound_leaves_ordinary_text_alone(trained):
+    text = "".join(path.read_text(encoding="utf-8") for path in sorted(trained[0].iterdir()))
+    bounded = [word for word, _ in training_pre_tokenizer().pre_tokenize_str(text)]
+    assert bounded == pre_tokens(text)
+    run = "ACGT" * 50_000  # DNA: one GPT-2 pre-token of 200,000 letters
+    assert max(len(word) for word, _ in training_pre_tokenizer().pre_tokenize_str(run)) == MAX_PRE_TOKEN_CHARS
 
 
 def test_long_documents_are_cut_only_between_pre_tokens():
