@@ -45,8 +45,8 @@ from common import (
     weight_bytes_per_token,
 )
 
-from modeling_pg_gpt2 import modeling_pg_gpt2 as pg_modeling
-from modeling_pg_gpt2.modeling_pg_gpt2 import PgLinear
+from modeling_pg_gpt2 import batched_matvec
+from modeling_pg_gpt2.batched_matvec import BatchedMatvecLinear
 
 
 class TokenClock:
@@ -76,15 +76,23 @@ def generate(model, prompt: torch.Tensor, kwargs: dict, outputs: dict, intervals
     intervals.extend(clock.intervals())
 
 
-def every_layer(layers: list[PgLinear], x: torch.Tensor, forward) -> None:
+def every_layer(layers: list[BatchedMatvecLinear], x: torch.Tensor, forward) -> None:
     """One product with each layer's weight, by calling `forward(layer, x)` (without module-call overhead)."""
     with torch.inference_mode():
         for layer in layers:
             forward(layer, x)
 
 
+def batched_forward(layer: BatchedMatvecLinear, x: torch.Tensor) -> torch.Tensor:
+    """The batched form of `layer(x)`, whatever the layer's own measurement chose."""
+    return batched_matvec._batched_product(x.reshape(-1, layer.in_features), layer.weight, layer.bias)
+
+
 def matvec(shapes: list[str], device: torch.device, dtype: torch.dtype, rounds: int) -> None:
-    """Each weight shape of the models times 1 and 8 rows: `nn.Linear` against `PgLinear` (pg_gpt2's layers).
+    """Each weight shape of the models times 1 and 8 rows: `nn.Linear` against the batched form (pg_gpt2's layers).
+
+    The batched form is timed as `BatchedMatvecLinear` takes it where its measurement finds it faster, whatever
+    that measurement says here; the last column says what it decided at first use.
 
     Decoding reads every weight from memory, not cache: each timed pass multiplies enough copies of the
     weight (256 MB or more) that none is still cached when its turn comes again.
@@ -93,25 +101,33 @@ def matvec(shapes: list[str], device: torch.device, dtype: torch.dtype, rounds: 
     for shape in shapes:
         model = model_pair(preset_config(SHAPES[shape][0], dropout=0.0), "sdpa", device, dtype)[PG]
         layers_of = collections.Counter(
-            (m.out_features, m.in_features, m.bias is not None) for m in model.modules() if type(m) is PgLinear
+            (m.out_features, m.in_features, m.bias is not None)
+            for m in model.modules()
+            if type(m) is BatchedMatvecLinear
         )
         model_bytes = weight_bytes_per_token(model)
-        seconds = {"nn.Linear": 0.0, "PgLinear": 0.0}  # one token's products at batch 1
+        seconds = {"nn.Linear": 0.0, "batched": 0.0, "BatchedMatvecLinear": 0.0}  # one token's products at batch 1
         del model
         for out_features, in_features, bias in sorted(layers_of):
             layer_bytes = out_features * in_features * torch.finfo(dtype).bits // 8
             layers = [
-                PgLinear(in_features, out_features, bias=bias, device=device, dtype=dtype)
+                BatchedMatvecLinear(in_features, out_features, bias=bias, device=device, dtype=dtype)
                 for _ in range(max(1, 2**28 // layer_bytes))
             ]
             for n_rows in (1, 8):
                 x = torch.randn(n_rows, 1, in_features, device=device, dtype=dtype)
                 candidates = {
                     "nn.Linear": functools.partial(every_layer, layers, x, torch.nn.Linear.forward),
-                    "PgLinear": functools.partial(every_layer, layers, x, PgLinear.forward),
+                    "batched": functools.partial(every_layer, layers, x, batched_forward),
                 }
                 timings = interleave(candidates, rounds=rounds, warmup=1, device=device)
                 speed = {name: len(layers) * layer_bytes / t.median / 1e9 for name, t in timings.items()}
+                with torch.inference_mode():
+                    candidate = layers[0]._candidate_rows(x) > 0
+                    chosen = candidate and batched_matvec.batched_is_faster(
+                        x.reshape(n_rows, -1), layers[0].weight, layers[0].bias
+                    )
+                speed["BatchedMatvecLinear"] = speed["batched" if chosen else "nn.Linear"]
                 if n_rows == 1:
                     for name in seconds:
                         seconds[name] += layers_of[out_features, in_features, bias] * layer_bytes / speed[name] / 1e9
@@ -121,13 +137,15 @@ def matvec(shapes: list[str], device: torch.device, dtype: torch.dtype, rounds: 
                         f"{out_features} × {in_features}",
                         str(n_rows),
                         f"{speed['nn.Linear']:.1f}",
-                        f"{speed['PgLinear']:.1f}",
-                        f"**{speed['PgLinear'] / speed['nn.Linear']:.2f}×**",
+                        f"{speed['batched']:.1f}",
+                        f"**{speed['batched'] / speed['nn.Linear']:.2f}×**",
+                        "batched" if chosen else ("nn.Linear" if candidate else "nn.Linear (not a candidate)"),
                     ]
                 )
             del layers
         per_token.append((shape, model_bytes, seconds))
-    print_table(["shape", "weight (out × in)", "rows", "nn.Linear GB/s", "PgLinear GB/s", "speed-up"], rows)
+    headers = ["shape", "weight (out × in)", "rows", "nn.Linear GB/s", "batched GB/s", "speed-up", "first-use choice"]
+    print_table(headers, rows)
     bandwidth = read_bandwidth(device)
     print(f"\nOne token's weight products at batch 1, at these speeds (read bandwidth {bandwidth / 1e9:.1f} GB/s):")
     for shape, model_bytes, seconds in per_token:
@@ -138,8 +156,6 @@ def matvec(shapes: list[str], device: torch.device, dtype: torch.dtype, rounds: 
                 f"{name} {s * 1e3:.2f} ms ({floor / s:.0%} of the bandwidth limit)" for name, s in seconds.items()
             )
         )
-    state = "on (MKL on an AMD CPU)" if pg_modeling._BATCHED_DECODING_PRODUCTS else "off: PgLinear is nn.Linear here"
-    print(f"\nPgLinear's batched products for decoding: {state}.")
 
 
 def main() -> None:

@@ -37,7 +37,15 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import torch
-from transformers import GPT2Config, GPT2LMHeadModel, PreTrainedConfig, PreTrainedModel
+from transformers import (
+    GPT2Config,
+    GPT2ForQuestionAnswering,
+    GPT2ForSequenceClassification,
+    GPT2ForTokenClassification,
+    GPT2LMHeadModel,
+    PreTrainedConfig,
+    PreTrainedModel,
+)
 
 from .cli import CommandError, UserError, disk_full_message, first_line, is_disk_full, run_cli
 from .configuration_pg_gpt2 import PgGPT2Config
@@ -360,15 +368,35 @@ def convert_gpt2_checkpoint(
     return _build(PgGPT2ForCausalLM, config, gpt2_state_dict_to_pg(read_state_dict(folder), config))
 
 
+# pg_gpt2's task heads (task_heads.py) are GPT-2's: the same nn.Linear layers under the same names, and these
+# config fields besides the architecture's.
+GPT2_HEADS = {
+    "score": GPT2ForSequenceClassification,
+    "classifier": GPT2ForTokenClassification,
+    "qa_outputs": GPT2ForQuestionAnswering,
+}
+HEAD_CONFIG_FIELDS = ("id2label", "label2id", "problem_type", "pad_token_id")
+
+
 def convert_pg_checkpoint(
     src: str | Path, revision: str | None = None, cache_dir: str | Path | None = None, token: str | bool | None = None
-) -> GPT2LMHeadModel:
-    """Load a pg_gpt2 checkpoint (folder or Hub id) as transformers' own `GPT2LMHeadModel`, in eval mode."""
+) -> PreTrainedModel:
+    """Load a pg_gpt2 checkpoint (folder or Hub id) as transformers' own GPT-2, in eval mode.
+
+    A language model becomes `GPT2LMHeadModel`; a task head its GPT-2 class (see GPT2_HEADS), labels included.
+    """
     folder = resolve_checkpoint(src, revision, cache_dir, token)
     config = _read_config(folder, "pg_gpt2", PgGPT2Config)
     state_dict = read_state_dict(folder)
+    head = {name: state_dict.pop(name) for name in list(state_dict) if name.split(".")[0] in GPT2_HEADS}
     _check_weights(*_split_state_dict(state_dict), config, gpt2_layout=False)
-    return _build(GPT2LMHeadModel, pg_config_to_gpt2(config), pg_state_dict_to_gpt2(state_dict))
+    gpt2_config, converted = pg_config_to_gpt2(config), pg_state_dict_to_gpt2(state_dict)
+    if not head:
+        return _build(GPT2LMHeadModel, gpt2_config, converted)
+    for name in HEAD_CONFIG_FIELDS:
+        setattr(gpt2_config, name, getattr(config, name))
+    del converted["lm_head.weight"]
+    return _build(GPT2_HEADS[next(iter(head)).split(".")[0]], gpt2_config, converted | head)
 
 
 # -- writing checkpoints -------------------------------------------------------------------------------------
@@ -491,7 +519,8 @@ def main(argv: Sequence[str] | None = None) -> Path:
     convert = convert_pg_to_gpt2 if args.to == "gpt2" else convert_gpt2_to_pg
     dst = convert(args.src, args.dst, overwrite=args.overwrite, revision=args.revision)
     if args.to == "gpt2":
-        print(f"wrote a GPT-2 checkpoint to {dst}; load it with GPT2LMHeadModel.from_pretrained({str(dst)!r})")
+        architecture = json.loads((dst / "config.json").read_text())["architectures"][0]  # or a task head's class
+        print(f"wrote a GPT-2 checkpoint to {dst}; load it with {architecture}.from_pretrained({str(dst)!r})")
     else:
         print(
             f"wrote a pg_gpt2 checkpoint to {dst}; load it with "

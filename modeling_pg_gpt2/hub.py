@@ -122,14 +122,24 @@ def _tree_size(path: Path) -> int:
     return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
 
 
-def remote_code_files(config: dict[str, Any]) -> list[str]:
-    """The `.py` files `config.json`'s `auto_map` points at (`"module.Class"` -> `module.py`)."""
+def remote_code_files(config: dict[str, Any], folder: Path | None = None) -> list[str]:
+    """The `.py` files `config.json`'s `auto_map` points at (`"module.Class"` -> `module.py`), and, given the
+    folder, the files they import relatively (`from .x import y`), which transformers fetches with them."""
+    from transformers.dynamic_module_utils import get_relative_imports
+
     files = set()
     for ref in (config.get("auto_map") or {}).values():
         refs = ref if isinstance(ref, list | tuple) else [ref]
         for item in refs:
             if item and "--" not in item:  # "other/repo--module.Class" is hosted in another repository
                 files.add(item.rsplit(".", 1)[0] + ".py")
+    unread = sorted(files) if folder is not None else []
+    while unread:  # a missing file is left in the list for the caller to report
+        path = folder / unread.pop()
+        for module in get_relative_imports(path) if path.is_file() else []:
+            if f"{module}.py" not in files:
+                files.add(f"{module}.py")
+                unread.append(f"{module}.py")
     return sorted(files)
 
 
@@ -162,7 +172,7 @@ def plan_upload(folder: Path, include: list[str] | tuple[str, ...] = (), remote_
             "save the model with `model.save_pretrained(folder)`"
         )
     if remote_code:
-        code = remote_code_files(config)
+        code = remote_code_files(config, folder)
         if not code:
             raise UserError(
                 f"{folder}/config.json has no auto_map, so the model would not load from the Hub: "

@@ -3,13 +3,14 @@
 The architecture is GPT-2's (Radford et al., 2019): learned token and position embeddings, a stack of
 pre-LayerNorm blocks (causal self-attention, then a 4x-wide GELU MLP, each on a residual branch), a
 final LayerNorm and a language-model head tied to the token embeddings. Parameter names are GPT-2's
-(`wte`, `wpe`, `h.N.ln_1`, `attn.c_attn`, ...), but every projection is an `nn.Linear` (`PgLinear`, the
-same layer with a faster decoding path on some CPUs), so GPT-2's Conv1D weights are the transpose of
-ours (see `convert.py`).
+(`wte`, `wpe`, `h.N.ln_1`, `attn.c_attn`, ...), but every projection is an `nn.Linear`, so GPT-2's
+Conv1D weights are the transpose of ours (see `convert.py`).
 
-This file and `configuration_pg_gpt2.py` are the remote code served from the Hub. They run on the
-transformers version of whoever downloads them, so they only use interfaces that exist from 5.5 on
-and accept both names of the KV-cache argument (`past_key_values`, renamed `cache` in 5.24).
+Beside this file: `batched_matvec.py` (the `nn.Linear` used here, with a faster decoding product where a
+measurement finds one), `fused_loss.py` (head and loss in one pass, for training), `model_inputs.py` (input
+checks, the attention mask) and `task_heads.py` (classification, question answering). Measurements:
+bench/RESULTS.md. All are remote code served from the Hub and run on the downloader's transformers: they use
+interfaces that exist from 5.5 on and accept both names of the KV cache (`past_key_values`, `cache` from 5.24).
 
 Shapes in comments: B batch, T new tokens, S = past + T attended tokens, C = n_embd, H = n_head,
 D = C / H head size, V = vocab_size.
@@ -19,8 +20,9 @@ from __future__ import annotations
 
 import inspect
 import math
-import platform
+import shutil
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -30,21 +32,22 @@ from transformers import GenerationMixin, PreTrainedModel
 from transformers import initialization as init
 from transformers.activations import ACT2FN
 from transformers.cache_utils import Cache, DynamicCache
-from transformers.masking_utils import create_causal_mask
 from transformers.modeling_layers import GradientCheckpointingLayer
 from transformers.modeling_outputs import BaseModelOutputWithPast, CausalLMOutputWithPast
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 
+from .batched_matvec import BatchedMatvecLinear
 from .configuration_pg_gpt2 import PgGPT2Config
+from .fused_loss import fused_head_loss
+from .model_inputs import attention_mask_for_layers, check_inputs
 
 # transformers 5.24 renamed the KV-cache argument and output field from `past_key_values` to `cache`.
 _CACHE_FIELD = "cache" if "cache" in CausalLMOutputWithPast.__dataclass_fields__ else "past_key_values"
-_MASK_CACHE_ARG = "cache" if "cache" in inspect.signature(create_causal_mask).parameters else "past_key_values"
 
-
-def causal_mask_table(T: int, S: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
-    """(T, S) additive causal mask for T queries that are the last T of S keys: 0 where attended, dtype-min above."""
-    return torch.full((T, S), torch.finfo(dtype).min, dtype=dtype, device=device).triu(diagonal=S - T + 1)
+# The task heads, in `task_heads.py` (which imports this file, not the other way round). Every auto-class save
+# ships that file and these entries, so that a causal-LM folder also loads as any of the heads.
+_HEADS = ("SequenceClassification", "TokenClassification", "QuestionAnswering")
+TASK_HEADS = {f"AutoModelFor{head}": f"task_heads.PgGPT2For{head}" for head in _HEADS}
 
 
 def eager_attention_forward(
@@ -60,15 +63,11 @@ def eager_attention_forward(
     """Plain softmax(q k^T / sqrt(D) + mask) v; the reference every other implementation must match.
 
     attention_mask: additive (0 / dtype-min) or boolean (True = attend), broadcastable to (B, H, T, S);
-    None means plain causal attention.
+    None only where no key is masked (a single query); `PgGPT2Model` builds the causal mask.
     """
-    T, S = query.shape[-2], key.shape[-2]
-    if attention_mask is None and T > 1:
-        attention_mask = causal_mask_table(T, S, query.dtype, query.device)
-    elif attention_mask is not None and attention_mask.dtype == torch.bool:  # sdpa's form, when attentions are asked
-        attention_mask = torch.zeros_like(attention_mask, dtype=query.dtype).masked_fill_(
-            ~attention_mask, torch.finfo(query.dtype).min
-        )
+    S = key.shape[-2]
+    if attention_mask is not None and attention_mask.dtype == torch.bool:  # sdpa's form, when attentions are asked
+        attention_mask = torch.where(attention_mask, 0.0, torch.finfo(query.dtype).min).to(query.dtype)
     # (B, H, T, D) @ (B, H, D, S) -> (B, H, T, S)
     attn_weights = torch.matmul(query, key.transpose(-1, -2))
     if attention_mask is not None:  # mask + scaling * scores in one pass over the (B, H, T, S) scores
@@ -79,181 +78,6 @@ def eager_attention_forward(
     attn_weights = F.dropout(attn_weights, p=dropout, training=module.training)
     attn_output = torch.matmul(attn_weights, value)  # (B, H, T, D)
     return attn_output.transpose(1, 2), attn_weights  # (B, T, H, D), (B, H, T, S)
-
-
-def _mkl_on_an_amd_cpu() -> bool:
-    """True when torch multiplies with MKL on an AMD CPU, where MKL's matrix-vector kernel is slow."""
-    if not torch.backends.mkl.is_available():
-        return False
-    try:
-        with open("/proc/cpuinfo") as cpuinfo:
-            vendor = cpuinfo.read(4096)  # the first processor's entry names the vendor
-    except OSError:  # not Linux
-        vendor = platform.processor()
-    return "AuthenticAMD" in vendor
-
-
-# Read once, at import: a module constant is also what a compiled graph can take as given.
-_BATCHED_DECODING_PRODUCTS = _mkl_on_an_amd_cpu()
-
-
-class PgLinear(nn.Linear):
-    """`nn.Linear` (same weights, same state dict) with a faster path for decoding on MKL + AMD CPUs.
-
-    Decoding multiplies each weight matrix by one row per sequence. For one row, MKL calls its
-    matrix-vector kernel, which on AMD CPUs reads the weights at 7-12 GB/s on one core (AMD EPYC,
-    2 cores); the same product written as a batch of two half-height matrices goes through MKL's
-    batched matrix product instead: 2-4x faster, and spread over two cores. With up to 8 rows that
-    only pays for a vocabulary head (out >= 8 x in). On Intel CPUs MKL's own kernel is fast and
-    threaded (2x faster than this path on a 16-core Xeon), so there, on other devices and for
-    everything else (training, prefill), this is `nn.Linear`. Measurements: bench/RESULTS.md.
-    """
-
-    def _batched_rows(self, x: torch.Tensor) -> int:
-        """How many rows x has if the batched product pays for them, else 0 (nn.Linear's path)."""
-        if not _BATCHED_DECODING_PRODUCTS or x.device.type != "cpu":  # first, and cheap: most calls stop here
-            return 0
-        if x.shape[-1] != self.in_features or not self.weight.is_contiguous():
-            return 0
-        rows = x.numel() // self.in_features
-        head = self.out_features >= 8 * self.in_features
-        return rows if rows == 1 or (head and 0 < rows <= 8) else 0
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        rows = self._batched_rows(x)
-        if not rows:
-            return F.linear(x, self.weight, self.bias)
-        in_features, out_features = self.in_features, self.out_features
-        even = out_features - out_features % 2  # GPT-2's 50257-token head leaves one row over
-        halves = self.weight[:even].view(2, even // 2, in_features)  # (2, out/2, in)
-        columns = x.reshape(1, rows, in_features).mT.expand(2, -1, -1)  # (2, in, rows), column-major as BLAS wants
-        y = torch.bmm(halves, columns).view(even, rows).t()  # (2, out/2, rows) -> (rows, out)
-        if even < out_features:
-            y = torch.cat([y, x.reshape(rows, in_features) @ self.weight[even:].t()], dim=1)
-        if self.bias is not None:
-            y = y + self.bias.to(y.dtype)  # under autocast the product is bf16, as F.linear's would be
-        return y.reshape(*x.shape[:-1], out_features)
-
-
-def _out_of_range(ids: torch.Tensor, size: int) -> int | None:
-    """An id in `ids` outside [0, size), or None if there is none; reading it synchronises with the device."""
-    if ids.numel() == 0:
-        return None
-    low, high = (int(x) for x in torch.aminmax(ids))
-    return low if low < 0 else high if high >= size else None
-
-
-# Tokens per chunk of the fused loss below. A chunk's fp32 logits are 1024 x V floats (32 MiB at V = 8192,
-# 196 MiB at GPT-2's 50257); smaller chunks cost 4-14% of the head's time at 124M on a CPU, where every
-# chunk also reads and writes the whole (V, C) weight gradient.
-_LOSS_CHUNK = 1024
-
-
-class _FusedHeadLoss(torch.autograd.Function):
-    """Cross-entropy of `hidden @ weight.T` against `targets`, without keeping the (N, V) logits.
-
-    The forward pass works through the tokens chunk by chunk: logits, log-softmax, the loss, and the
-    loss's gradients for `hidden` and `weight`, all while the chunk is still in cache; backward only
-    scales the stored gradients. The products are the three the unfused head and loss compute, but the
-    (N, V) logits, their log-softmax and their gradient are never allocated whole: less memory, and on
-    a CPU no freshly mapped blocks that fault in page by page at every step (bench/RESULTS.md).
-    """
-
-    @staticmethod
-    def forward(ctx, hidden, weight, targets, valid, divisor, compute_dtype):
-        # hidden (N, C), weight (V, C), targets (N,) with ignored tokens replaced by 0, valid (N,) bool,
-        # divisor: what the summed loss is divided by. Products run in compute_dtype (bf16 under
-        # autocast), the softmax, the loss and the weight gradient's sum over chunks in fp32, as
-        # GPT2LMHeadModel's head and loss_function do.
-        need_hidden, need_weight = ctx.needs_input_grad[:2]
-        # 1 / divisor for each label token and 0 for ignored ones, so that a batch without any label
-        # token gets zero gradients (its loss is NaN, 0 / 0, as in transformers' loss).
-        scale = torch.where(valid, 1.0 / divisor, 0.0)  # (N,) fp32
-        with torch.autocast(hidden.device.type, enabled=False):
-            w = weight.to(compute_dtype)
-            grad_hidden = torch.empty_like(hidden) if need_hidden else None
-            grad_weight = None  # (V, C) fp32, summed over the chunks
-            total = hidden.new_zeros((), dtype=torch.float32)
-            # Compiled, one chunk: a loop over B * T would pin it in the graph (a recompilation for every new
-            # shape), and inductor fuses the softmax passes itself.
-            chunks = (
-                [slice(None)]
-                if torch.compiler.is_compiling()
-                else [slice(i, i + _LOSS_CHUNK) for i in range(0, hidden.shape[0], _LOSS_CHUNK)]
-            )
-            for chunk in chunks:
-                h, t, s = hidden[chunk], targets[chunk], scale[chunk]  # (n, C), (n,), (n,)
-                rows = torch.arange(h.shape[0], device=h.device)
-                logp = torch.log_softmax((h.to(compute_dtype) @ w.t()).float(), dim=-1)  # (n, V)
-                total -= torch.where(valid[chunk], logp[rows, t], 0.0).sum()
-                if not (need_hidden or need_weight):
-                    continue
-                # d loss / d logits = (softmax - onehot(target)) * s, built in place of the log-probs; s is
-                # applied in fp32 on the (n, C) side, which is n x C multiplications instead of n x V.
-                d_logits = logp.exp_()
-                d_logits[rows, t] -= 1
-                d_logits = d_logits.to(compute_dtype)  # (n, V)
-                if need_hidden:
-                    grad_hidden[chunk] = (d_logits @ w).float() * s[:, None]
-                if need_weight:
-                    product = d_logits.t() @ (h.float() * s[:, None]).to(compute_dtype)  # (V, C)
-                    grad_weight = product.float() if grad_weight is None else grad_weight.add_(product)
-        ctx.save_for_backward(grad_hidden, grad_weight.to(weight.dtype) if need_weight else None)
-        return total / divisor
-
-    @staticmethod
-    def backward(ctx, grad_loss):
-        if torch.is_grad_enabled():  # backward(create_graph=True): the stored gradients have no graph to extend
-            raise RuntimeError(
-                "The fused loss has no second derivative; pass skip_logits=False to differentiate twice."
-            )
-        grad_hidden, grad_weight = ctx.saved_tensors
-        return (
-            grad_hidden * grad_loss if grad_hidden is not None else None,
-            grad_weight * grad_loss if grad_weight is not None else None,
-            None,
-            None,
-            None,
-            None,
-        )
-
-
-def fused_head_loss(
-    hidden_states: torch.Tensor,
-    weight: torch.Tensor,
-    labels: torch.Tensor,
-    num_items_in_batch: torch.Tensor | int | None = None,
-    ignore_index: int = -100,
-    shift_labels: torch.Tensor | None = None,
-    **kwargs: Any,
-) -> torch.Tensor:
-    """transformers' causal-LM loss of `hidden_states @ weight.T`, computed without materialising the logits.
-
-    Same arguments and result as `ForCausalLMLoss` on the logits: labels are shifted inside unless
-    `shift_labels` are given, `ignore_index` tokens count for nothing, and the summed loss is divided by
-    `num_items_in_batch` when given (the Trainer's gradient accumulation), else by the label tokens.
-    The gradients are computed in the forward pass (backward only scales them), so a forward whose loss
-    is never backpropagated costs a backward too; it supports one backward, not second derivatives.
-    """
-    if shift_labels is None:
-        shift_labels = F.pad(labels, (0, 1), value=ignore_index)[..., 1:]
-    targets = shift_labels.reshape(-1).to(hidden_states.device)  # (N,)
-    valid = targets != ignore_index
-    targets = targets.masked_fill(~valid, 0)
-    bad = None if torch.compiler.is_compiling() else _out_of_range(targets, weight.shape[0])  # no branch in graphs
-    if bad is not None:
-        raise ValueError(
-            f"Label {bad} is outside the vocabulary [0, {weight.shape[0]}) and is not ignore_index={ignore_index}; "
-            "mark tokens to ignore with ignore_index."
-        )
-    divisor = num_items_in_batch if num_items_in_batch is not None else valid.sum()
-    divisor = torch.as_tensor(divisor, dtype=torch.float32, device=hidden_states.device)
-    device_type = hidden_states.device.type
-    compute_dtype = (
-        torch.get_autocast_dtype(device_type) if torch.is_autocast_enabled(device_type) else hidden_states.dtype
-    )
-    hidden = hidden_states.reshape(-1, hidden_states.shape[-1])  # (N, C)
-    return _FusedHeadLoss.apply(hidden, weight, targets, valid, divisor, compute_dtype)
 
 
 class PgGPT2Attention(nn.Module):
@@ -267,8 +91,8 @@ class PgGPT2Attention(nn.Module):
         self.head_dim = config.n_embd // config.n_head
         self.scaling = self.head_dim**-0.5
         self.is_causal = True  # read by the sdpa / flash-attention interfaces
-        self.c_attn = PgLinear(config.n_embd, 3 * config.n_embd)
-        self.c_proj = PgLinear(config.n_embd, config.n_embd)
+        self.c_attn = BatchedMatvecLinear(config.n_embd, 3 * config.n_embd)
+        self.c_proj = BatchedMatvecLinear(config.n_embd, config.n_embd)
         self.c_proj.is_residual_projection = True  # scaled init, see _init_weights
         self.resid_dropout = nn.Dropout(config.resid_pdrop)
 
@@ -287,16 +111,13 @@ class PgGPT2Attention(nn.Module):
         if cache is not None:  # append this step's keys/values and attend over all S of them
             k, v = cache.update(k, v, self.layer_idx)
 
-        implementation = self.config._attn_implementation
         dropout = self.config.attn_pdrop if self.training else 0.0
         # eager, sdpa (its fused causal kernel when there is no mask), flash, flex, kernels from the Hub...
         # Only eager materialises the attention probabilities, so asking for them routes there.
-        attention_interface: Callable = eager_attention_forward
+        attend: Callable = eager_attention_forward
         if not output_attentions:
-            attention_interface = ALL_ATTENTION_FUNCTIONS.get_interface(implementation, eager_attention_forward)
-        y, attn_weights = attention_interface(
-            self, q, k, v, attention_mask, dropout=dropout, scaling=self.scaling, **kwargs
-        )
+            attend = ALL_ATTENTION_FUNCTIONS.get_interface(self.config._attn_implementation, eager_attention_forward)
+        y, attn_weights = attend(self, q, k, v, attention_mask, dropout=dropout, scaling=self.scaling, **kwargs)
         y = y.reshape(B, T, C)  # (B, T, H, D) -> (B, T, C): heads side by side again
         return self.resid_dropout(self.c_proj(y)), attn_weights
 
@@ -307,15 +128,13 @@ class PgGPT2MLP(nn.Module):
     def __init__(self, config: PgGPT2Config) -> None:
         super().__init__()
         n_inner = config.n_inner if config.n_inner is not None else 4 * config.n_embd
-        self.c_fc = PgLinear(config.n_embd, n_inner)
-        self.c_proj = PgLinear(n_inner, config.n_embd)
+        self.c_fc = BatchedMatvecLinear(config.n_embd, n_inner)
+        self.c_proj = BatchedMatvecLinear(n_inner, config.n_embd)
         self.c_proj.is_residual_projection = True
         # GPT-2's "gelu_new" is the tanh approximation of GELU; torch has it as one fused kernel,
         # several times faster than transformers' elementwise formula and equal to within 1e-7.
-        if config.activation_function == "gelu_new":
-            self.act = nn.GELU(approximate="tanh")
-        else:
-            self.act = ACT2FN[config.activation_function]
+        gelu_new = config.activation_function == "gelu_new"
+        self.act = nn.GELU(approximate="tanh") if gelu_new else ACT2FN[config.activation_function]
         self.dropout = nn.Dropout(config.resid_pdrop)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -350,10 +169,11 @@ class PgGPT2Block(GradientCheckpointingLayer):
 
 
 class PgGPT2PreTrainedModel(PreTrainedModel):
-    """Weight initialisation and the capabilities transformers checks before loading or generating."""
+    """Weight initialisation, saving, and the capabilities transformers checks before loading or generating."""
 
     config_class = PgGPT2Config
     base_model_prefix = "transformer"
+    _input_embed_layer = "wte"  # what get_input_embeddings / set_input_embeddings return and replace
     supports_gradient_checkpointing = True
     _no_split_modules = ["PgGPT2Block"]
     _supports_sdpa = True
@@ -376,6 +196,15 @@ class PgGPT2PreTrainedModel(PreTrainedModel):
             std = self.config.initializer_range / math.sqrt(2 * self.config.n_layer)
             init.normal_(module.weight, mean=0.0, std=std)
 
+    def save_pretrained(self, save_directory: str | Path, *args: Any, **kwargs: Any) -> None:
+        """`PreTrainedModel.save_pretrained`, plus `task_heads.py` and its `auto_map` entries (see TASK_HEADS)."""
+        heads = Path(inspect.getfile(PgGPT2PreTrainedModel)).with_name("task_heads.py")
+        if self._auto_class is not None and heads.is_file():
+            self.config.auto_map = {**TASK_HEADS, **(getattr(self.config, "auto_map", None) or {})}
+            Path(save_directory).mkdir(parents=True, exist_ok=True)  # before a push_to_hub=True upload
+            shutil.copy(heads, Path(save_directory) / heads.name)
+        super().save_pretrained(save_directory, *args, **kwargs)
+
 
 class PgGPT2Model(PgGPT2PreTrainedModel):
     """The bare transformer: token + position embeddings, `n_layer` blocks, final LayerNorm."""
@@ -389,17 +218,12 @@ class PgGPT2Model(PgGPT2PreTrainedModel):
         self.ln_f = nn.LayerNorm(config.n_embd, eps=config.layer_norm_epsilon)
         self.post_init()
 
-    def get_input_embeddings(self) -> nn.Embedding:
-        return self.wte
-
-    def set_input_embeddings(self, new_embeddings: nn.Embedding) -> None:
-        self.wte = new_embeddings
-
     def forward(
         self,
         input_ids: torch.LongTensor | None = None,
         past_key_values: Cache | None = None,
         attention_mask: torch.Tensor | None = None,
+        token_type_ids: torch.LongTensor | None = None,
         position_ids: torch.LongTensor | None = None,
         inputs_embeds: torch.Tensor | None = None,
         use_cache: bool | None = None,
@@ -412,30 +236,33 @@ class PgGPT2Model(PgGPT2PreTrainedModel):
         r"""Run the transformer and return the final hidden states, shape (B, T, C).
 
         input_ids / inputs_embeds: (B, T) token ids, or (B, T, C) embeddings instead.
-        cache / past_key_values: a `Cache` with the keys and values of earlier tokens (same object,
-            named `cache` from transformers 5.24 on, `past_key_values` before).
-        attention_mask: (B, S) with 1 for tokens to attend to and 0 for padding; S = past + T.
+        cache / past_key_values: a `Cache` of earlier tokens' keys and values (`cache` from transformers 5.24 on).
+        attention_mask: (B, S) with 1 for tokens to attend to and 0 for padding; S = past + T. Or a
+            ready (B, 1, T, S) mask (0 / dtype-min, or boolean True = attend).
+        token_type_ids: (B, T) ids embedded through `wte` and added, as GPT-2 does (segment markers).
         position_ids: (B, T); by default counted from the attention mask, so left padding is right.
+            Positions that restart at 0 inside a row mark packed documents (`DataCollatorWithFlattening`):
+            without an attention mask, each document then attends only to itself.
         """
         cache = cache if cache is not None else past_key_values
-        output_attentions = bool(output_attentions if output_attentions is not None else self.config.output_attentions)
+        config = self.config
+        output_attentions = bool(config.output_attentions if output_attentions is None else output_attentions)
         output_hidden_states = bool(
-            output_hidden_states if output_hidden_states is not None else self.config.output_hidden_states
+            config.output_hidden_states if output_hidden_states is None else output_hidden_states
         )
-        if (input_ids is None) == (inputs_embeds is None):
-            raise ValueError("Pass exactly one of input_ids or inputs_embeds.")
-        B, T = input_ids.shape if input_ids is not None else inputs_embeds.shape[:2]
 
         # A cache is for generation: building one in a training step only costs time and memory.
-        use_cache = use_cache if use_cache is not None else self.config.use_cache
+        use_cache = use_cache if use_cache is not None else config.use_cache
         if use_cache and cache is None and not (self.training and torch.is_grad_enabled()):
-            cache = DynamicCache(config=self.config)
+            cache = DynamicCache(config=config)
         past_length = cache.get_seq_length() if cache is not None else 0  # a tensor for a StaticCache
         # The checks compare values (a StaticCache's length, the ids): inside a compiled graph (generate's
         # compiled decoding step) each would be a graph break, and generate has checked lengths already.
         if not torch.compiler.is_compiling():
-            self._check_inputs(input_ids, attention_mask, int(past_length), B, T)
+            check_inputs(config, input_ids, inputs_embeds, attention_mask, token_type_ids, position_ids, past_length)
+        B, T = input_ids.shape if input_ids is not None else inputs_embeds.shape[:2]
 
+        packed = position_ids is not None and attention_mask is None and T > 1
         if position_ids is None:
             if attention_mask is not None and attention_mask.ndim == 2:
                 # Count only real tokens, so a left-padded prompt gets the positions it has alone.
@@ -445,24 +272,14 @@ class PgGPT2Model(PgGPT2PreTrainedModel):
 
         if inputs_embeds is None:
             inputs_embeds = self.wte(input_ids)  # (B, T, C)
-        hidden_states = self.drop(inputs_embeds + self.wpe(position_ids))
-
-        # One mask for all layers. Without padding (training on packed blocks, unpadded prompts, every
-        # decoding step) causal attention needs no mask tensor: sdpa takes its fused is_causal path and
-        # eager gets one (T, T) table. Padding, static caches, chunked prefill and the other kernels
-        # (flash, flex, paged) get the mask transformers builds for them.
-        if self._is_plain_causal(attention_mask, cache, past_length, T):
-            causal_mask = None
-            if T > 1 and (self.config._attn_implementation == "eager" or output_attentions):
-                causal_mask = causal_mask_table(T, T, hidden_states.dtype, hidden_states.device)
-        else:
-            causal_mask = create_causal_mask(
-                config=self.config,
-                inputs_embeds=inputs_embeds,
-                attention_mask=attention_mask,
-                position_ids=position_ids,
-                **{_MASK_CACHE_ARG: cache},
-            )
+        hidden_states = inputs_embeds + self.wpe(position_ids)
+        if token_type_ids is not None:
+            hidden_states = hidden_states + self.wte(token_type_ids)
+        hidden_states = self.drop(hidden_states)
+        # One mask for all layers (None: plain causal attention, sdpa's fused kernel), see model_inputs.py.
+        causal_mask = attention_mask_for_layers(
+            config, attention_mask, position_ids if packed else None, cache, hidden_states, output_attentions
+        )
 
         all_hidden_states = () if output_hidden_states else None
         all_attentions = () if output_attentions else None
@@ -470,12 +287,7 @@ class PgGPT2Model(PgGPT2PreTrainedModel):
             if output_hidden_states:
                 all_hidden_states += (hidden_states,)
             hidden_states, attn_weights = block(
-                hidden_states,
-                causal_mask,
-                cache=cache,
-                output_attentions=output_attentions,
-                position_ids=position_ids,
-                **kwargs,
+                hidden_states, causal_mask, cache, output_attentions, position_ids=position_ids, **kwargs
             )
             if output_attentions:
                 all_attentions += (attn_weights,)
@@ -491,49 +303,13 @@ class PgGPT2Model(PgGPT2PreTrainedModel):
         )
         return output if return_dict is not False else output.to_tuple()
 
-    def _is_plain_causal(
-        self, attention_mask: torch.Tensor | None, cache: Cache | None, past_length: int, T: int
-    ) -> bool:
-        """True when every query attends to exactly the keys before it: no padding, no fixed-size cache."""
-        if self.config._attn_implementation not in ("eager", "sdpa"):
-            return False
-        # A StaticCache returns all its slots, empty ones included; T > 1 new tokens after a past need an offset.
-        if cache is not None and (type(cache) is not DynamicCache or (past_length > 0 and T > 1)):
-            return False
-        if attention_mask is None:
-            return True
-        # Reading the mask's values synchronises with the device: compiled graphs take the general path.
-        return attention_mask.ndim == 2 and not torch.compiler.is_compiling() and bool(attention_mask.all())
-
-    def _check_inputs(
-        self, input_ids: torch.Tensor | None, attention_mask: torch.Tensor | None, past_length: int, B: int, T: int
-    ) -> None:
-        """Turn inputs that would fail deep inside torch (or silently read garbage) into clear errors."""
-        n_positions = self.config.n_positions
-        if past_length + T > n_positions:
-            raise ValueError(
-                f"Sequence of {past_length + T} tokens ({past_length} cached + {T} new) is longer than the "
-                f"model's context n_positions={n_positions}; truncate the input or generate fewer tokens."
-            )
-        if (
-            attention_mask is not None
-            and attention_mask.ndim == 2
-            and tuple(attention_mask.shape) != (B, past_length + T)
-        ):
-            raise ValueError(
-                f"attention_mask has shape {tuple(attention_mask.shape)} but the input needs "
-                f"({B}, {past_length + T}) = (batch, cached + new tokens)."
-            )
-        bad = _out_of_range(input_ids, self.config.vocab_size) if input_ids is not None else None
-        if bad is not None:
-            raise ValueError(
-                f"Token id {bad} is outside the vocabulary [0, {self.config.vocab_size}); the tokenizer and "
-                "the model disagree: build the model with vocab_size=len(tokenizer)."
-            )
-
 
 class PgGPT2ForCausalLM(PgGPT2PreTrainedModel, GenerationMixin):
     """GPT-2 with its language-model head (tied to `wte`): next-token logits, loss, and `generate()`.
+
+    In training mode with labels (every Trainer step) the loss comes from the fused head and loss
+    (`fused_loss.py`) and `logits` is None; pass `skip_logits=False` to get logits there too. Evaluation
+    runs in eval mode, where logits are always returned (`prediction_loss_only=False`, `compute_metrics`).
 
     Example:
         >>> from modeling_pg_gpt2 import PgGPT2Config, PgGPT2ForCausalLM
@@ -547,7 +323,7 @@ class PgGPT2ForCausalLM(PgGPT2PreTrainedModel, GenerationMixin):
     def __init__(self, config: PgGPT2Config) -> None:
         super().__init__(config)
         self.transformer = PgGPT2Model(config)
-        self.lm_head = PgLinear(config.n_embd, config.vocab_size, bias=False)
+        self.lm_head = BatchedMatvecLinear(config.n_embd, config.vocab_size, bias=False)
         self.post_init()
 
     def forward(
@@ -555,6 +331,7 @@ class PgGPT2ForCausalLM(PgGPT2PreTrainedModel, GenerationMixin):
         input_ids: torch.LongTensor | None = None,
         past_key_values: Cache | None = None,
         attention_mask: torch.Tensor | None = None,
+        token_type_ids: torch.LongTensor | None = None,
         position_ids: torch.LongTensor | None = None,
         inputs_embeds: torch.Tensor | None = None,
         labels: torch.LongTensor | None = None,
@@ -572,18 +349,17 @@ class PgGPT2ForCausalLM(PgGPT2PreTrainedModel, GenerationMixin):
         labels: (B, T), usually `input_ids`; the shift by one happens inside. -100 is ignored.
         logits_to_keep: compute logits only for the last N positions (0 = all) or the given indices;
             generation needs just the last one, which saves a (B, T, V) matmul.
-        skip_logits: compute the loss straight from the hidden states, chunk by chunk, and return no
-            logits (`logits=None`, and a shorter tuple with `return_dict=False`): the (B, T, V) logits,
-            their log-softmax and gradient are never held whole (`fused_head_loss`). Default: in training
-            mode with labels and gradients on (every Trainer step), unless `lm_head` was replaced or
-            hooked (a PEFT adapter, accelerate's device map), which the fused loss would bypass. Pass
-            False for logits in training, or to train with a `loss_function` of your own.
+        skip_logits: compute the loss from the hidden states chunk by chunk (`fused_head_loss`) and return
+            `logits=None` (a shorter tuple with `return_dict=False`). Default: in training mode with labels and
+            gradients on, unless `lm_head` was replaced or hooked (PEFT, accelerate), which it would bypass.
+            Pass False for logits in training, or to train with a `loss_function` of your own.
         **kwargs: forwarded to the loss, e.g. the Trainer's `num_items_in_batch`, which makes
             gradient accumulation average over tokens exactly as one large batch would.
         """
         outputs = self.transformer(
             input_ids,
             attention_mask=attention_mask,
+            token_type_ids=token_type_ids,
             position_ids=position_ids,
             inputs_embeds=inputs_embeds,
             use_cache=use_cache,
@@ -600,10 +376,10 @@ class PgGPT2ForCausalLM(PgGPT2PreTrainedModel, GenerationMixin):
             if labels is None:
                 raise ValueError("skip_logits=True returns only the loss, which needs labels; pass labels.")
             if not self._plain_head():
-                raise ValueError(
-                    "skip_logits=True computes the loss from lm_head's weight, bypassing the adapter or hooks "
-                    "on lm_head; leave skip_logits unset (or False) for this model."
+                bypass = (
+                    "bypassing the adapter or hooks on lm_head; leave skip_logits unset (or False) for this model."
                 )
+                raise ValueError(f"skip_logits=True computes the loss from lm_head's weight, {bypass}")
             loss = fused_head_loss(hidden_states, self.lm_head.weight, labels, **kwargs)
         else:
             keep = slice(-logits_to_keep, None) if isinstance(logits_to_keep, int) else logits_to_keep
@@ -612,27 +388,21 @@ class PgGPT2ForCausalLM(PgGPT2PreTrainedModel, GenerationMixin):
                 if torch.compiler.is_compiling():
                     # Compiled, the loss gets a graph of its own, as in GPT2LMHeadModel. In one graph with the
                     # logits output, AOTAutograd would hand the backward a zero-filled (B, T, V) gradient for the
-                    # logits whenever only the loss is used: 3-4% of a compiled CPU step.
+                    # logits whenever only the loss is used (cost: bench/RESULTS.md, torch.compile).
                     torch._dynamo.graph_break()
                 loss = self.loss_function(logits, labels, vocab_size=self.config.vocab_size, **kwargs)
 
+        past = {_CACHE_FIELD: getattr(outputs, _CACHE_FIELD)}
         output = CausalLMOutputWithPast(
-            loss=loss,
-            logits=logits,
-            hidden_states=outputs.hidden_states,
-            attentions=outputs.attentions,
-            **{_CACHE_FIELD: getattr(outputs, _CACHE_FIELD)},
+            loss, logits, hidden_states=outputs.hidden_states, attentions=outputs.attentions, **past
         )
         return output if return_dict is not False else output.to_tuple()
 
     def _plain_head(self) -> bool:
-        """Whether lm_head is the model's own layer, without hooks.
-
-        The fused loss multiplies by its weight itself, which would bypass an adapter that replaced the layer
-        (PEFT) or hooks acting on it (accelerate's device map, quantisation).
-        """
+        """Whether lm_head is the model's own layer without hooks, which the fused loss would bypass (an adapter
+        that replaced the layer (PEFT), hooks for accelerate's device map or quantisation)."""
         head = self.lm_head
-        return type(head) is PgLinear and not (
+        return type(head) is BatchedMatvecLinear and not (
             hasattr(head, "_hf_hook") or head._forward_hooks or head._forward_pre_hooks
         )
 

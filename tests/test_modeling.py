@@ -21,9 +21,9 @@ from transformers import (
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS, AttentionInterface
 from transformers.utils import ModelOutput, is_flash_attn_2_available
 
-from modeling_pg_gpt2 import PRESETS, PgGPT2Config, PgGPT2ForCausalLM, PgGPT2Model
+from modeling_pg_gpt2 import PRESETS, PgGPT2Config, PgGPT2ForCausalLM, PgGPT2Model, batched_matvec
 from modeling_pg_gpt2 import modeling_pg_gpt2 as pg_modeling
-from modeling_pg_gpt2.modeling_pg_gpt2 import PgLinear
+from modeling_pg_gpt2.batched_matvec import BatchedMatvecLinear
 
 IMPLEMENTATIONS = ["eager", "sdpa"]
 
@@ -156,13 +156,15 @@ class _RecordCalls(torch.overrides.TorchFunctionMode):
         (16, 211, False, 9, False),  # more rows: nn.Linear's path
     ],
 )
-def test_pg_linear_equals_nn_linear_on_every_path(monkeypatch, in_features, out_features, bias, rows, batched):
-    """PgLinear's decoding path computes F.linear exactly where it is meant to run, gradients included.
+def test_batched_matvec_linear_equals_nn_linear_on_every_path(
+    monkeypatch, in_features, out_features, bias, rows, batched
+):
+    """The batched decoding path computes F.linear exactly where it is meant to run, gradients included.
 
-    The path is switched on for MKL on AMD CPUs (this project's machine); here it is on whatever the CPU."""
-    monkeypatch.setattr(pg_modeling, "_BATCHED_DECODING_PRODUCTS", True)
+    The path is taken where a measurement finds it faster (this project's machine); here it is on whatever the CPU."""
+    monkeypatch.setattr(batched_matvec, "batched_is_faster", lambda x, weight, bias: True)
     torch.manual_seed(0)
-    layer = PgLinear(in_features, out_features, bias=bias)
+    layer = BatchedMatvecLinear(in_features, out_features, bias=bias)
     x = torch.randn(rows, 1, in_features, requires_grad=True)
     with _RecordCalls() as record:
         y = layer(x)
@@ -180,12 +182,36 @@ def test_pg_linear_equals_nn_linear_on_every_path(monkeypatch, in_features, out_
         layer(torch.randn(1, in_features + 1))
 
 
-def test_pg_linear_is_nn_linear_where_the_batched_path_is_off(monkeypatch):
-    monkeypatch.setattr(pg_modeling, "_BATCHED_DECODING_PRODUCTS", False)
-    layer = PgLinear(16, 48)
+def test_batched_matvec_linear_is_nn_linear_where_the_batched_path_is_slower(monkeypatch):
+    monkeypatch.setattr(batched_matvec, "batched_is_faster", lambda x, weight, bias: False)
+    layer = BatchedMatvecLinear(16, 48)
     with _RecordCalls() as record:
         y = layer(torch.randn(1, 16))
     assert torch.bmm not in record.called and F.linear in record.called and y.shape == (1, 48)
+
+
+def test_batched_matvec_linear_measures_each_product_once_and_draws_no_random_numbers(monkeypatch):
+    """The choice is a one-off measurement per shape and row count, cached, which leaves sampling reproducible."""
+    monkeypatch.setattr(batched_matvec, "_FASTER", {})
+    products = []
+    batched_product = batched_matvec._batched_product
+    monkeypatch.setattr(batched_matvec, "_batched_product", lambda *a: products.append(1) or batched_product(*a))
+    torch.manual_seed(0)
+    layer = BatchedMatvecLinear(64, 1024, bias=False)  # a vocabulary head's shape: 1 to 8 rows are candidates
+    x = torch.randn(1, 64)
+    rng = torch.get_rng_state()
+    first = layer(x)
+    assert torch.equal(torch.get_rng_state(), rng)
+    assert list(batched_matvec._FASTER) == [(1024, 64, 1, torch.float32, None, False, torch.get_num_threads())]
+    measured = len(products)
+    assert measured >= 6  # warm-up and five rounds
+    for _ in range(3):
+        assert (layer(x) - F.linear(x, layer.weight)).abs().max().item() <= 1e-5
+    assert len(products) - measured in (0, 3)  # no new measurement: the cached choice, every call the same
+    assert (first - F.linear(x, layer.weight)).abs().max().item() <= 1e-5
+    layer(torch.randn(4, 64))
+    layer(torch.randn(9, 64))  # beyond 8 rows: never measured
+    assert sorted(key[2] for key in batched_matvec._FASTER) == [1, 4]
 
 
 def test_initialisation_follows_gpt2():

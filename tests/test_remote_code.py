@@ -22,7 +22,8 @@ from conftest import tiny_config
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import PreTrainedTokenizerFast, pipeline
 
-from modeling_pg_gpt2 import PgGPT2ForCausalLM
+from modeling_pg_gpt2 import PgGPT2ForCausalLM, PgGPT2ForSequenceClassification
+from modeling_pg_gpt2.hub import remote_code_files
 
 REMOTE_PYTHON = os.environ.get("PG_GPT2_REMOTE_PYTHON", sys.executable)
 PROMPTS = ["The quick brown fox", "Tomorrow, and tomorrow, and tomorrow"]
@@ -32,7 +33,10 @@ CHILD = textwrap.dedent(
     import json, sys
     sys.modules["modeling_pg_gpt2"] = None  # the package must not be importable here
     import torch, transformers
-    from transformers import AutoModelForCausalLM, AutoTokenizer, pipeline
+    from transformers import (
+        AutoModelForCausalLM, AutoModelForQuestionAnswering, AutoModelForSequenceClassification,
+        AutoModelForTokenClassification, AutoTokenizer, pipeline,
+    )
 
     folder, prompts = sys.argv[1], json.loads(sys.argv[2])
     model = AutoModelForCausalLM.from_pretrained(folder, trust_remote_code=True)
@@ -43,7 +47,30 @@ CHILD = textwrap.dedent(
         greedy = model.generate(**batch, max_new_tokens=12, do_sample=False)
     generator = pipeline("text-generation", model=folder, trust_remote_code=True)
     texts = [out[0]["generated_text"] for out in generator(prompts, max_new_tokens=12, do_sample=False)]
+
+    # The task heads: from the causal-LM folder (pre-trained body, new head) and from a saved classifier.
+    # transformers 5 has no question-answering pipeline: that head answers through its forward.
+    heads = {}
+    for auto, task in (
+        (AutoModelForSequenceClassification, "text-classification"),
+        (AutoModelForTokenClassification, "token-classification"),
+        (AutoModelForQuestionAnswering, None),
+    ):
+        head_model = auto.from_pretrained(folder, num_labels=2, trust_remote_code=True).eval()
+        with torch.no_grad():
+            body = head_model.transformer(**batch).last_hidden_state
+            if task:
+                result = repr(pipeline(task, model=head_model, tokenizer=tokenizer)(prompts[0]))
+            else:
+                out = head_model(**batch)
+                result = [list(out.start_logits.shape), list(out.end_logits.shape)]
+        heads[type(head_model).__name__] = {"body": body.tolist(), "result": result}
+    classifier = AutoModelForSequenceClassification.from_pretrained(sys.argv[3], trust_remote_code=True)
+    with torch.no_grad():
+        classifier_logits = classifier(**batch).logits
     print(json.dumps({
+        "heads": heads,
+        "classifier_logits": classifier_logits.tolist(),
         "transformers": transformers.__version__,
         "module": type(model).__module__,
         "logits": logits.tolist(),
@@ -87,27 +114,59 @@ def saved_folder(tmp_path_factory) -> tuple[Path, PgGPT2ForCausalLM, PreTrainedT
     return folder, model, tokenizer
 
 
-def test_save_pretrained_writes_auto_map_and_exactly_the_two_source_files(saved_folder):
+# The remote code: the model file, the files it imports relatively, and the task heads.
+SOURCE_FILES = [
+    "batched_matvec.py",
+    "configuration_pg_gpt2.py",
+    "fused_loss.py",
+    "model_inputs.py",
+    "modeling_pg_gpt2.py",
+    "task_heads.py",
+]
+HEADS_AUTO_MAP = {
+    "AutoModelForSequenceClassification": "task_heads.PgGPT2ForSequenceClassification",
+    "AutoModelForTokenClassification": "task_heads.PgGPT2ForTokenClassification",
+    "AutoModelForQuestionAnswering": "task_heads.PgGPT2ForQuestionAnswering",
+}
+
+
+def test_save_pretrained_writes_auto_map_and_exactly_the_source_files(saved_folder):
     folder, _, _ = saved_folder
-    assert sorted(p.name for p in folder.glob("*.py")) == ["configuration_pg_gpt2.py", "modeling_pg_gpt2.py"]
+    assert sorted(p.name for p in folder.glob("*.py")) == SOURCE_FILES
     package = Path(__file__).parents[1] / "modeling_pg_gpt2"
-    for name in ("configuration_pg_gpt2.py", "modeling_pg_gpt2.py"):
+    for name in SOURCE_FILES:
         assert (folder / name).read_text() == (package / name).read_text()
     config = json.loads((folder / "config.json").read_text())
     assert config["model_type"] == "pg_gpt2"
     assert config["auto_map"] == {
         "AutoConfig": "configuration_pg_gpt2.PgGPT2Config",
         "AutoModelForCausalLM": "modeling_pg_gpt2.PgGPT2ForCausalLM",
+        **HEADS_AUTO_MAP,
     }
+    assert remote_code_files(config, folder) == SOURCE_FILES  # what push_to_hub.py uploads
     assert (folder / "model.safetensors").exists() and (folder / "generation_config.json").exists()
 
 
+@pytest.fixture(scope="module")
+def classifier_folder(saved_folder, tmp_path_factory) -> tuple[Path, PgGPT2ForSequenceClassification]:
+    """A sequence classifier saved on its own: its auto_map names the head, the files come with it."""
+    folder, _, _ = saved_folder
+    torch.manual_seed(1)
+    classifier = PgGPT2ForSequenceClassification.from_pretrained(folder, num_labels=3).eval()
+    classifier_folder = tmp_path_factory.mktemp("pg_gpt2_classifier")
+    classifier.save_pretrained(classifier_folder)
+    assert sorted(p.name for p in classifier_folder.glob("*.py")) == SOURCE_FILES
+    auto_map = json.loads((classifier_folder / "config.json").read_text())["auto_map"]
+    assert {"AutoConfig": "configuration_pg_gpt2.PgGPT2Config", **HEADS_AUTO_MAP}.items() <= auto_map.items()
+    return classifier_folder, classifier
+
+
 @pytest.mark.slow
-def test_fresh_process_loads_with_trust_remote_code_and_generates_the_same(saved_folder, tmp_path):
+def test_fresh_process_loads_with_trust_remote_code_and_generates_the_same(saved_folder, classifier_folder, tmp_path):
     folder, model, tokenizer = saved_folder
     env = {**os.environ, "HF_HOME": str(tmp_path / "hf_home"), "HF_HUB_OFFLINE": "1", "PYTHONPATH": ""}
     result = subprocess.run(
-        [REMOTE_PYTHON, "-I", "-c", CHILD, str(folder), json.dumps(PROMPTS)],
+        [REMOTE_PYTHON, "-I", "-c", CHILD, str(folder), json.dumps(PROMPTS), str(classifier_folder[0])],
         cwd=tmp_path,
         env=env,
         capture_output=True,
@@ -131,3 +190,19 @@ def test_fresh_process_loads_with_trust_remote_code_and_generates_the_same(saved
     assert all(
         text.startswith(prompt) and len(text) > len(prompt) for text, prompt in zip(texts, PROMPTS, strict=True)
     )
+
+    # The heads load the pre-trained body from the causal-LM folder and run in their pipelines.
+    with torch.no_grad():
+        body = model.transformer(**batch).last_hidden_state
+    heads = child["heads"]
+    assert set(heads) == {
+        f"PgGPT2For{task}" for task in ("SequenceClassification", "TokenClassification", "QuestionAnswering")
+    }
+    for name, head in heads.items():
+        assert (torch.tensor(head["body"]) - body).abs().max().item() <= 1e-5, name
+    assert "'label': 'LABEL_" in heads["PgGPT2ForSequenceClassification"]["result"]
+    assert "'entity': 'LABEL_" in heads["PgGPT2ForTokenClassification"]["result"]
+    assert heads["PgGPT2ForQuestionAnswering"]["result"] == [list(batch["input_ids"].shape)] * 2
+    with torch.no_grad():
+        classifier_logits = classifier_folder[1](**batch).logits
+    assert (torch.tensor(child["classifier_logits"]) - classifier_logits).abs().max().item() <= 1e-5

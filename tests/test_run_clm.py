@@ -146,6 +146,7 @@ def test_run_writes_every_output(trained):
 
     expected = {
         "model.safetensors", "config.json", "configuration_pg_gpt2.py", "modeling_pg_gpt2.py",
+        "batched_matvec.py", "fused_loss.py", "model_inputs.py", "task_heads.py",
         "tokenizer.json", "tokenizer_config.json", "generation_config.json", "metrics.json",
         "training_info.json", "trainer_state.json", "README.md", *PLOTS,
     }  # fmt: skip

@@ -1,0 +1,100 @@
+"""`BatchedMatvecLinear`: `nn.Linear` whose decoding products run as a batched matrix product where that is faster.
+
+Decoding multiplies every weight matrix by one row per sequence. Some BLAS builds run that through a
+slow single-threaded matrix-vector kernel (MKL on AMD CPUs: 7-12 GB/s on this machine); the same
+product written as a batch of two half-height matrices, `bmm(W.view(2, out/2, in), x)`, goes through
+the batched matrix-product kernel instead, 2-3x faster there, while on other machines (MKL on a
+16-core Xeon) it is 2x slower. The CPU's name does not decide it, the BLAS kernel and the core count
+do, so the layer measures it: the first time a shape meets a given number of rows it times both
+forms on that very product and keeps the faster for the rest of the process. Numbers and the
+benchmark: bench/RESULTS.md ("Generation"), `bench/bench_generate.py --matvec`.
+
+Part of the remote code: `modeling_pg_gpt2.py` imports it relatively, so `save_pretrained` copies it
+next to the model. The state dict is `nn.Linear`'s.
+"""
+
+from __future__ import annotations
+
+import time
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+# Decoding has one row per sequence. Where the batched form pays off at all, bench/RESULTS.md found it for one
+# row, and for up to 8 rows only through a vocabulary head (out >= 8 x in); larger products (prefill, training)
+# are always F.linear.
+MAX_ROWS = 8
+# The batched form is kept only if it is clearly faster: a noisy tie must not swap a kernel for a slower one.
+MARGIN = 0.9
+
+# (out, in, rows, dtype, autocast dtype, bias, threads) -> whether the batched form was the faster here.
+_FASTER: dict[tuple, bool] = {}
+
+
+def _batched_product(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+    """`F.linear(x, weight, bias)` for x (rows, in), computed as a batched product of the weight's two halves."""
+    rows, in_features = x.shape
+    out_features = weight.shape[0]
+    even = out_features - out_features % 2  # GPT-2's 50257-token head leaves one row over
+    halves = weight[:even].view(2, even // 2, in_features)  # (2, out/2, in)
+    columns = x.reshape(1, rows, in_features).mT.expand(2, -1, -1)  # (2, in, rows), column-major as BLAS wants
+    y = torch.bmm(halves, columns).view(even, rows).t()  # (2, out/2, rows) -> (rows, out)
+    if even < out_features:
+        y = torch.cat([y, x @ weight[even:].t()], dim=1)
+    if bias is not None:
+        y = y + bias.to(y.dtype)  # under autocast the product is bf16, as F.linear's would be
+    return y
+
+
+def _seconds(fn, calls: int) -> float:
+    start = time.perf_counter()
+    for _ in range(calls):
+        fn()
+    return time.perf_counter() - start
+
+
+def batched_is_faster(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> bool:
+    """Whether `_batched_product` beats `F.linear` for this product here: measured once per shape, then cached.
+
+    Both forms run on the real inputs (no random numbers drawn, so sampling stays reproducible), interleaved
+    over five rounds; the best round of each is compared, which is what other processes' load distorts least.
+    """
+    rows = x.shape[0]
+    autocast = torch.get_autocast_dtype("cpu") if torch.is_autocast_enabled("cpu") else None
+    key = (*weight.shape, rows, weight.dtype, autocast, bias is not None, torch.get_num_threads())
+    if key not in _FASTER:
+        x, calls = x.detach(), max(1, 2_000_000 // weight.numel())  # about a millisecond per round
+        with torch.no_grad():
+            forms = (lambda: F.linear(x, weight, bias), lambda: _batched_product(x, weight, bias))
+            best = [float("inf"), float("inf")]
+            for form in forms:  # warm-up: first calls allocate and load code
+                form()
+            for _ in range(5):
+                for i, form in enumerate(forms):
+                    best[i] = min(best[i], _seconds(form, calls))
+        _FASTER[key] = best[1] < MARGIN * best[0]
+    return _FASTER[key]
+
+
+class BatchedMatvecLinear(nn.Linear):
+    """`nn.Linear` (same weights, same state dict) that takes the batched form for decoding's products on a CPU
+    when a one-off measurement found it faster; everywhere else (GPUs, training, prefill) it is `F.linear`."""
+
+    def _candidate_rows(self, x: torch.Tensor) -> int:
+        """How many rows x has if the batched form may pay for them (see MAX_ROWS), else 0."""
+        if x.device.type != "cpu" or x.shape[-1] != self.in_features:  # first, and cheap: most calls stop here
+            return 0
+        rows = x.numel() // self.in_features
+        head = self.out_features >= 8 * self.in_features
+        return rows if rows == 1 or (head and 0 < rows <= MAX_ROWS) else 0
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        rows = self._candidate_rows(x)
+        # A measurement cannot run inside a compiled graph; a view of a transposed weight cannot be halved.
+        if not rows or torch.compiler.is_compiling() or not self.weight.is_contiguous():
+            return F.linear(x, self.weight, self.bias)
+        x2d = x.reshape(rows, self.in_features)
+        if not batched_is_faster(x2d, self.weight, self.bias):
+            return F.linear(x, self.weight, self.bias)
+        return _batched_product(x2d, self.weight, self.bias).reshape(*x.shape[:-1], self.out_features)
