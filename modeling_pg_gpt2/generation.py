@@ -93,7 +93,13 @@ def load_for_generation(model_name_or_path: str | os.PathLike, args: GenerationA
     from . import PgGPT2Config  # noqa: F401  (registers pg_gpt2 with the Auto classes)
 
     model_name_or_path = os.fspath(model_name_or_path)
-    looks_local = model_name_or_path.startswith((".", "/", "~")) or model_name_or_path.count("/") > 1
+    parent = Path(model_name_or_path).expanduser().parent
+    # "outputs/run" is also a valid Hub id: it is a local path when its folder exists here (no Hub round trip).
+    looks_local = (
+        model_name_or_path.startswith((".", "/", "~"))
+        or model_name_or_path.count("/") > 1
+        or (parent != Path(".") and parent.is_dir())
+    )
     if looks_local and not Path(model_name_or_path).expanduser().is_dir():
         raise UserError(f"no model folder {model_name_or_path}: pass a run_clm.py output folder or a Hub id.")
     hub = {"revision": args.revision, "token": args.token, "trust_remote_code": args.trust_remote_code}
