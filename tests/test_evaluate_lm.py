@@ -2,16 +2,19 @@
 
 from __future__ import annotations
 
+import importlib.util
 import io
 import json
 import math
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 import torch
+import yaml
 from conftest import gpt2_twin
 from transformers import AutoTokenizer, GPT2LMHeadModel
 
@@ -19,7 +22,13 @@ from modeling_pg_gpt2 import PgGPT2Config, PgGPT2ForCausalLM
 from modeling_pg_gpt2.cli import UserError
 from modeling_pg_gpt2.corpus import CorpusArguments
 from modeling_pg_gpt2.tokenizer import TokenizerArguments, train_tokenizer
-from modeling_pg_gpt2.zero_shot import EvaluationArguments, evaluate_model, rolling_requests
+from modeling_pg_gpt2.zero_shot import (
+    EvaluationArguments,
+    encode_pair,
+    evaluate_model,
+    rolling_requests,
+    score_requests,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
@@ -135,15 +144,21 @@ def test_stride_one_gives_each_token_the_full_window():
         rolling_requests(ids, 0, max_length=4, stride=5)
 
 
-def test_lambada_matches_greedy_generation_of_transformers_gpt2(model_dir, twin, tmp_path):
-    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+def _lambada_passages(tokenizer, twin) -> list[str]:
+    """Each context, then the word greedy decoding writes after it if that token is a whole word, else "window"."""
     passages = []
-    for context in CONTEXTS:  # half the passages end with the word greedy decoding writes, half do not
+    for context in CONTEXTS:
         ids = tokenizer(context)["input_ids"]
         out = twin.generate(torch.tensor([ids]), max_new_tokens=1, do_sample=False, pad_token_id=0)
         word = tokenizer.decode(out[0, len(ids) :])
         greedy_word = word.startswith(" ") and word.strip().isalpha()
         passages.append(context + (word if greedy_word else " window"))
+    return passages
+
+
+def test_lambada_matches_greedy_generation_of_transformers_gpt2(model_dir, twin, tmp_path):
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    passages = _lambada_passages(tokenizer, twin)
     rows = [{"text": passage} for passage in passages]
     metrics = _evaluate(model_dir, "lambada", tmp_path, data_file=str(_write_jsonl(tmp_path / "l.jsonl", rows)))
 
@@ -270,3 +285,88 @@ def test_command_line_error_is_one_line(tmp_path):
     assert bad.returncode == 2
     lines = bad.stderr.strip().splitlines()
     assert lines == ["error: no model folder outputs/missing: pass a run_clm.py output folder or a Hub id."]
+
+
+def _readme_task_yaml() -> str:
+    """The lm-evaluation-harness task of the README ("Zero-shot evaluation"), run here verbatim."""
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    [block] = [body for body in re.findall(r"^```yaml\n(.*?)^```", readme, re.S | re.M) if "output_type" in body]
+    return block
+
+
+# lm-evaluation-harness' own lambada_openai and wikitext definitions, over local files.
+LAMBADA_YAML = """task: pg_lambada
+dataset_path: json
+dataset_kwargs: {data_files: {test: lambada.jsonl}}
+test_split: test
+output_type: loglikelihood
+doc_to_text: "{{text.split(' ')[:-1]|join(' ')}}"
+doc_to_target: "{{' '+text.split(' ')[-1]}}"
+metric_list: [{metric: perplexity, aggregation: perplexity, higher_is_better: false}, {metric: acc}]
+"""
+TEXT_YAML = """task: pg_text
+dataset_path: json
+dataset_kwargs: {data_files: {test: text.jsonl}}
+test_split: test
+output_type: loglikelihood_rolling
+doc_to_text: ""
+doc_to_target: "{{text}}"
+metric_list: [{metric: word_perplexity}, {metric: byte_perplexity}, {metric: bits_per_byte}]
+"""
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(importlib.util.find_spec("lm_eval") is None, reason="needs lm-eval (pip install -e '.[eval]')")
+def test_lm_evaluation_harness_gives_the_same_numbers(model_dir, twin, tmp_path):
+    """`lm_eval --model hf` on the pg_gpt2 folder (remote code), offline over local files, agrees with
+    evaluate_lm.py: multiple choice (accuracies and each candidate's log-likelihood), LAMBADA and perplexity."""
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    rows = _choice_rows(tokenizer, twin)
+    for row in rows:  # lm-eval takes the label as an index (or the text of a choice), not a numeric string
+        row["label"] = row["choices"].index(row["label"]) if row["label"] in row["choices"] else int(row["label"])
+    _write_jsonl(tmp_path / "mc.jsonl", rows)
+    _write_jsonl(tmp_path / "lambada.jsonl", [{"text": passage} for passage in _lambada_passages(tokenizer, twin)])
+    text = (TEXT * 2).strip()
+    _write_jsonl(tmp_path / "text.jsonl", [{"text": text}])
+    (tmp_path / "text.txt").write_text(text, encoding="utf-8")
+    (tmp_path / "tasks").mkdir()
+    (tmp_path / "tasks" / "readme_task.yaml").write_text(_readme_task_yaml())
+    (tmp_path / "tasks" / "lambada.yaml").write_text(LAMBADA_YAML)
+    (tmp_path / "tasks" / "text.yaml").write_text(TEXT_YAML)
+    task = yaml.safe_load(_readme_task_yaml())["task"]
+    run = subprocess.run(
+        [sys.executable, "-m", "lm_eval", "--model", "hf",
+         "--model_args", f"pretrained={model_dir},trust_remote_code=True", "--tasks", f"{task},pg_lambada,pg_text",
+         "--include_path", "tasks", "--device", "cpu", "--batch_size", "8", "--output_path", "out", "--log_samples"],
+        cwd=tmp_path, env={**ENV, "HF_DATASETS_OFFLINE": "1", "HF_HOME": str(tmp_path / "hf")},
+        capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert run.returncode == 0, run.stderr[-3000:]
+    [results_file] = (tmp_path / "out").rglob("results_*.json")
+    theirs = json.loads(results_file.read_text())["results"]
+
+    mc = _evaluate(model_dir, "multiple_choice", tmp_path, data_file=str(tmp_path / "mc.jsonl"))
+    assert mc["accuracy"] == pytest.approx(theirs[task]["acc,none"])
+    assert mc["accuracy_norm"] == pytest.approx(theirs[task]["acc_norm,none"])
+    [samples_file] = (tmp_path / "out").rglob(f"samples_{task}_*.jsonl")
+    their_logprobs = [
+        float(resp[0]) for line in samples_file.read_text().splitlines() for resp in json.loads(line)["filtered_resps"]
+    ]
+    model = PgGPT2ForCausalLM.from_pretrained(model_dir).eval()
+    requests = [
+        (context + continuation, len(continuation))
+        for row in rows
+        for context, continuation in (
+            encode_pair(tokenizer, row["context"], " " + c, tokenizer.eos_token_id) for c in row["choices"]
+        )
+    ]
+    assert score_requests(model, requests).logprobs == pytest.approx(their_logprobs, rel=1e-4, abs=1e-4)
+
+    lambada = _evaluate(model_dir, "lambada", tmp_path, data_file=str(tmp_path / "lambada.jsonl"))
+    assert lambada["accuracy"] == pytest.approx(theirs["pg_lambada"]["acc,none"])
+    assert lambada["perplexity"] == pytest.approx(theirs["pg_lambada"]["perplexity,none"], rel=1e-4)
+
+    # stride = the whole window: lm-evaluation-harness' rolling windows
+    rolling = _evaluate(model_dir, "perplexity", tmp_path, data_file=str(tmp_path / "text.txt"), stride=CONTEXT)
+    assert rolling["word_perplexity"] == pytest.approx(theirs["pg_text"]["word_perplexity,none"], rel=1e-4)
+    assert rolling["bits_per_byte"] == pytest.approx(theirs["pg_text"]["bits_per_byte,none"], rel=1e-4)
