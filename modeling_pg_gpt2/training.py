@@ -60,6 +60,7 @@ from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 from .cli import UserError
 from .configuration_pg_gpt2 import PRESETS, PgGPT2Config
 from .corpus import CorpusArguments, load_corpus
+from .eval_tasks import EvalTasksCallback
 from .modeling_pg_gpt2 import PgGPT2ForCausalLM
 
 logger = logging.getLogger(__name__)
@@ -223,6 +224,14 @@ class CLMTrainingArguments(TrainingArguments):
     )
     restore_callback_states_from_checkpoint: bool = field(
         default=True, metadata={"help": "Restore early-stopping state when resuming."}
+    )
+    eval_tasks: list[str] | None = field(
+        default=None,
+        metadata={
+            "help": "Multiple-choice JSONL files (evaluate_lm.py's format) scored at every evaluation: "
+            "eval_<file>_accuracy and eval_<file>_accuracy_norm are logged beside the loss. Every evaluation "
+            "also logs a sample (fixed seed). See modeling_pg_gpt2.eval_tasks."
+        },
     )
     report_to: None | str | list[str] = field(
         default="tensorboard" if importlib.util.find_spec("tensorboard") is not None else "none",
@@ -724,6 +733,7 @@ def train(
 ) -> dict[str, float]:
     """Run a whole pre-training job (see the module docstring) and return the final metrics."""
     _setup_logging(training_args)
+    eval_tasks = EvalTasksCallback(training_args.eval_tasks, training_args.seed)  # reads the files: fails early
     resume_from = resolve_resume(training_args)
     on_cpu = training_args.device.type == "cpu"
     if training_args.reuse_freed_memory and on_cpu and training_args.do_train and reuse_freed_memory():
@@ -786,6 +796,8 @@ def train(
         preprocess_logits_for_metrics=preprocess_logits_for_metrics if training_args.do_eval else None,
         callbacks=callbacks,
     )
+    # First in the list: it adds its figures to the evaluation's log before the loggers receive it.
+    trainer.callback_handler.callbacks.insert(0, eval_tasks)
 
     if training_args.overwrite_output_dir and trainer.is_world_process_zero():
         for stale in Path(training_args.output_dir).glob(f"{PREFIX_CHECKPOINT_DIR}-*"):

@@ -207,6 +207,8 @@ def encode_pair(tokenizer, context: str, continuation: str, start_id: int) -> tu
 
 
 def _pair_request(context_ids: list[int], continuation_ids: list[int], max_length: int) -> Request:
+    if not continuation_ids:
+        raise UserError("a candidate (or a LAMBADA last word) is empty: every example needs text to score.")
     tokens = (context_ids + continuation_ids)[-(max_length + 1) :]  # keep the end when it is too long
     return tokens, min(len(continuation_ids), len(tokens) - 1)
 

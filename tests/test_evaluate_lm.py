@@ -16,11 +16,13 @@ import pytest
 import torch
 import yaml
 from conftest import gpt2_twin
+from huggingface_hub import ModelCard
 from transformers import AutoTokenizer, GPT2LMHeadModel
 
 from modeling_pg_gpt2 import PgGPT2Config, PgGPT2ForCausalLM
 from modeling_pg_gpt2.cli import UserError
 from modeling_pg_gpt2.corpus import CorpusArguments
+from modeling_pg_gpt2.eval_tasks import EvalTasksCallback
 from modeling_pg_gpt2.tokenizer import TokenizerArguments, train_tokenizer
 from modeling_pg_gpt2.zero_shot import (
     EvaluationArguments,
@@ -260,6 +262,8 @@ def test_bad_input_is_one_clear_error(model_dir, tmp_path):
     fails("the label 'd' is neither", data_file=str(tmp_path / "label.jsonl"))
     (tmp_path / "range.jsonl").write_text('{"context": "a", "choices": ["b", "c"], "label": 2}\n')
     fails("the label 2 is out of range", data_file=str(tmp_path / "range.jsonl"))
+    (tmp_path / "empty.jsonl").write_text('{"context": "a", "choices": ["", "c"], "label": 1}\n')
+    fails("a candidate .* is empty", data_file=str(tmp_path / "empty.jsonl"), choice_delimiter="")
     (tmp_path / "one.jsonl").write_text('{"text": "word"}\n')
     fails("two or more words", task="lambada", data_file=str(tmp_path / "one.jsonl"))
     (tmp_path / "text.txt").write_text(TEXT)
@@ -370,3 +374,73 @@ def test_lm_evaluation_harness_gives_the_same_numbers(model_dir, twin, tmp_path)
     rolling = _evaluate(model_dir, "perplexity", tmp_path, data_file=str(tmp_path / "text.txt"), stride=CONTEXT)
     assert rolling["word_perplexity"] == pytest.approx(theirs["pg_text"]["word_perplexity,none"], rel=1e-4)
     assert rolling["bits_per_byte"] == pytest.approx(theirs["pg_text"]["bits_per_byte,none"], rel=1e-4)
+
+
+# --------------------------------------------------------------------------------------------------
+# run_clm.py --eval_tasks
+
+
+def test_training_sample_is_reproducible_and_leaves_the_random_state(model_dir):
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    model = PgGPT2ForCausalLM.from_pretrained(model_dir).eval()
+    callback = EvalTasksCallback(None, seed=3, sample_tokens=12)
+    torch.manual_seed(123)
+    expected_next = torch.rand(4)
+    torch.manual_seed(123)
+    first, second = callback.sample(model, tokenizer), callback.sample(model, tokenizer)
+    assert torch.equal(torch.rand(4), expected_next)  # training's random stream is not disturbed
+    assert first == second and first
+    assert EvalTasksCallback(None, seed=4, sample_tokens=12).sample(model, tokenizer) != first
+
+
+@pytest.mark.slow
+def test_run_clm_scores_eval_tasks_at_every_evaluation(model_dir, tmp_path):
+    """Accuracies beside the loss at each evaluation, equal to evaluate_lm.py's on the saved model; in
+    metrics.json, trainer_state.json, the plot and the model card's model-index; a sample in the log."""
+    from test_run_clm import write_corpus  # the play-like corpus of the run_clm.py tests
+
+    corpus = write_corpus(tmp_path / "corpus", documents=10, speeches=20)
+    rows = [
+        {"context": "ROMEO:", "choices": ["The sweet love of my lady.", "xq zzv qqq"], "label": 0},
+        {"context": "JULIET: Thy", "choices": ["1234 5678", "lord hath death"], "label": 1},
+        {"context": "KING: The", "choices": ["moon", "@@@ ###"], "label": "moon"},
+    ]
+    tasks = _write_jsonl(tmp_path / "Play-Names.jsonl", rows)
+    out = tmp_path / "out"
+    flags = [
+        "--train_file", corpus, "--validation_split_percentage", "10", "--tokenizer_name", model_dir,
+        "--config_name", "tiny", "--config_overrides", "n_layer=2,n_embd=32,n_head=2,n_positions=32",
+        "--block_size", "32", "--per_device_train_batch_size", "8", "--max_steps", "20", "--eval_steps", "10",
+        "--save_steps", "10", "--logging_steps", "5", "--learning_rate", "3e-3", "--seed", "0",
+        "--disable_tqdm", "true", "--report_to", "none", "--output_dir", out, "--eval_tasks", tasks,
+    ]  # fmt: skip
+    run = subprocess.run(
+        [sys.executable, "run_clm.py", *map(str, flags)], cwd=ROOT, env=ENV, capture_output=True, text=True
+    )
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert "Sample at step 10:" in run.stderr and "Sample at step 20:" in run.stderr
+    assert "play_names_accuracy_norm" in run.stderr
+
+    evaluations = [e for e in json.loads((out / "trainer_state.json").read_text())["log_history"] if "eval_loss" in e]
+    assert [e["step"] for e in evaluations] == [10, 20]
+    assert all({"eval_play_names_accuracy", "eval_play_names_accuracy_norm"} <= set(e) for e in evaluations)
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert all(isinstance(value, (int, float)) for value in metrics.values())  # the sample is not a metric
+    ours = _evaluate(out, "multiple_choice", tmp_path, data_file=str(tasks), batch_size=2)
+    assert metrics["eval_play_names_accuracy"] == pytest.approx(ours["accuracy"])
+    assert metrics["eval_play_names_accuracy_norm"] == pytest.approx(ours["accuracy_norm"])
+
+    assert (out / "eval_tasks.png").stat().st_size > 1000
+    card = ModelCard.load(out / "README.md")
+    [raw, norm] = [r for r in card.data.eval_results if r.task_type == "multiple-choice"]
+    assert (raw.dataset_name, raw.metric_type, norm.metric_type) == ("play_names", "accuracy", "acc_norm")
+    assert raw.metric_value == pytest.approx(round(ours["accuracy"], 4))
+    assert "![Zero-shot multiple choice](eval_tasks.png)" in card.text
+
+    bad = subprocess.run(
+        [sys.executable, "run_clm.py", *map(str, flags[:-4]), "--output_dir", str(tmp_path / "bad"),
+         "--eval_tasks", str(corpus / "missing.jsonl")],
+        cwd=ROOT, env=ENV, capture_output=True, text=True,
+    )  # fmt: skip
+    assert bad.returncode == 2 and bad.stderr.strip().splitlines()[-1].startswith("error: --eval_tasks")
+    assert not (tmp_path / "bad").exists()
