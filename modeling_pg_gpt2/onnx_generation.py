@@ -32,7 +32,8 @@ from .cli import UserError
 from .export_onnx import ONNX_FILE, past_names
 
 
-def _session(path: Path, providers: list[str] | None, threads: int | None):
+def ort_session(path: str | os.PathLike, providers: list[str] | None = None, threads: int | None = None):
+    """An onnxruntime session over the graph at `path`, all graph optimisations on; `providers` default: CPU."""
     try:
         import onnxruntime as ort
     except ImportError:
@@ -79,7 +80,7 @@ class OnnxCausalLM:
             generation_config = GenerationConfig.from_pretrained(folder)
         except OSError:  # no generation_config.json: the model config's ids
             generation_config = GenerationConfig.from_model_config(config)
-        return cls(_session(folder / ONNX_FILE, providers, threads), config, generation_config)
+        return cls(ort_session(folder / ONNX_FILE, providers, threads), config, generation_config)
 
     def forward(
         self, input_ids: np.ndarray, attention_mask: np.ndarray, past: list[np.ndarray] | None
@@ -176,4 +177,4 @@ def load_onnx_for_generation(folder: str | os.PathLike, device: str | None = Non
     return AutoTokenizer.from_pretrained(folder), model
 
 
-__all__ = ["OnnxCausalLM", "load_onnx_for_generation"]
+__all__ = ["OnnxCausalLM", "load_onnx_for_generation", "ort_session"]
