@@ -9,6 +9,7 @@ DST is a folder:
   `.value` (B, H, P, D); outputs `logits` (B, T, V) and `present.i.key` / `.value` (B, H, P + T, D).
   Batch, T and P are dynamic; P = 0 (empty past tensors) is the prompt. These are the names and
   layouts optimum and transformers.js use for decoder models.
+* float32 by default; `--dtype float16` halves the file (weights, cache and logits in float16).
 * `config.json` (transformers' `gpt2` config: no remote code needed to read the hyper-parameters),
   the tokenizer files and `generation_config.json` of the source.
 
@@ -148,8 +149,9 @@ def export_onnx(
 ) -> Path:
     """Export checkpoint `src` (pg_gpt2 or GPT-2, folder or Hub id) to the ONNX folder `dst`; returns `dst`.
 
-    dtype: "float32", or "float16" (for GPU runtimes: onnxruntime's CPU provider lacks float16 kernels
-    for some of the graph's operators). A non-empty `dst` is only replaced with `overwrite=True`.
+    dtype: "float32", or "float16" (weights, cache and logits; half the size, logits to float16
+    precision; onnxruntime runs it on the CPU and on GPUs). A non-empty `dst` is only replaced with
+    `overwrite=True`.
     """
     if dtype not in DTYPES:
         raise UserError(f"--dtype {dtype} is not available for ONNX; choose one of {', '.join(DTYPES)}")
