@@ -144,7 +144,7 @@ def export_main(args: argparse.Namespace) -> Path:
         from .export_gguf import export_gguf
 
         dst = export_gguf(args.src, args.dst, args.dtype or "f16", args.overwrite, args.revision)
-        print(f"wrote a GGUF model to {dst}; run it with: llama-cli -m {dst}")
+        print(f"wrote a GGUF model to {dst}; run it with llama.cpp: llama-completion -m {dst} -p 'Once upon a'")
     return dst
 
 

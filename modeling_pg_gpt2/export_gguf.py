@@ -1,7 +1,7 @@
 """Export a pg_gpt2 (or GPT-2) checkpoint to GGUF, the file format of llama.cpp, Ollama and LM Studio.
 
     python -m modeling_pg_gpt2.convert outputs/shakespeare shakespeare-q8_0.gguf --to gguf --dtype q8_0
-    llama-cli -m shakespeare-q8_0.gguf -p "ROMEO:" -n 100
+    llama-completion -m shakespeare-q8_0.gguf -p "ROMEO:" -n 100
 
 The file uses llama.cpp's `gpt2` architecture: its tensor names (`token_embd`, `position_embd`,
 `blk.N.attn_qkv`, ..., `output_norm`), its hyper-parameters (`gpt2.context_length`, ...), and the

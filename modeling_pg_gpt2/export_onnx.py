@@ -155,6 +155,11 @@ def export_onnx(
     """
     if dtype not in DTYPES:
         raise UserError(f"--dtype {dtype} is not available for ONNX; choose one of {', '.join(DTYPES)}")
+    try:  # what torch.onnx's exporter imports, checked before minutes of work
+        import onnx  # noqa: F401
+        import onnxscript  # noqa: F401
+    except ImportError as err:
+        raise UserError(f"--to onnx needs {err.name}: pip install 'pg-gpt2[onnx]'") from None
     dst = Path(dst)
     model, folder = load_source(src, "--to onnx", revision)
     check_destination(dst, folder, overwrite, "folder")
