@@ -508,14 +508,22 @@ def main(argv: Sequence[str] | None = None) -> Path:
     parser.add_argument("dst", help="output folder, created; must be empty unless --overwrite")
     parser.add_argument(
         "--to",
-        choices=("pg_gpt2", "gpt2"),
+        choices=("pg_gpt2", "gpt2", "onnx", "gguf"),
         default="pg_gpt2",
-        help="pg_gpt2 (default): GPT-2 -> pg_gpt2; gpt2: pg_gpt2 -> native GPT-2, loadable without remote code",
+        help="pg_gpt2 (default): GPT-2 -> pg_gpt2; gpt2: pg_gpt2 -> native GPT-2, loadable without remote code; "
+        "onnx: an ONNX Runtime folder (export_onnx.py); gguf: a llama.cpp file (export_gguf.py)",
     )
+    parser.add_argument("--dtype", help="onnx: float32 (default) or float16; gguf: f32, f16 (default) or q8_0")
     parser.add_argument("--revision", help="branch, tag or commit of a Hub SRC")
     parser.add_argument("--overwrite", action="store_true", help="replace DST if it is not empty")
     args = parser.parse_args(argv)
 
+    if args.to in ("onnx", "gguf"):
+        from .export import export_main
+
+        return export_main(args)
+    if args.dtype is not None:
+        parser.error("--dtype applies to --to onnx and --to gguf only")
     convert = convert_pg_to_gpt2 if args.to == "gpt2" else convert_gpt2_to_pg
     dst = convert(args.src, args.dst, overwrite=args.overwrite, revision=args.revision)
     if args.to == "gpt2":

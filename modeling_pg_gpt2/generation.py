@@ -51,6 +51,14 @@ class GenerationArguments:
     num_return_sequences: int = field(default=1, metadata={"help": "Samples per prompt (streamed only when 1)."})
     seed: int | None = field(default=None, metadata={"help": "Random seed, for reproducible samples."})
     device: str | None = field(default=None, metadata={"help": "cuda, mps or cpu (default: the best available)."})
+    backend: str = field(
+        default="torch",
+        metadata={
+            "help": "torch, or onnxruntime: decode with an ONNX export, a folder written by "
+            "`python -m modeling_pg_gpt2.convert MODEL DST --to onnx` (no torch model is loaded).",
+            "choices": ["torch", "onnxruntime"],
+        },
+    )
     trust_remote_code: bool = field(
         default=False,
         metadata={"help": "Run the model code of a Hub repository (pg_gpt2 models need no flag: the code is here)."},
@@ -185,7 +193,12 @@ def generate_text(
     """
     stream = sys.stdout if stream is None else stream
     check_generation_arguments(args)
-    tokenizer, model = load_for_generation(model_name_or_path, args)
+    if args.backend == "onnxruntime":
+        from .onnx_generation import load_onnx_for_generation
+
+        tokenizer, model = load_onnx_for_generation(model_name_or_path, args.device)
+    else:
+        tokenizer, model = load_for_generation(model_name_or_path, args)
     context = context_length(model.config)
     start_id = tokenizer.bos_token_id if tokenizer.bos_token_id is not None else tokenizer.eos_token_id
     encoded = []
