@@ -113,7 +113,7 @@ def check_output_dir(
 
     Refused with a one-line `UserError`: a path that is a file, a folder that cannot be created or
     written to, and, unless `overwrite_flag` is `None` (the caller passed it), a folder holding
-    entries other than those `allowed` accepts (names in `ignore` are never listed). Nothing is created.
+    entries other than those `allowed` accepts (names in `ignore` are never listed). Nothing is left behind.
     """
     out = Path(path)
     if out.exists() and not out.is_dir():

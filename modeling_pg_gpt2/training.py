@@ -833,7 +833,8 @@ class InterruptCallback(TrainerCallback):
         signal.signal(signal.SIGINT, signal.default_int_handler)  # the second Ctrl-C interrupts at once
 
     def on_train_begin(self, args, state, control, **kwargs):
-        self._previous = signal.signal(signal.SIGINT, self._handle)
+        if signal.getsignal(signal.SIGINT) is not signal.SIG_IGN:  # e.g. a background job of a script
+            self._previous = signal.signal(signal.SIGINT, self._handle)
 
     def on_step_end(self, args, state, control, **kwargs):
         if self.stopped_at is None and _on_any_rank(self.requested, args.device):
