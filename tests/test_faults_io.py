@@ -57,6 +57,10 @@ class Fault:
     timeout: float = 300
     skip: str | None = None
 
+    def __post_init__(self) -> None:
+        if self.env and not self.fresh_process:
+            raise ValueError(f"{self.name}: an environment applies to a fresh process only")
+
 
 def generate(*args: str) -> tuple[str, ...]:
     return ("generate.py", *args)
