@@ -11,6 +11,7 @@ take less than (bytes of weights) / (read bandwidth measured here).
     .venv/bin/python bench/bench_generate.py --quick    # smoke run (tiny only, few rounds)
     python bench/bench_generate.py --device cuda --dtype bf16 --compile   # static cache, compiled decoding
     .venv/bin/python bench/bench_generate.py --matvec   # only the weight-times-few-rows products, per shape
+    .venv/bin/python bench/bench_generate.py --paths    # pg_gpt2's decoding products: measured choice vs forced
 
 `--dtype bf16` casts the weights (inference); `--compile` generates with a static cache, which makes
 transformers compile the decoding step (on GPUs).
@@ -158,6 +159,52 @@ def matvec(shapes: list[str], device: torch.device, dtype: torch.dtype, rounds: 
         )
 
 
+def generate_with(choice, model, prompt: torch.Tensor, kwargs: dict, outputs: dict, name: str) -> None:
+    """`generate` with `choice` deciding, for every candidate product, whether the batched form runs."""
+    measured = batched_matvec.batched_is_faster
+    batched_matvec.batched_is_faster = choice
+    try:
+        generate(model, prompt, kwargs, outputs, [], name)
+    finally:
+        batched_matvec.batched_is_faster = measured
+
+
+def decoding_paths(shapes: list[str], batches: list[int], args: argparse.Namespace, device: torch.device) -> None:
+    """pg_gpt2 generating with `BatchedMatvecLinear`'s measured choice against the batched form forced on for every
+    candidate product (what the CPU-vendor rule did on this machine) and forced off (`nn.Linear`), interleaved."""
+    rounds = args.rounds or 3
+    measured = batched_matvec.batched_is_faster
+    forced = {"measured": measured, "always batched": lambda *a: True, "nn.Linear": lambda *a: False}
+    rows = []
+    for shape in shapes:
+        config = preset_config(SHAPES[shape][0], dropout=0.0)
+        model = model_pair(config, args.attn, device, DTYPES[args.dtype])[PG].eval()
+        for batch in batches:
+            prompt = torch.randint(0, config.vocab_size, (batch, args.prompt), device=device)
+            kwargs = dict(
+                attention_mask=torch.ones_like(prompt),
+                max_new_tokens=args.new,
+                do_sample=False,
+                eos_token_id=None,
+                pad_token_id=0,
+            )
+            outputs: dict[str, torch.Tensor] = {}
+            candidates = {
+                name: functools.partial(generate_with, choice, model, prompt, kwargs, outputs, name)
+                for name, choice in forced.items()
+            }
+            timings = interleave(candidates, rounds, 1, device)
+            chosen = sorted({key[:3] for key, faster in batched_matvec._FASTER.items() if faster})
+            same = all(torch.equal(out, outputs["nn.Linear"]) for out in outputs.values())
+            for name, timing in timings.items():
+                speed = timings["nn.Linear"].median / timing.median
+                tokens = batch * args.new / timing.median
+                rows.append([shape, str(batch), name, rate(tokens), f"**{speed:.2f}×**", "yes" if same else "NO"])
+            print(f"{shape} batch {batch}: batched form chosen for (out, in, rows) = {chosen or 'none'}", flush=True)
+    print()
+    print_table(["shape", "batch", "decoding products", "new tokens/s", "vs nn.Linear", "same tokens"], rows)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_common_arguments(parser)
@@ -167,6 +214,7 @@ def main() -> None:
     parser.add_argument("--prompt", type=int, default=32, help="prompt tokens (default 32)")
     parser.add_argument("--new", type=int, default=128, help="new tokens (default 128)")
     parser.add_argument("--matvec", action="store_true", help="only time the weight products of decoding, per shape")
+    parser.add_argument("--paths", action="store_true", help="pg_gpt2 only: measured decoding products vs forced")
     args = parser.parse_args()
     device = setup(args)
     rounds = args.rounds or (3 if args.quick else 6)
@@ -176,6 +224,9 @@ def main() -> None:
     print(f"# Generation: {machine_description(device)}")
     if args.matvec:
         matvec(shapes, device, dtype, rounds)
+        return
+    if args.paths:
+        decoding_paths(shapes, [int(b) for b in csv(args.batch)], args, device)
         return
     bandwidth = read_bandwidth(device, quick=args.quick)
     print(f"Measured read bandwidth: {bandwidth / 1e9:.1f} GB/s. Rounds: {rounds} (+1 warm-up).")

@@ -634,6 +634,47 @@ def test_trainer_gradient_accumulation_equals_one_big_batch(tmp_path):
     assert worst <= 1e-6
 
 
+def test_trainer_evaluation_gets_the_logits_while_training_steps_skip_them(tmp_path):
+    """Training steps return logits=None (the fused loss); evaluation runs in eval mode and gets them:
+    `prediction_loss_only=False`, `compute_metrics` and `predict` work as with GPT2LMHeadModel."""
+    ids = _ids(batch=4, length=16)
+    model = _training_model()
+    assert model(ids, labels=ids).logits is None  # training mode with labels: the fused loss
+
+    def next_token_accuracy(prediction) -> dict[str, float]:
+        logits, labels = prediction.predictions, prediction.label_ids
+        return {"accuracy": float((logits[:, :-1].argmax(-1) == labels[:, 1:]).mean())}
+
+    args = TrainingArguments(
+        output_dir=str(tmp_path),
+        per_device_train_batch_size=2,
+        per_device_eval_batch_size=2,
+        max_steps=2,
+        prediction_loss_only=False,
+        report_to=[],
+        save_strategy="no",
+        disable_tqdm=True,
+        use_cpu=True,
+    )
+    trainer = Trainer(
+        model=model,
+        args=args,
+        train_dataset=_Blocks(ids, ids),
+        eval_dataset=_Blocks(ids, ids),
+        compute_metrics=next_token_accuracy,
+    )
+    trainer.train()
+    metrics = trainer.evaluate()
+    predictions = trainer.predict(_Blocks(ids, ids)).predictions
+    with torch.no_grad():
+        expected = model.eval()(ids, labels=ids)
+    assert predictions.shape == (4, 16, 211)
+    assert abs(metrics["eval_loss"] - expected.loss.item()) <= 1e-5
+    assert (torch.from_numpy(predictions) - expected.logits).abs().max().item() <= 1e-5
+    accuracy = (expected.logits[:, :-1].argmax(-1) == ids[:, 1:]).float().mean().item()
+    assert metrics["eval_accuracy"] == pytest.approx(accuracy)
+
+
 # --- bad input ----------------------------------------------------------------------------------------------
 
 
