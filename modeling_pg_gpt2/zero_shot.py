@@ -245,6 +245,13 @@ def load_examples(args: EvaluationArguments) -> tuple[list[dict[str, Any]], str]
     if args.dataset_name:
         from datasets import load_dataset
 
+        from .corpus import _hub_offline, _hub_reachable
+
+        if not Path(args.dataset_name).exists() and not _hub_offline() and not _hub_reachable():
+            raise UserError(
+                f"cannot reach the Hugging Face Hub to load the dataset {args.dataset_name!r}; offline, pass a "
+                "local --data_file, or set HF_HUB_OFFLINE=1 to use a copy already in your cache."
+            )
         try:
             dataset = load_dataset(
                 args.dataset_name, args.dataset_config_name, split=args.dataset_split, token=args.token

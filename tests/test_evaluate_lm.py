@@ -254,6 +254,7 @@ def test_bad_input_is_one_clear_error(model_dir, tmp_path):
 
     fails("--data_file .* does not exist", data_file=str(tmp_path / "missing.jsonl"))
     fails("pass --data_file FILE")
+    fails("cannot load the dataset 'nobody/no-such-dataset' .*--data_file", dataset_name="nobody/no-such-dataset")
     (tmp_path / "bad.jsonl").write_text('{"context": "a", "choices": ["b", "c"], "label": 0}\nnot json\n')
     fails("line 2 of .* is not JSON", data_file=str(tmp_path / "bad.jsonl"))
     (tmp_path / "fields.jsonl").write_text('{"ctx": "a", "endings": ["b", "c"], "label": 0}\n')
