@@ -17,6 +17,8 @@ Command line:
 
     python -m modeling_pg_gpt2.convert openai-community/gpt2 gpt2-pg            # GPT-2 -> pg_gpt2
     python -m modeling_pg_gpt2.convert outputs/my-model my-model-gpt2 --to gpt2  # pg_gpt2 -> GPT-2
+    python -m modeling_pg_gpt2.convert outputs/my-model my-model-onnx --to onnx  # see export_onnx.py
+    python -m modeling_pg_gpt2.convert outputs/my-model my-model.gguf --to gguf  # see export_gguf.py
 
 Python:
 
@@ -505,7 +507,7 @@ def main(argv: Sequence[str] | None = None) -> Path:
     parser.add_argument(
         "src", help="checkpoint folder or Hub model id: GPT-2 (e.g. openai-community/gpt2), or pg_gpt2 with --to gpt2"
     )
-    parser.add_argument("dst", help="output folder, created; must be empty unless --overwrite")
+    parser.add_argument("dst", help="output folder (a .gguf file with --to gguf); must be empty unless --overwrite")
     parser.add_argument(
         "--to",
         choices=("pg_gpt2", "gpt2", "onnx", "gguf"),

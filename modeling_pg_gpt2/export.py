@@ -122,17 +122,6 @@ def copy_side_files(folder: Path, target: Path) -> None:
             shutil.copyfile(folder / name, target / name)
 
 
-def load_tokenizer(folder: Path):
-    """The fast tokenizer of checkpoint `folder`; a `UserError` when it has none (an export needs one)."""
-    from transformers import AutoTokenizer
-
-    if not (folder / "tokenizer.json").is_file():
-        raise UserError(
-            f"{folder} has no tokenizer.json; save the tokenizer beside the weights (run_clm.py does) and retry"
-        )
-    return AutoTokenizer.from_pretrained(folder)
-
-
 def export_main(args: argparse.Namespace) -> Path:
     """`convert --to onnx|gguf`: run the export `args.to` names and say how to use the result."""
     if args.to == "onnx":
@@ -154,6 +143,5 @@ __all__ = [
     "copy_side_files",
     "export_main",
     "load_source",
-    "load_tokenizer",
     "staged",
 ]

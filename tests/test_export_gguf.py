@@ -179,7 +179,7 @@ def llama(files):
     f32 = llama_cpp.GGML_TYPE_F32
     models = {
         dtype: llama_cpp.Llama(
-            str(path), n_ctx=64, n_threads=2, logits_all=True, type_k=f32, type_v=f32, verbose=False, seed=0
+            str(path), n_ctx=64, n_threads=1, logits_all=True, type_k=f32, type_v=f32, verbose=False, seed=0
         )
         for dtype, path in files.items()
     }

@@ -167,23 +167,17 @@ def test_gpt2_source_and_refusals(tmp_path, checkpoint, torch_model):
 
 
 @pytest.mark.slow
-def test_command_line(checkpoint, tmp_path):
-    """`convert --to onnx` then `generate.py --backend onnxruntime`, as the README shows; a bad source is one line."""
-    out = tmp_path / "cli-onnx"
-    done = subprocess.run(
-        [sys.executable, "-m", "modeling_pg_gpt2.convert", str(checkpoint), str(out), "--to", "onnx"],
-        cwd=ROOT, env=ENV, capture_output=True, text=True,
-    )  # fmt: skip
-    assert done.returncode == 0, done.stderr
-    assert "generate.py" in done.stdout and (out / "model.onnx").is_file()
+def test_command_line(exported, tmp_path):
+    """`generate.py --backend onnxruntime` as the README shows (the export's command line is the one
+    test_export_gguf.py runs: `convert` hands both formats to `export_main`); bad input is one line."""
     sample = subprocess.run(
-        [sys.executable, "generate.py", str(out), "ROMEO:", "--backend", "onnxruntime", "--max_new_tokens", "5"],
+        [sys.executable, "generate.py", str(exported), "ROMEO:", "--backend", "onnxruntime", "--max_new_tokens", "5"],
         cwd=ROOT, env=ENV, capture_output=True, text=True,
     )  # fmt: skip
     assert sample.returncode == 0, sample.stderr
     assert sample.stdout.startswith("ROMEO:")
     bad = subprocess.run(
-        [sys.executable, "-m", "modeling_pg_gpt2.convert", str(out), str(tmp_path / "x"), "--to", "onnx"],
+        [sys.executable, "-m", "modeling_pg_gpt2.convert", str(exported), str(tmp_path / "x"), "--to", "onnx"],
         cwd=ROOT, env=ENV, capture_output=True, text=True,
     )  # fmt: skip
     assert bad.returncode == 2  # an export is not a checkpoint
