@@ -3,6 +3,7 @@
     python generate.py outputs/shakespeare "ROMEO:"
     python generate.py outputs/pg-essays "Being a founder" "The best way to" --max_new_tokens 200 --seed 0
     python generate.py me/pg-gpt2 --prompts_file prompts.txt --num_return_sequences 3 --temperature 0.7
+    python generate.py shakespeare-onnx "ROMEO:" --backend onnxruntime   # an export: convert --to onnx
 
 MODEL is a folder written by run_clm.py (or push_to_hub.py's Hub id). With no prompt, the model
 starts from <|endoftext|> (an unconditional sample). Run with --help for every sampling option.
