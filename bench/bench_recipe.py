@@ -83,8 +83,8 @@ def train_baseline(argv: list[str], minutes: float, result_file: Path) -> None:
     from modeling_pg_gpt2.corpus import CorpusArguments
     from modeling_pg_gpt2.training import (
         CLMTrainingArguments,
+        ComputeLMMetrics,
         DataTrainingArguments,
-        LMMetrics,
         ModelArguments,
         TimeLimitCallback,
         build_model,
@@ -116,7 +116,7 @@ def train_baseline(argv: list[str], minutes: float, result_file: Path) -> None:
         train_dataset=datasets["train"],
         eval_dataset=datasets["validation"],
         data_collator=default_data_collator,
-        compute_metrics=LMMetrics(tokenizer),
+        compute_metrics=ComputeLMMetrics(tokenizer),
         preprocess_logits_for_metrics=preprocess_logits_for_metrics,
         callbacks=[TimeLimitCallback(minutes)],
     )

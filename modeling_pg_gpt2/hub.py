@@ -35,21 +35,7 @@ from pathlib import Path
 from typing import Any
 
 from .cli import UserError, first_line
-
-WEIGHT_PATTERNS = ("*.safetensors", "*.safetensors.index.json")
-TOKENIZER_FILES = (
-    "tokenizer.json",
-    "tokenizer_config.json",
-    "special_tokens_map.json",
-    "added_tokens.json",
-    "vocab.json",
-    "merges.txt",
-    "chat_template.jinja",
-    "chat_template.json",
-)
-# Top-level files uploaded besides weights, tokenizer and remote code.
-MODEL_FILES = ("config.json", "generation_config.json")
-REPORT_PATTERNS = ("metrics.json", "*.png", "README.md")
+from .outputs import CONFIG_FILE, MODEL_CARD_FILE, MODEL_FILES, REPORT_PATTERNS, TOKENIZER_FILES, WEIGHT_PATTERNS
 
 VALIDATION_TIMEOUT_S = 1800
 
@@ -143,8 +129,9 @@ def remote_code_files(config: dict[str, Any], folder: Path | None = None) -> lis
     return sorted(files)
 
 
-def read_config(folder: Path) -> dict[str, Any]:
-    path = folder / "config.json"
+def read_config_json(folder: Path) -> dict[str, Any]:
+    """The raw `config.json` of a model folder, as a dict (a missing or broken file is a `UserError`)."""
+    path = folder / CONFIG_FILE
     if not path.is_file():
         raise UserError(f"{folder} has no config.json: pass the --output_dir of run_clm.py (a saved model folder)")
     try:
@@ -162,7 +149,7 @@ def plan_upload(folder: Path, include: list[str] | tuple[str, ...] = (), remote_
     """
     from .tokenizer import check_tokenizer_files
 
-    config = read_config(folder)
+    config = read_config_json(folder)
     top_level = {p.name for p in folder.iterdir() if p.is_file()}
     chosen = {name for name in top_level if any(fnmatch.fnmatch(name, p) for p in WEIGHT_PATTERNS)}
     if not any(name.endswith(".safetensors") for name in chosen):
@@ -272,7 +259,7 @@ def prepare_model_card(folder: Path, destination: Path, repo_id: str | None) -> 
     references inside ```python blocks change, so edits to the card are kept. Returns what was done, or
     None when the card is published as it is.
     """
-    source = folder / "README.md"
+    source = folder / MODEL_CARD_FILE
     destination.parent.mkdir(parents=True, exist_ok=True)
     if not source.is_file():
         from .model_card import build_model_card
@@ -409,80 +396,6 @@ def validate_folder(
 # -- Hub -----------------------------------------------------------------------------------------------------
 
 
-# Files one of which a model or tokenizer repository already in the Hub cache holds.
-_CACHED_MARKERS = ("config.json", "tokenizer_config.json", "tokenizer.json")
-
-
-def looks_like_local_path(name: str) -> bool:
-    """Whether `name` reads as a path, not a Hub id: `./x`, `/x`, `~/x`, `a/b/c`, or `out/x` where `out/` exists."""
-    if name.startswith((".", "/", "~")) or name.count("/") > 1 or (os.sep != "/" and os.sep in name):
-        return True
-    head, sep, _ = name.partition("/")
-    return bool(sep) and Path(head).is_dir()
-
-
-def check_pretrained_source(
-    name: str | os.PathLike,
-    what: str = "model",
-    revision: str | None = None,
-    token: str | bool | None = None,
-    cache_dir: str | os.PathLike | None = None,
-) -> None:
-    """Refuse at once, with a `UserError`, a `from_pretrained` source that is neither a folder nor a Hub repository.
-
-    A missing local path (see `looks_like_local_path`) is "no such folder" without asking the Hub. A Hub
-    id that is not in the Hub cache (and with the Hub not switched off by `HF_HUB_OFFLINE`) is looked up
-    once: an unreachable Hub or a missing repository is said at once, where transformers would retry for
-    about a minute and then name neither cause.
-    """
-    name = os.fspath(name)
-    path = Path(name).expanduser()
-    if path.is_dir():
-        return
-    if path.exists():
-        raise UserError(f"{name} is a file; pass the {what} folder (or a Hub repository id)")
-    missing = f"no such folder: {name}"
-    if looks_like_local_path(name):
-        raise UserError(f"{missing}; pass an existing {what} folder (or a Hub id, as namespace/name)")
-
-    import httpx2
-    from huggingface_hub import HfApi, constants, try_to_load_from_cache
-    from huggingface_hub.errors import (
-        GatedRepoError,
-        HfHubHTTPError,
-        RepositoryNotFoundError,
-        RevisionNotFoundError,
-    )
-    from huggingface_hub.utils import HFValidationError, validate_repo_id
-
-    try:
-        validate_repo_id(name)
-    except HFValidationError:
-        raise UserError(f"{missing}; pass an existing {what} folder (or a Hub id, as namespace/name)") from None
-    cached = (try_to_load_from_cache(name, m, cache_dir=cache_dir, revision=revision) for m in _CACHED_MARKERS)
-    if constants.HF_HUB_OFFLINE or any(isinstance(found, str) for found in cached):
-        return  # from_pretrained reads the cache (or says that offline it cannot)
-    hub = constants.ENDPOINT
-    try:
-        HfApi(token=token).model_info(name, revision=revision, timeout=10)
-    except GatedRepoError:
-        raise UserError(f"{name} is a gated repository: accept its conditions, then `hf auth login`") from None
-    except RepositoryNotFoundError:
-        raise UserError(
-            f"{missing}, and {hub} has no repository {name} (or your token cannot see it); "
-            f"pass an existing {what} folder"
-        ) from None
-    except RevisionNotFoundError:
-        raise UserError(f"the Hub repository {name} has no revision {revision!r}") from None
-    except HfHubHTTPError as err:
-        raise UserError(f"{missing}, and the Hub at {hub} answered: {first_line(err)}") from None
-    except (httpx2.TransportError, OSError) as err:  # no network, DNS, connection refused, timeout
-        raise UserError(
-            f"{missing}, and the Hub at {hub} is unreachable ({first_line(err)}); pass an existing folder, "
-            "or set HF_HUB_OFFLINE=1 to use the models in the Hub cache"
-        ) from None
-
-
 def check_repo_id(repo_id: str) -> None:
     """`namespace/name` with the Hub's allowed characters, or a `UserError`."""
     from huggingface_hub.utils import HFValidationError, validate_repo_id
@@ -545,10 +458,10 @@ def _stage_gpt2(folder: Path, plan: UploadPlan, staging: Path, repo_id: str, car
     convert_pg_to_gpt2(folder, staging)
     for name in plan.files:
         converted = name in MODEL_FILES or any(fnmatch.fnmatch(name, p) for p in WEIGHT_PATTERNS)
-        if converted or name.endswith(".py") or name == "README.md" or (staging / name).exists():
+        if converted or name.endswith(".py") or name == MODEL_CARD_FILE or (staging / name).exists():
             continue
         shutil.copy2(folder / name, staging / name)
-    gpt2_model_card(card, staging / "README.md", repo_id)
+    gpt2_model_card(card, staging / MODEL_CARD_FILE, repo_id)
     return staging
 
 
@@ -559,7 +472,7 @@ def _stage_files(plan: UploadPlan, staging: Path, card: Path) -> UploadPlan:
     reads through them.
     """
     for name in plan.files:
-        if name == "README.md":
+        if name == MODEL_CARD_FILE:
             continue
         link = staging / name
         link.parent.mkdir(parents=True, exist_ok=True)
@@ -567,8 +480,8 @@ def _stage_files(plan: UploadPlan, staging: Path, card: Path) -> UploadPlan:
             link.symlink_to((plan.folder / name).resolve())
         except OSError:
             shutil.copy2(plan.folder / name, link)
-    card.replace(staging / "README.md")
-    files = {**plan.files, "README.md": (staging / "README.md").stat().st_size}
+    card.replace(staging / MODEL_CARD_FILE)
+    files = {**plan.files, "README.md": (staging / MODEL_CARD_FILE).stat().st_size}
     return UploadPlan(staging, dict(sorted(files.items())), plan.left_out)
 
 
@@ -603,10 +516,10 @@ def push_to_hub(output_dir: str | Path, repo_id: str, args: PushArguments | None
         card_change = prepare_model_card(folder, card, None if args.as_gpt2 else repo_id)
         if card_change:
             print(card_change)
-        check_model_card(card, shown=folder / "README.md")
+        check_model_card(card, shown=folder / MODEL_CARD_FILE)
         if args.as_gpt2:
             plan = plan_upload(_stage_gpt2(folder, plan, staging / "gpt2", repo_id, card), remote_code=False)
-            check_model_card(plan.folder / "README.md", remote_code=False)
+            check_model_card(plan.folder / MODEL_CARD_FILE, remote_code=False)
         else:
             plan = _stage_files(plan, staging / "upload", card)
         shown = f"the gpt2 export of {folder}" if args.as_gpt2 else folder

@@ -21,6 +21,7 @@ from huggingface_hub import EvalResult, ModelCard, ModelCardData
 from safetensors import safe_open
 
 from .eval_tasks import task_names
+from .outputs import CONFIG_FILE, METRICS_FILE, MODEL_CARD_FILE, TRAINING_INFO_FILE
 from .plots import PLOTS, TASKS_PLOT
 
 # Corpus names that are bundled with pg-gpt2 rather than Hub datasets.
@@ -79,9 +80,9 @@ def _table(rows: list[tuple[str, Any]]) -> str:
 def build_model_card(output_dir: str | Path, *, repo_id: str | None = None, **info: Any) -> ModelCard:
     """Build (without writing) the card of a trained folder; see [`write_model_card`]."""
     folder = Path(output_dir)
-    config = _read_json(folder / "config.json")
-    metrics = _read_json(folder / "metrics.json")
-    training = {**_read_json(folder / "training_info.json"), **info}
+    config = _read_json(folder / CONFIG_FILE)
+    metrics = _read_json(folder / METRICS_FILE)
+    training = {**_read_json(folder / TRAINING_INFO_FILE), **info}
     corpus = training.get("corpus") or {}
     corpus_text, hub_dataset = _corpus_description(corpus)
     dataset_label = corpus.get("dataset_name") or "custom"
@@ -272,7 +273,7 @@ def write_model_card(output_dir: str | Path, *, repo_id: str | None = None, **in
     `model-index` with the validation perplexity, bits per byte and accuracy from `metrics.json`, and the
     zero-shot multiple-choice accuracies of `run_clm.py --eval_tasks`.
     """
-    path = Path(output_dir) / "README.md"
+    path = Path(output_dir) / MODEL_CARD_FILE
     build_model_card(output_dir, repo_id=repo_id, **info).save(path)
     return path
 

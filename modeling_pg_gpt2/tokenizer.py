@@ -51,7 +51,7 @@ from transformers import AutoTokenizer, GPT2Tokenizer, PreTrainedTokenizerBase
 
 from .cli import UserError, check_output_dir, first_line
 from .corpus import CorpusArguments, corpus_bytes, load_corpus
-from .hub import check_pretrained_source
+from .sources import check_pretrained_source
 
 EOS_TOKEN = "<|endoftext|>"
 BYTE_ALPHABET_SIZE = 256

@@ -70,12 +70,12 @@ from .configuration_pg_gpt2 import PRESETS, PgGPT2Config
 from .corpus import CorpusArguments, load_corpus
 from .eval_tasks import EvalTasksCallback
 from .modeling_pg_gpt2 import PgGPT2ForCausalLM
+from .outputs import METRICS_FILE, TRAINING_INFO_FILE
+from .sources import check_pretrained_source
 
 logger = logging.getLogger(__name__)
 
 IGNORE_INDEX = -100
-METRICS_FILE = "metrics.json"
-TRAINING_INFO_FILE = "training_info.json"
 # Held (flock) by the run writing to the folder; records its pid and host for whoever finds it taken.
 LOCK_FILE = ".run.lock"
 LM_METRICS_PATH = Path(__file__).parent / "metrics" / "lm_metrics.py"
@@ -539,6 +539,7 @@ def build_model(model_args: ModelArguments, tokenizer: PreTrainedTokenizerBase) 
     if model_args.config_name:
         raise UserError("pass either --model_name_or_path (continue a checkpoint) or --config_name (from scratch).")
     hub = {"cache_dir": model_args.cache_dir, "revision": model_args.model_revision, "token": model_args.token}
+    check_pretrained_source(name, "model", model_args.model_revision, model_args.token, model_args.cache_dir)
     try:
         config = AutoConfig.from_pretrained(name, **hub)
     except (OSError, ValueError) as err:
@@ -693,7 +694,7 @@ def preprocess_logits_for_metrics(logits: torch.Tensor | tuple, labels: torch.Te
     return logits.argmax(dim=-1), nll
 
 
-class LMMetrics:
+class ComputeLMMetrics:
     """`compute_metrics` for the Trainer: the repository's `evaluate` module over the reduced logits.
 
     It reports `loss` (mean NLL per predicted token), `perplexity` = exp(loss), next-token `accuracy`
@@ -1006,7 +1007,7 @@ def _train(
         eval_dataset=datasets["validation"] if training_args.do_eval else None,
         processing_class=tokenizer,
         data_collator=default_data_collator,
-        compute_metrics=LMMetrics(tokenizer) if training_args.do_eval else None,
+        compute_metrics=ComputeLMMetrics(tokenizer) if training_args.do_eval else None,
         preprocess_logits_for_metrics=preprocess_logits_for_metrics if training_args.do_eval else None,
         callbacks=callbacks,
     )
@@ -1198,7 +1199,7 @@ __all__ = [
     "DataTrainingArguments",
     "DivergenceCallback",
     "InterruptCallback",
-    "LMMetrics",
+    "ComputeLMMetrics",
     "ModelArguments",
     "asks_for_more",
     "checkpoint_problem",
