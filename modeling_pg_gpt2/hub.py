@@ -302,58 +302,8 @@ def gpt2_model_card(card_path: Path, destination: Path, repo_id: str) -> None:
 
 # -- validation in a clean process ---------------------------------------------------------------------------
 
-# Runs with `python -I` from an empty directory. `sys.modules[...] = None` makes `import modeling_pg_gpt2`
-# fail even where the package is installed, so the model can only come from the folder's own files.
-_VALIDATE = r"""
-import json, sys
-sys.modules["modeling_pg_gpt2"] = None
-folder, expect_remote = sys.argv[1], sys.argv[2] == "remote"
-
-def done(**report):
-    print("PG_GPT2_VALIDATION " + json.dumps(report))
-    sys.exit(0)
-
-def first_line(err):
-    lines = [line for line in str(err).splitlines() if line.strip()]
-    return f"{type(err).__name__}: {lines[0] if lines else ''}"
-
-import torch
-from transformers import AutoModelForCausalLM, AutoTokenizer
-
-try:
-    tokenizer = AutoTokenizer.from_pretrained(folder, trust_remote_code=True)
-except Exception as err:
-    done(error=f"the tokenizer does not load ({first_line(err)})")
-try:
-    model = AutoModelForCausalLM.from_pretrained(folder, trust_remote_code=True).eval()
-except Exception as err:
-    done(error=f"the model does not load with trust_remote_code=True ({first_line(err)})")
-
-module = type(model).__module__
-if expect_remote and not module.startswith("transformers_modules"):
-    done(error=f"the model class comes from {module}, not from the folder's remote code")
-vocab_size, rows = model.config.vocab_size, model.get_input_embeddings().weight.shape[0]
-if rows != vocab_size:
-    done(error=f"the embedding has {rows} rows but config.vocab_size is {vocab_size}")
-if len(tokenizer) > vocab_size:
-    done(error=f"the tokenizer has {len(tokenizer)} tokens but the model only {vocab_size} (config.vocab_size)")
-
-ids = tokenizer("The", return_tensors="pt").input_ids
-if ids.shape[1] == 0:
-    start = tokenizer.bos_token_id if tokenizer.bos_token_id is not None else tokenizer.eos_token_id
-    ids = torch.tensor([[start if start is not None else 0]])
-try:
-    with torch.no_grad():
-        logits = model(ids).logits
-        out = model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=4, do_sample=False,
-                             pad_token_id=tokenizer.pad_token_id or tokenizer.eos_token_id or 0)
-except Exception as err:
-    done(error=f"generation fails ({first_line(err)})")
-if not torch.isfinite(logits).all():
-    done(error="the model outputs NaN or infinite logits")
-done(model_class=f"{module}.{type(model).__name__}", vocab_size=vocab_size, tokenizer_size=len(tokenizer),
-     sample=tokenizer.decode(out[0]))
-"""
+# The check itself, a script run by path (`python -I`): see its docstring.
+VALIDATE_SCRIPT = Path(__file__).with_name("validate_folder.py")
 
 
 def validate_folder(
@@ -373,7 +323,7 @@ def validate_folder(
     with tempfile.TemporaryDirectory(prefix="pg_gpt2_validate_") as tmp:
         env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_MODULES_CACHE": os.path.join(tmp, "modules")}
         env.update(TRANSFORMERS_VERBOSITY="error", TOKENIZERS_PARALLELISM="false")
-        command = [python, "-I", "-c", _VALIDATE, str(folder.resolve()), "remote" if remote_code else "native"]
+        command = [python, "-I", str(VALIDATE_SCRIPT), str(folder.resolve()), "remote" if remote_code else "native"]
         try:
             proc = subprocess.run(
                 command, cwd=tmp, env=env, capture_output=True, text=True, timeout=VALIDATION_TIMEOUT_S
