@@ -24,7 +24,6 @@ import fnmatch
 import glob
 import json
 import os
-import re
 import shutil
 import subprocess
 import sys
@@ -35,6 +34,7 @@ from pathlib import Path
 from typing import Any
 
 from .cli import UserError, first_line
+from .model_card import check_model_card, gpt2_model_card, prepare_model_card
 from .outputs import CONFIG_FILE, MODEL_CARD_FILE, MODEL_FILES, REPORT_PATTERNS, TOKENIZER_FILES, WEIGHT_PATTERNS
 
 VALIDATION_TIMEOUT_S = 1800
@@ -194,110 +194,6 @@ def plan_upload(folder: Path, include: list[str] | tuple[str, ...] = (), remote_
             continue
         left_out[rel] = _tree_size(entry)
     return UploadPlan(folder, dict(sorted(files.items())), left_out)
-
-
-# -- model card ----------------------------------------------------------------------------------------------
-
-
-def check_model_card(path: Path, remote_code: bool = True, shown: Path | None = None) -> None:
-    """Refuse a model card whose metadata the Hub would not use to show and run the model.
-
-    `shown` is the path messages name (the user's card, when `path` is the copy prepared for upload).
-    It must parse (YAML front matter, read with huggingface_hub's `ModelCard`) and declare
-    `library_name: transformers`, `pipeline_tag: text-generation`, a license, the dataset, the tag
-    `custom_code` (for a remote-code model) and a model-index with the evaluation perplexity.
-    """
-    from huggingface_hub import ModelCard
-
-    shown = shown or path
-    try:
-        data = ModelCard.load(path).data
-    except Exception as err:  # ModelCard raises ValueError/YAMLError/KeyError for broken metadata
-        raise UserError(f"the model card {shown} has unreadable metadata: {first_line(err)}") from None
-    problems = []
-    if data.library_name != "transformers":
-        problems.append(f"library_name is {data.library_name!r}, not 'transformers'")
-    if data.pipeline_tag != "text-generation":
-        problems.append(f"pipeline_tag is {data.pipeline_tag!r}, not 'text-generation'")
-    if not data.license:
-        problems.append("no license")
-    if not data.datasets and not any(r.dataset_type for r in data.eval_results or []):
-        problems.append("no dataset (neither `datasets` nor a model-index result names one)")
-    if remote_code and "custom_code" not in (data.tags or []):
-        problems.append("the tags lack 'custom_code'")
-    if not any("perplexity" in (r.metric_type or "").lower() for r in data.eval_results or []):
-        problems.append("no model-index result with the eval perplexity")
-    if problems:
-        raise UserError(
-            f"the model card {shown} is incomplete: {'; '.join(problems)} "
-            "(rewrite it with `modeling_pg_gpt2.model_card.write_model_card(folder)` or edit its metadata)"
-        )
-
-
-# A model reference in a usage snippet: `model="..."` or `.from_pretrained("..."`.
-_SNIPPET_MODEL = re.compile(r"""(model=|from_pretrained\()(\s*)(["'])[^"'\n]+\3""")
-_CODE_BLOCK = re.compile(r"```python\n.*?```", re.DOTALL)
-
-
-def name_repo_in_snippets(text: str, repo_id: str) -> str:
-    """Point the model references in a card's ```python blocks at `repo_id`.
-
-    `model="..."` and `.from_pretrained("..."` change; the rest of the card is left as it is.
-    """
-
-    def point_at_repo(block: re.Match[str]) -> str:
-        return _SNIPPET_MODEL.sub(lambda m: f"{m[1]}{m[2]}{m[3]}{repo_id}{m[3]}", block[0])
-
-    return _CODE_BLOCK.sub(point_at_repo, text)
-
-
-def prepare_model_card(folder: Path, destination: Path, repo_id: str | None) -> str | None:
-    """Write the card to publish to `destination`: the folder's own card with its usage snippets loading
-    `repo_id` (when given), or a card written from the folder's files when it has none.
-
-    The folder itself is never changed (a dry run or a refused push leaves it as it was); only the model
-    references inside ```python blocks change, so edits to the card are kept. Returns what was done, or
-    None when the card is published as it is.
-    """
-    source = folder / MODEL_CARD_FILE
-    destination.parent.mkdir(parents=True, exist_ok=True)
-    if not source.is_file():
-        from .model_card import build_model_card
-
-        build_model_card(folder, repo_id=repo_id).save(destination)
-        return f"{folder} has no model card (README.md): publishing one written from its metrics and training info"
-    text = source.read_text(encoding="utf-8")
-    updated = text if repo_id is None else name_repo_in_snippets(text, repo_id)
-    destination.write_text(updated, encoding="utf-8")
-    if updated == text:
-        return None
-    return f"the published model card's usage snippets load {repo_id} ({source} is left as it is)"
-
-
-_REMOTE_CODE_SENTENCE = re.compile(r"[^.\n]*trust_remote_code[^.\n]*\.")
-
-
-def gpt2_model_card(card_path: Path, destination: Path, repo_id: str) -> None:
-    """The card of the native `gpt2` variant, loading `repo_id`: no `custom_code` tag, no `trust_remote_code`."""
-    from huggingface_hub import ModelCard
-
-    card = ModelCard.load(card_path)
-    card.data.tags = [tag for tag in card.data.tags or [] if tag != "custom_code"]
-    parts = re.split(r"(```.*?```)", card.text, flags=re.DOTALL)  # odd indices: code blocks
-    for i, part in enumerate(parts):
-        if i % 2:
-            parts[i] = re.sub(r",?\s*trust_remote_code=True,?", lambda m: "," if m[0].endswith(",") else "", part)
-        else:
-            parts[i] = _REMOTE_CODE_SENTENCE.sub("", part)
-    note = (
-        "This repository holds the model converted to transformers' native GPT-2 format "
-        "(`GPT2LMHeadModel`): it loads without `trust_remote_code`."
-    )
-    text = name_repo_in_snippets("".join(parts), repo_id)
-    title = re.search(r"^# .*$", text, flags=re.MULTILINE)
-    at = title.end() if title else 0
-    card.text = f"{text[:at]}\n\n{note}{text[at:]}"
-    card.save(destination)
 
 
 # -- validation in a clean process ---------------------------------------------------------------------------
