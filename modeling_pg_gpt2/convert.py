@@ -483,6 +483,9 @@ __all__ = [
 
 
 if __name__ == "__main__":  # `python -m modeling_pg_gpt2.convert`: the command lives with the others
+    import sys
+
     from modeling_pg_gpt2.commands import convert
 
+    sys.argv[0] = "python -m modeling_pg_gpt2.convert"  # what --help and usage errors name
     convert()

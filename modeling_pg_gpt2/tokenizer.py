@@ -240,7 +240,7 @@ def check_tokenizer(tokenizer: PreTrainedTokenizerBase, name: str) -> None:
 def load_tokenizer(name_or_path: str | os.PathLike, **kwargs: Any) -> PreTrainedTokenizerBase:
     """`AutoTokenizer.from_pretrained(name_or_path, **kwargs)`, refusing with a `UserError` what is not a tokenizer.
 
-    A missing folder or Hub repository is said at once (`hub.check_pretrained_source`); a local folder must
+    A missing folder or Hub repository is said at once (`sources.check_pretrained_source`); a local folder must
     hold `tokenizer.json` (or `vocab.json` and `merges.txt`); the tokenizer loaded must pass
     `check_tokenizer`. `revision`, `token` and `cache_dir` in `kwargs` also apply to the Hub lookup.
     """

@@ -31,9 +31,9 @@ import torch
 from safetensors.torch import load_file
 from test_run_clm import ENV, ROOT, write_corpus
 
+from modeling_pg_gpt2.checkpoints import LOCK_FILE, checkpoint_problem
 from modeling_pg_gpt2.corpus import CorpusArguments
 from modeling_pg_gpt2.tokenizer import TokenizerArguments, train_tokenizer
-from modeling_pg_gpt2.training import LOCK_FILE, checkpoint_problem
 
 pytestmark = pytest.mark.slow
 
