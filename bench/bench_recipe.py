@@ -79,19 +79,13 @@ def train_baseline(argv: list[str], minutes: float, result_file: Path) -> None:
     from transformers import GPT2LMHeadModel, Trainer, TrainingArguments, default_data_collator, set_seed
 
     from modeling_pg_gpt2.arguments import make_parser, parse_arguments
+    from modeling_pg_gpt2.callbacks import TimeLimitCallback
     from modeling_pg_gpt2.convert import pg_config_to_gpt2, pg_state_dict_to_gpt2
     from modeling_pg_gpt2.corpus import CorpusArguments
-    from modeling_pg_gpt2.training import (
-        CLMTrainingArguments,
-        DataTrainingArguments,
-        LMMetrics,
-        ModelArguments,
-        TimeLimitCallback,
-        build_model,
-        load_tokenizer,
-        prepare_datasets,
-        preprocess_logits_for_metrics,
-    )
+    from modeling_pg_gpt2.data import DataTrainingArguments, prepare_datasets
+    from modeling_pg_gpt2.eval_metrics import ComputeLMMetrics, preprocess_logits_for_metrics
+    from modeling_pg_gpt2.model_init import ModelArguments, build_model, load_tokenizer
+    from modeling_pg_gpt2.training import CLMTrainingArguments
 
     transformers.logging.set_verbosity_error()
     parser = make_parser((ModelArguments, CorpusArguments, DataTrainingArguments, CLMTrainingArguments))
@@ -116,7 +110,7 @@ def train_baseline(argv: list[str], minutes: float, result_file: Path) -> None:
         train_dataset=datasets["train"],
         eval_dataset=datasets["validation"],
         data_collator=default_data_collator,
-        compute_metrics=LMMetrics(tokenizer),
+        compute_metrics=ComputeLMMetrics(tokenizer),
         preprocess_logits_for_metrics=preprocess_logits_for_metrics,
         callbacks=[TimeLimitCallback(minutes)],
     )

@@ -7,11 +7,12 @@ training), 2 bad input, 130 interrupted with Ctrl-C.
 from __future__ import annotations
 
 import errno
+import functools
 import os
 import shutil
 import sys
 import tempfile
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import TypeVar
 
@@ -61,6 +62,20 @@ def run_cli(main: Callable[[], T]) -> T:
         raise SystemExit(CommandError.exit_code) from None
 
 
+def command(main: Callable[[Sequence[str] | None], object]) -> Callable[[Sequence[str] | None], None]:
+    """Make `main(argv)` a console-script entry point: it runs under `run_cli` and returns nothing.
+
+    `[project.scripts]` and the top-level scripts call the result with no argument (`sys.argv[1:]`); a
+    test passes `argv`. Returning `None` matters: a console script exits with what its function returns.
+    """
+
+    @functools.wraps(main)
+    def entry_point(argv: Sequence[str] | None = None) -> None:
+        run_cli(lambda: main(argv))
+
+    return entry_point
+
+
 def disk_full_message(target: str | os.PathLike, resume_from: str | os.PathLike | None = None) -> str:
     """The one line for a write to `target` that failed on a full disk; `resume_from` is what a re-run resumes."""
     then = f" to resume from {resume_from}" if resume_from else ""
@@ -87,19 +102,26 @@ def is_disk_full(err: BaseException, folder: str | os.PathLike) -> bool:
         return shutil.disk_usage(path).free < FULL_DISK_BYTES
     except OSError:
         return False
-        raise SystemExit(2) from None
 
 
-def first_line(err: BaseException) -> str:
+def first_line(err: BaseException, named: bool = False) -> str:
     """The first non-blank line of `err`'s message, or its class name when the message is empty.
 
     Library exceptions often carry several lines (a hint, a traceback excerpt); a `UserError` quotes
     only the first. An exception raised without a message (`ValueError()`) still says what it was.
+    `named=True` puts the class name first (`ConnectError: ...`), for errors whose message alone is vague.
     """
+    name = type(err).__name__
     for line in str(err).splitlines():
         if line.strip():
-            return line.strip()
-    return type(err).__name__
+            return f"{name}: {line.strip()}" if named else line.strip()
+    return name
+
+
+def few(names: Sequence[str], limit: int = 3) -> str:
+    """At most `limit` of `names` for a one-line message: `a, b, c and 4 more`."""
+    shown = ", ".join(names[:limit])
+    return f"{shown} and {len(names) - limit} more" if len(names) > limit else shown
 
 
 def check_output_dir(
@@ -134,9 +156,8 @@ def check_output_dir(
     ignored = set(ignore)
     others = sorted(p.name for p in out.iterdir() if p.name not in ignored and not (allowed and allowed(p)))
     if others:
-        shown = ", ".join(others[:3]) + (", ..." if len(others) > 3 else "")
         raise UserError(
-            f"{flag} {out} is not empty (holds {shown}); choose another folder or pass {overwrite_flag} "
+            f"{flag} {out} is not empty (holds {few(others)}); choose another folder or pass {overwrite_flag} "
             "to write there anyway"
         )
     return out
@@ -147,7 +168,9 @@ __all__ = [
     "Interrupted",
     "UserError",
     "check_output_dir",
+    "command",
     "disk_full_message",
+    "few",
     "first_line",
     "is_disk_full",
     "run_cli",

@@ -29,13 +29,12 @@ Python:
 
 from __future__ import annotations
 
-import argparse
 import json
 import pickle
 import re
 import shutil
 import tempfile
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from pathlib import Path
 
 import torch
@@ -49,10 +48,10 @@ from transformers import (
     PreTrainedModel,
 )
 
-from .cli import CommandError, UserError, disk_full_message, first_line, is_disk_full, run_cli
+from .cli import CommandError, UserError, check_output_dir, disk_full_message, few, first_line, is_disk_full
 from .configuration_pg_gpt2 import PgGPT2Config
-from .hub import TOKENIZER_FILES
 from .modeling_pg_gpt2 import PgGPT2ForCausalLM, PgGPT2Model
+from .outputs import CONFIG_FILE, SIDE_FILES, TOKENIZER_FILES, WEIGHTS_FILES
 
 # Weights GPT-2 keeps as Conv1D (in, out): transposed on the way between the formats.
 CONV1D_WEIGHTS = ("attn.c_attn.weight", "attn.c_proj.weight", "mlp.c_fc.weight", "mlp.c_proj.weight")
@@ -77,15 +76,6 @@ CONFIG_FIELDS = (
     "pad_token_id",
     "tie_word_embeddings",
     "use_cache",
-)
-# Files copied from SRC to DST unchanged, when present.
-SIDE_FILES = (*TOKENIZER_FILES, "generation_config.json")
-# Where the weights may be, in order of preference.
-WEIGHTS_FILES = (
-    "model.safetensors",
-    "model.safetensors.index.json",
-    "pytorch_model.bin",
-    "pytorch_model.bin.index.json",
 )
 
 
@@ -162,10 +152,10 @@ def _check_weights(
         body = {**body, "lm_head.weight": lm_head} if lm_head is not None else body
     unexpected = sorted(set(body) - set(expected), key=_natural)
     if unexpected:
-        raise UserError(f"the checkpoint has weights that are not part of a GPT-2 language model: {_few(unexpected)}")
+        raise UserError(f"the checkpoint has weights that are not part of a GPT-2 language model: {few(unexpected)}")
     missing = sorted(set(expected) - set(body), key=_natural)
     if missing:
-        raise UserError(f"the checkpoint lacks weights its config.json implies: {_few(missing)}")
+        raise UserError(f"the checkpoint lacks weights its config.json implies: {few(missing)}")
     for name, shape in expected.items():
         if tuple(body[name].shape) != shape:
             raise UserError(
@@ -207,16 +197,6 @@ def _natural(name: str) -> list[int | str]:
     return [int(part) if part.isdigit() else part for part in re.split(r"(\d+)", name)]
 
 
-def _first_line(err: BaseException) -> str:
-    message = first_line(err)
-    return message if message == type(err).__name__ else f"{type(err).__name__}: {message}"
-
-
-def _few(names: Sequence[str], limit: int = 3) -> str:
-    shown = ", ".join(names[:limit])
-    return f"{shown} and {len(names) - limit} more" if len(names) > limit else shown
-
-
 # -- reading checkpoints -------------------------------------------------------------------------------------
 
 
@@ -254,7 +234,7 @@ def resolve_checkpoint(
     hub = {"revision": revision, "cache_dir": cache_dir, "token": token}
     try:
         # One weights format only: the safetensors files, else the PyTorch pickles.
-        patterns = [*SIDE_FILES, "config.json", "model*.safetensors*"]
+        patterns = [*SIDE_FILES, CONFIG_FILE, "model*.safetensors*"]
         folder = Path(snapshot_download(repo_id, allow_patterns=patterns, **hub))
         if _weights_file(folder) is None:
             folder = Path(snapshot_download(repo_id, allow_patterns=["pytorch_model*.bin*"], **hub))
@@ -270,13 +250,13 @@ def resolve_checkpoint(
         raise UserError(f"the Hub repository {repo_id} has no revision {revision!r}") from None
     except LocalEntryNotFoundError as err:
         cause = err.__cause__
-        reason = "HF_HUB_OFFLINE is set" if constants.HF_HUB_OFFLINE else _first_line(cause or err)
+        reason = "HF_HUB_OFFLINE is set" if constants.HF_HUB_OFFLINE else first_line(cause or err, named=True)
         raise UserError(
             f"{src!r} is not a local folder, and the Hugging Face Hub is unreachable ({reason}) and has no cached "
             f"copy{at}; download it where the Hub is reachable and pass the local folder"
         ) from None
     except HfHubHTTPError as err:
-        raise UserError(f"downloading {repo_id}{at} from the Hub failed: {_first_line(err)}") from None
+        raise UserError(f"downloading {repo_id}{at} from the Hub failed: {first_line(err, named=True)}") from None
     return folder
 
 
@@ -295,7 +275,7 @@ def read_state_dict(folder: str | Path) -> dict[str, torch.Tensor]:
         present = sorted(p.name for p in folder.iterdir())
         raise UserError(
             f"no weights in {folder}: expected model.safetensors or pytorch_model.bin "
-            f"(found: {_few(present, 6) if present else 'nothing'})"
+            f"(found: {few(present, 6) if present else 'nothing'})"
         )
     if path.name.endswith(".index.json"):
         try:
@@ -319,13 +299,13 @@ def read_state_dict(folder: str | Path) -> dict[str, torch.Tensor]:
             else:
                 state_dict.update(torch.load(file, map_location="cpu", weights_only=True))
         except (SafetensorError, OSError, RuntimeError, ValueError, EOFError, pickle.UnpicklingError) as err:
-            raise UserError(f"cannot read {file}: {_first_line(err)}") from None
+            raise UserError(f"cannot read {file}: {first_line(err, named=True)}") from None
     return state_dict
 
 
-def _read_config(folder: Path, model_type: str, config_class: type[PreTrainedConfig]) -> PreTrainedConfig:
+def _load_config(folder: Path, model_type: str, config_class: type[PreTrainedConfig]) -> PreTrainedConfig:
     """config.json of `folder` as `config_class`, after checking it describes a `model_type` model."""
-    path = folder / "config.json"
+    path = folder / CONFIG_FILE
     if not path.is_file():
         raise UserError(f"{folder} has no config.json: it is not a transformers checkpoint")
     try:
@@ -366,7 +346,7 @@ def convert_gpt2_checkpoint(
     pg_gpt2 can represent.
     """
     folder = resolve_checkpoint(src, revision, cache_dir, token)
-    config = gpt2_config_to_pg(_read_config(folder, "gpt2", GPT2Config))
+    config = gpt2_config_to_pg(_load_config(folder, "gpt2", GPT2Config))
     return _build(PgGPT2ForCausalLM, config, gpt2_state_dict_to_pg(read_state_dict(folder), config))
 
 
@@ -388,7 +368,7 @@ def convert_pg_checkpoint(
     A language model becomes `GPT2LMHeadModel`; a task head its GPT-2 class (see GPT2_HEADS), labels included.
     """
     folder = resolve_checkpoint(src, revision, cache_dir, token)
-    config = _read_config(folder, "pg_gpt2", PgGPT2Config)
+    config = _load_config(folder, "pg_gpt2", PgGPT2Config)
     state_dict = read_state_dict(folder)
     head = {name: state_dict.pop(name) for name in list(state_dict) if name.split(".")[0] in GPT2_HEADS}
     _check_weights(*_split_state_dict(state_dict), config, gpt2_layout=False)
@@ -402,13 +382,6 @@ def convert_pg_checkpoint(
 
 
 # -- writing checkpoints -------------------------------------------------------------------------------------
-
-
-def _check_destination(dst: Path, overwrite: bool) -> None:
-    if dst.exists() and not dst.is_dir():
-        raise UserError(f"{dst} is a file; DST must be a folder")
-    if dst.is_dir() and any(dst.iterdir()) and not overwrite:
-        raise UserError(f"{dst} is not empty; choose another folder or pass --overwrite to replace it")
 
 
 def _check_tokenizer(folder: Path) -> None:
@@ -466,7 +439,7 @@ def convert_gpt2_to_pg(
     replaced with `overwrite=True`.
     """
     dst = Path(dst)
-    _check_destination(dst, overwrite)
+    check_output_dir(dst, flag="DST", overwrite_flag=None if overwrite else "--overwrite")
     folder = resolve_checkpoint(src, revision, cache_dir, token)
     _check_not_source(dst, folder)
     _check_tokenizer(folder)
@@ -488,55 +461,11 @@ def convert_pg_to_gpt2(
     non-empty `dst` is only replaced with `overwrite=True`.
     """
     dst = Path(dst)
-    _check_destination(dst, overwrite)
+    check_output_dir(dst, flag="DST", overwrite_flag=None if overwrite else "--overwrite")
     folder = resolve_checkpoint(src, revision, cache_dir, token)
     _check_not_source(dst, folder)
     _check_tokenizer(folder)
     return _write(convert_pg_checkpoint(folder), folder, dst, overwrite)
-
-
-# -- command line --------------------------------------------------------------------------------------------
-
-
-def main(argv: Sequence[str] | None = None) -> Path:
-    """`python -m modeling_pg_gpt2.convert SRC DST [--to gpt2] [--overwrite] [--revision REV]`."""
-    parser = argparse.ArgumentParser(
-        prog="python -m modeling_pg_gpt2.convert",
-        description="Convert between transformers' GPT-2 checkpoints and pg_gpt2 (same weights, same logits).",
-    )
-    parser.add_argument(
-        "src", help="checkpoint folder or Hub model id: GPT-2 (e.g. openai-community/gpt2), or pg_gpt2 with --to gpt2"
-    )
-    parser.add_argument("dst", help="output folder (a .gguf file with --to gguf); must be empty unless --overwrite")
-    parser.add_argument(
-        "--to",
-        choices=("pg_gpt2", "gpt2", "onnx", "gguf"),
-        default="pg_gpt2",
-        help="pg_gpt2 (default): GPT-2 -> pg_gpt2; gpt2: pg_gpt2 -> native GPT-2, loadable without remote code; "
-        "onnx: an ONNX Runtime folder (export_onnx.py); gguf: a llama.cpp file (export_gguf.py)",
-    )
-    parser.add_argument("--dtype", help="onnx: float32 (default) or float16; gguf: f32, f16 (default) or q8_0")
-    parser.add_argument("--revision", help="branch, tag or commit of a Hub SRC")
-    parser.add_argument("--overwrite", action="store_true", help="replace DST if it is not empty")
-    args = parser.parse_args(argv)
-
-    if args.to in ("onnx", "gguf"):
-        from .export import export_main
-
-        return export_main(args)
-    if args.dtype is not None:
-        parser.error("--dtype applies to --to onnx and --to gguf only")
-    convert = convert_pg_to_gpt2 if args.to == "gpt2" else convert_gpt2_to_pg
-    dst = convert(args.src, args.dst, overwrite=args.overwrite, revision=args.revision)
-    if args.to == "gpt2":
-        architecture = json.loads((dst / "config.json").read_text())["architectures"][0]  # or a task head's class
-        print(f"wrote a GPT-2 checkpoint to {dst}; load it with {architecture}.from_pretrained({str(dst)!r})")
-    else:
-        print(
-            f"wrote a pg_gpt2 checkpoint to {dst}; load it with "
-            f"AutoModelForCausalLM.from_pretrained({str(dst)!r}, trust_remote_code=True)"
-        )
-    return dst
 
 
 __all__ = [
@@ -553,5 +482,10 @@ __all__ = [
 ]
 
 
-if __name__ == "__main__":
-    run_cli(main)
+if __name__ == "__main__":  # `python -m modeling_pg_gpt2.convert`: the command lives with the others
+    import sys
+
+    from modeling_pg_gpt2.commands import convert
+
+    sys.argv[0] = "python -m modeling_pg_gpt2.convert"  # what --help and usage errors name
+    convert()

@@ -8,7 +8,6 @@ DST behind (nor destroys the one it was asked to replace before the new one is r
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import json
 import os
@@ -19,7 +18,6 @@ from pathlib import Path
 
 from .cli import UserError
 from .convert import (
-    SIDE_FILES,
     _check_not_source,
     convert_gpt2_checkpoint,
     convert_pg_checkpoint,
@@ -28,6 +26,7 @@ from .convert import (
     resolve_checkpoint,
 )
 from .modeling_pg_gpt2 import PgGPT2ForCausalLM
+from .outputs import SIDE_FILES
 
 # The checkpoints the exports read: pg_gpt2's own, and transformers' GPT-2 (same function, other layout).
 SOURCE_TYPES = ("pg_gpt2", "gpt2")
@@ -122,26 +121,10 @@ def copy_side_files(folder: Path, target: Path) -> None:
             shutil.copyfile(folder / name, target / name)
 
 
-def export_main(args: argparse.Namespace) -> Path:
-    """`convert --to onnx|gguf`: run the export `args.to` names and say how to use the result."""
-    if args.to == "onnx":
-        from .export_onnx import export_onnx
-
-        dst = export_onnx(args.src, args.dst, args.dtype or "float32", args.overwrite, args.revision)
-        print(f"wrote an ONNX model to {dst}; decode with: python generate.py {dst} --backend onnxruntime")
-    else:
-        from .export_gguf import export_gguf
-
-        dst = export_gguf(args.src, args.dst, args.dtype or "f16", args.overwrite, args.revision)
-        print(f"wrote a GGUF model to {dst}; run it with llama.cpp: llama-completion -m {dst} -p 'Once upon a'")
-    return dst
-
-
 __all__ = [
     "SOURCE_TYPES",
     "check_destination",
     "copy_side_files",
-    "export_main",
     "load_source",
     "staged",
 ]

@@ -24,8 +24,8 @@ import torch
 from transformers import AutoModelForCausalLM, PreTrainedModel, TextStreamer, set_seed
 from transformers.utils import logging as hf_logging
 
-from .cli import UserError, first_line
-from .hub import check_pretrained_source
+from .cli import UserError, few, first_line
+from .sources import check_pretrained_source
 from .tokenizer import load_tokenizer
 
 logger = logging.getLogger(__name__)
@@ -163,9 +163,8 @@ def check_finite_weights(model: PreTrainedModel, model_name: str) -> None:
     """Refuse a model with NaN or infinite weights: it can only generate garbage (its training diverged)."""
     bad = [name for name, param in model.named_parameters() if not torch.isfinite(param).all()]
     if bad:
-        more = f" and {len(bad) - 1} more" if len(bad) > 1 else ""
         raise UserError(
-            f"the model {model_name!r} has NaN or infinite weights ({bad[0]}{more}): its training diverged; use an "
+            f"the model {model_name!r} has NaN or infinite weights ({few(bad, 1)}): its training diverged; use an "
             "earlier checkpoint or train again with a lower learning rate"
         )
 

@@ -24,7 +24,6 @@ import fnmatch
 import glob
 import json
 import os
-import re
 import shutil
 import subprocess
 import sys
@@ -35,21 +34,8 @@ from pathlib import Path
 from typing import Any
 
 from .cli import UserError, first_line
-
-WEIGHT_PATTERNS = ("*.safetensors", "*.safetensors.index.json")
-TOKENIZER_FILES = (
-    "tokenizer.json",
-    "tokenizer_config.json",
-    "special_tokens_map.json",
-    "added_tokens.json",
-    "vocab.json",
-    "merges.txt",
-    "chat_template.jinja",
-    "chat_template.json",
-)
-# Top-level files uploaded besides weights, tokenizer and remote code.
-MODEL_FILES = ("config.json", "generation_config.json")
-REPORT_PATTERNS = ("metrics.json", "*.png", "README.md")
+from .model_card import check_model_card, gpt2_model_card, prepare_model_card
+from .outputs import CONFIG_FILE, MODEL_CARD_FILE, MODEL_FILES, REPORT_PATTERNS, TOKENIZER_FILES, WEIGHT_PATTERNS
 
 VALIDATION_TIMEOUT_S = 1800
 
@@ -143,8 +129,9 @@ def remote_code_files(config: dict[str, Any], folder: Path | None = None) -> lis
     return sorted(files)
 
 
-def read_config(folder: Path) -> dict[str, Any]:
-    path = folder / "config.json"
+def read_config_json(folder: Path) -> dict[str, Any]:
+    """The raw `config.json` of a model folder, as a dict (a missing or broken file is a `UserError`)."""
+    path = folder / CONFIG_FILE
     if not path.is_file():
         raise UserError(f"{folder} has no config.json: pass the --output_dir of run_clm.py (a saved model folder)")
     try:
@@ -162,7 +149,7 @@ def plan_upload(folder: Path, include: list[str] | tuple[str, ...] = (), remote_
     """
     from .tokenizer import check_tokenizer_files
 
-    config = read_config(folder)
+    config = read_config_json(folder)
     top_level = {p.name for p in folder.iterdir() if p.is_file()}
     chosen = {name for name in top_level if any(fnmatch.fnmatch(name, p) for p in WEIGHT_PATTERNS)}
     if not any(name.endswith(".safetensors") for name in chosen):
@@ -209,164 +196,10 @@ def plan_upload(folder: Path, include: list[str] | tuple[str, ...] = (), remote_
     return UploadPlan(folder, dict(sorted(files.items())), left_out)
 
 
-# -- model card ----------------------------------------------------------------------------------------------
-
-
-def check_model_card(path: Path, remote_code: bool = True, shown: Path | None = None) -> None:
-    """Refuse a model card whose metadata the Hub would not use to show and run the model.
-
-    `shown` is the path messages name (the user's card, when `path` is the copy prepared for upload).
-    It must parse (YAML front matter, read with huggingface_hub's `ModelCard`) and declare
-    `library_name: transformers`, `pipeline_tag: text-generation`, a license, the dataset, the tag
-    `custom_code` (for a remote-code model) and a model-index with the evaluation perplexity.
-    """
-    from huggingface_hub import ModelCard
-
-    shown = shown or path
-    try:
-        data = ModelCard.load(path).data
-    except Exception as err:  # ModelCard raises ValueError/YAMLError/KeyError for broken metadata
-        raise UserError(f"the model card {shown} has unreadable metadata: {first_line(err)}") from None
-    problems = []
-    if data.library_name != "transformers":
-        problems.append(f"library_name is {data.library_name!r}, not 'transformers'")
-    if data.pipeline_tag != "text-generation":
-        problems.append(f"pipeline_tag is {data.pipeline_tag!r}, not 'text-generation'")
-    if not data.license:
-        problems.append("no license")
-    if not data.datasets and not any(r.dataset_type for r in data.eval_results or []):
-        problems.append("no dataset (neither `datasets` nor a model-index result names one)")
-    if remote_code and "custom_code" not in (data.tags or []):
-        problems.append("the tags lack 'custom_code'")
-    if not any("perplexity" in (r.metric_type or "").lower() for r in data.eval_results or []):
-        problems.append("no model-index result with the eval perplexity")
-    if problems:
-        raise UserError(
-            f"the model card {shown} is incomplete: {'; '.join(problems)} "
-            "(rewrite it with `modeling_pg_gpt2.model_card.write_model_card(folder)` or edit its metadata)"
-        )
-
-
-# A model reference in a usage snippet: `model="..."` or `.from_pretrained("..."`.
-_SNIPPET_MODEL = re.compile(r"""(model=|from_pretrained\()(\s*)(["'])[^"'\n]+\3""")
-_CODE_BLOCK = re.compile(r"```python\n.*?```", re.DOTALL)
-
-
-def name_repo_in_snippets(text: str, repo_id: str) -> str:
-    """Point the model references in a card's ```python blocks at `repo_id`.
-
-    `model="..."` and `.from_pretrained("..."` change; the rest of the card is left as it is.
-    """
-
-    def point_at_repo(block: re.Match[str]) -> str:
-        return _SNIPPET_MODEL.sub(lambda m: f"{m[1]}{m[2]}{m[3]}{repo_id}{m[3]}", block[0])
-
-    return _CODE_BLOCK.sub(point_at_repo, text)
-
-
-def prepare_model_card(folder: Path, destination: Path, repo_id: str | None) -> str | None:
-    """Write the card to publish to `destination`: the folder's own card with its usage snippets loading
-    `repo_id` (when given), or a card written from the folder's files when it has none.
-
-    The folder itself is never changed (a dry run or a refused push leaves it as it was); only the model
-    references inside ```python blocks change, so edits to the card are kept. Returns what was done, or
-    None when the card is published as it is.
-    """
-    source = folder / "README.md"
-    destination.parent.mkdir(parents=True, exist_ok=True)
-    if not source.is_file():
-        from .model_card import build_model_card
-
-        build_model_card(folder, repo_id=repo_id).save(destination)
-        return f"{folder} has no model card (README.md): publishing one written from its metrics and training info"
-    text = source.read_text(encoding="utf-8")
-    updated = text if repo_id is None else name_repo_in_snippets(text, repo_id)
-    destination.write_text(updated, encoding="utf-8")
-    if updated == text:
-        return None
-    return f"the published model card's usage snippets load {repo_id} ({source} is left as it is)"
-
-
-_REMOTE_CODE_SENTENCE = re.compile(r"[^.\n]*trust_remote_code[^.\n]*\.")
-
-
-def gpt2_model_card(card_path: Path, destination: Path, repo_id: str) -> None:
-    """The card of the native `gpt2` variant, loading `repo_id`: no `custom_code` tag, no `trust_remote_code`."""
-    from huggingface_hub import ModelCard
-
-    card = ModelCard.load(card_path)
-    card.data.tags = [tag for tag in card.data.tags or [] if tag != "custom_code"]
-    parts = re.split(r"(```.*?```)", card.text, flags=re.DOTALL)  # odd indices: code blocks
-    for i, part in enumerate(parts):
-        if i % 2:
-            parts[i] = re.sub(r",?\s*trust_remote_code=True,?", lambda m: "," if m[0].endswith(",") else "", part)
-        else:
-            parts[i] = _REMOTE_CODE_SENTENCE.sub("", part)
-    note = (
-        "This repository holds the model converted to transformers' native GPT-2 format "
-        "(`GPT2LMHeadModel`): it loads without `trust_remote_code`."
-    )
-    text = name_repo_in_snippets("".join(parts), repo_id)
-    title = re.search(r"^# .*$", text, flags=re.MULTILINE)
-    at = title.end() if title else 0
-    card.text = f"{text[:at]}\n\n{note}{text[at:]}"
-    card.save(destination)
-
-
 # -- validation in a clean process ---------------------------------------------------------------------------
 
-# Runs with `python -I` from an empty directory. `sys.modules[...] = None` makes `import modeling_pg_gpt2`
-# fail even where the package is installed, so the model can only come from the folder's own files.
-_VALIDATE = r"""
-import json, sys
-sys.modules["modeling_pg_gpt2"] = None
-folder, expect_remote = sys.argv[1], sys.argv[2] == "remote"
-
-def done(**report):
-    print("PG_GPT2_VALIDATION " + json.dumps(report))
-    sys.exit(0)
-
-def first_line(err):
-    lines = [line for line in str(err).splitlines() if line.strip()]
-    return f"{type(err).__name__}: {lines[0] if lines else ''}"
-
-import torch
-from transformers import AutoModelForCausalLM, AutoTokenizer
-
-try:
-    tokenizer = AutoTokenizer.from_pretrained(folder, trust_remote_code=True)
-except Exception as err:
-    done(error=f"the tokenizer does not load ({first_line(err)})")
-try:
-    model = AutoModelForCausalLM.from_pretrained(folder, trust_remote_code=True).eval()
-except Exception as err:
-    done(error=f"the model does not load with trust_remote_code=True ({first_line(err)})")
-
-module = type(model).__module__
-if expect_remote and not module.startswith("transformers_modules"):
-    done(error=f"the model class comes from {module}, not from the folder's remote code")
-vocab_size, rows = model.config.vocab_size, model.get_input_embeddings().weight.shape[0]
-if rows != vocab_size:
-    done(error=f"the embedding has {rows} rows but config.vocab_size is {vocab_size}")
-if len(tokenizer) > vocab_size:
-    done(error=f"the tokenizer has {len(tokenizer)} tokens but the model only {vocab_size} (config.vocab_size)")
-
-ids = tokenizer("The", return_tensors="pt").input_ids
-if ids.shape[1] == 0:
-    start = tokenizer.bos_token_id if tokenizer.bos_token_id is not None else tokenizer.eos_token_id
-    ids = torch.tensor([[start if start is not None else 0]])
-try:
-    with torch.no_grad():
-        logits = model(ids).logits
-        out = model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=4, do_sample=False,
-                             pad_token_id=tokenizer.pad_token_id or tokenizer.eos_token_id or 0)
-except Exception as err:
-    done(error=f"generation fails ({first_line(err)})")
-if not torch.isfinite(logits).all():
-    done(error="the model outputs NaN or infinite logits")
-done(model_class=f"{module}.{type(model).__name__}", vocab_size=vocab_size, tokenizer_size=len(tokenizer),
-     sample=tokenizer.decode(out[0]))
-"""
+# The check itself, a script run by path (`python -I`): see its docstring.
+VALIDATE_SCRIPT = Path(__file__).with_name("validate_folder.py")
 
 
 def validate_folder(
@@ -386,7 +219,7 @@ def validate_folder(
     with tempfile.TemporaryDirectory(prefix="pg_gpt2_validate_") as tmp:
         env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_MODULES_CACHE": os.path.join(tmp, "modules")}
         env.update(TRANSFORMERS_VERBOSITY="error", TOKENIZERS_PARALLELISM="false")
-        command = [python, "-I", "-c", _VALIDATE, str(folder.resolve()), "remote" if remote_code else "native"]
+        command = [python, "-I", str(VALIDATE_SCRIPT), str(folder.resolve()), "remote" if remote_code else "native"]
         try:
             proc = subprocess.run(
                 command, cwd=tmp, env=env, capture_output=True, text=True, timeout=VALIDATION_TIMEOUT_S
@@ -407,80 +240,6 @@ def validate_folder(
 
 
 # -- Hub -----------------------------------------------------------------------------------------------------
-
-
-# Files one of which a model or tokenizer repository already in the Hub cache holds.
-_CACHED_MARKERS = ("config.json", "tokenizer_config.json", "tokenizer.json")
-
-
-def looks_like_local_path(name: str) -> bool:
-    """Whether `name` reads as a path, not a Hub id: `./x`, `/x`, `~/x`, `a/b/c`, or `out/x` where `out/` exists."""
-    if name.startswith((".", "/", "~")) or name.count("/") > 1 or (os.sep != "/" and os.sep in name):
-        return True
-    head, sep, _ = name.partition("/")
-    return bool(sep) and Path(head).is_dir()
-
-
-def check_pretrained_source(
-    name: str | os.PathLike,
-    what: str = "model",
-    revision: str | None = None,
-    token: str | bool | None = None,
-    cache_dir: str | os.PathLike | None = None,
-) -> None:
-    """Refuse at once, with a `UserError`, a `from_pretrained` source that is neither a folder nor a Hub repository.
-
-    A missing local path (see `looks_like_local_path`) is "no such folder" without asking the Hub. A Hub
-    id that is not in the Hub cache (and with the Hub not switched off by `HF_HUB_OFFLINE`) is looked up
-    once: an unreachable Hub or a missing repository is said at once, where transformers would retry for
-    about a minute and then name neither cause.
-    """
-    name = os.fspath(name)
-    path = Path(name).expanduser()
-    if path.is_dir():
-        return
-    if path.exists():
-        raise UserError(f"{name} is a file; pass the {what} folder (or a Hub repository id)")
-    missing = f"no such folder: {name}"
-    if looks_like_local_path(name):
-        raise UserError(f"{missing}; pass an existing {what} folder (or a Hub id, as namespace/name)")
-
-    import httpx2
-    from huggingface_hub import HfApi, constants, try_to_load_from_cache
-    from huggingface_hub.errors import (
-        GatedRepoError,
-        HfHubHTTPError,
-        RepositoryNotFoundError,
-        RevisionNotFoundError,
-    )
-    from huggingface_hub.utils import HFValidationError, validate_repo_id
-
-    try:
-        validate_repo_id(name)
-    except HFValidationError:
-        raise UserError(f"{missing}; pass an existing {what} folder (or a Hub id, as namespace/name)") from None
-    cached = (try_to_load_from_cache(name, m, cache_dir=cache_dir, revision=revision) for m in _CACHED_MARKERS)
-    if constants.HF_HUB_OFFLINE or any(isinstance(found, str) for found in cached):
-        return  # from_pretrained reads the cache (or says that offline it cannot)
-    hub = constants.ENDPOINT
-    try:
-        HfApi(token=token).model_info(name, revision=revision, timeout=10)
-    except GatedRepoError:
-        raise UserError(f"{name} is a gated repository: accept its conditions, then `hf auth login`") from None
-    except RepositoryNotFoundError:
-        raise UserError(
-            f"{missing}, and {hub} has no repository {name} (or your token cannot see it); "
-            f"pass an existing {what} folder"
-        ) from None
-    except RevisionNotFoundError:
-        raise UserError(f"the Hub repository {name} has no revision {revision!r}") from None
-    except HfHubHTTPError as err:
-        raise UserError(f"{missing}, and the Hub at {hub} answered: {first_line(err)}") from None
-    except (httpx2.TransportError, OSError) as err:  # no network, DNS, connection refused, timeout
-        raise UserError(
-            f"{missing}, and the Hub at {hub} is unreachable ({first_line(err)}); pass an existing folder, "
-            "or set HF_HUB_OFFLINE=1 to use the models in the Hub cache"
-        ) from None
 
 
 def check_repo_id(repo_id: str) -> None:
@@ -545,10 +304,10 @@ def _stage_gpt2(folder: Path, plan: UploadPlan, staging: Path, repo_id: str, car
     convert_pg_to_gpt2(folder, staging)
     for name in plan.files:
         converted = name in MODEL_FILES or any(fnmatch.fnmatch(name, p) for p in WEIGHT_PATTERNS)
-        if converted or name.endswith(".py") or name == "README.md" or (staging / name).exists():
+        if converted or name.endswith(".py") or name == MODEL_CARD_FILE or (staging / name).exists():
             continue
         shutil.copy2(folder / name, staging / name)
-    gpt2_model_card(card, staging / "README.md", repo_id)
+    gpt2_model_card(card, staging / MODEL_CARD_FILE, repo_id)
     return staging
 
 
@@ -559,7 +318,7 @@ def _stage_files(plan: UploadPlan, staging: Path, card: Path) -> UploadPlan:
     reads through them.
     """
     for name in plan.files:
-        if name == "README.md":
+        if name == MODEL_CARD_FILE:
             continue
         link = staging / name
         link.parent.mkdir(parents=True, exist_ok=True)
@@ -567,8 +326,8 @@ def _stage_files(plan: UploadPlan, staging: Path, card: Path) -> UploadPlan:
             link.symlink_to((plan.folder / name).resolve())
         except OSError:
             shutil.copy2(plan.folder / name, link)
-    card.replace(staging / "README.md")
-    files = {**plan.files, "README.md": (staging / "README.md").stat().st_size}
+    card.replace(staging / MODEL_CARD_FILE)
+    files = {**plan.files, "README.md": (staging / MODEL_CARD_FILE).stat().st_size}
     return UploadPlan(staging, dict(sorted(files.items())), plan.left_out)
 
 
@@ -603,10 +362,10 @@ def push_to_hub(output_dir: str | Path, repo_id: str, args: PushArguments | None
         card_change = prepare_model_card(folder, card, None if args.as_gpt2 else repo_id)
         if card_change:
             print(card_change)
-        check_model_card(card, shown=folder / "README.md")
+        check_model_card(card, shown=folder / MODEL_CARD_FILE)
         if args.as_gpt2:
             plan = plan_upload(_stage_gpt2(folder, plan, staging / "gpt2", repo_id, card), remote_code=False)
-            check_model_card(plan.folder / "README.md", remote_code=False)
+            check_model_card(plan.folder / MODEL_CARD_FILE, remote_code=False)
         else:
             plan = _stage_files(plan, staging / "upload", card)
         shown = f"the gpt2 export of {folder}" if args.as_gpt2 else folder

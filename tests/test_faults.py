@@ -38,11 +38,11 @@ from tokenizers import Tokenizer, models
 from transformers import AutoTokenizer, PreTrainedTokenizerFast
 
 from modeling_pg_gpt2 import PgGPT2Config, PgGPT2ForCausalLM
+from modeling_pg_gpt2.checkpoints import LOCK_FILE, checkpoint_problem
 from modeling_pg_gpt2.cli import first_line
 from modeling_pg_gpt2.corpus import CorpusArguments
 from modeling_pg_gpt2.model_card import write_model_card
 from modeling_pg_gpt2.tokenizer import TokenizerArguments, train_tokenizer
-from modeling_pg_gpt2.training import LOCK_FILE, checkpoint_problem
 
 pytestmark = pytest.mark.slow
 

@@ -11,7 +11,6 @@ import hashlib
 import json
 import math
 import os
-import platform
 import random
 import re
 import shutil
@@ -28,21 +27,15 @@ from safetensors.torch import load_file
 
 from modeling_pg_gpt2 import PgGPT2ForCausalLM
 from modeling_pg_gpt2.arguments import make_parser, parse_arguments
+from modeling_pg_gpt2.checkpoints import checkpoint_problem
 from modeling_pg_gpt2.cli import UserError
 from modeling_pg_gpt2.corpus import CorpusArguments, load_corpus
+from modeling_pg_gpt2.data import DataTrainingArguments
+from modeling_pg_gpt2.model_init import ModelArguments, build_model, load_tokenizer
 from modeling_pg_gpt2.plots import PLOTS
 from modeling_pg_gpt2.plots import main as plots_main
 from modeling_pg_gpt2.tokenizer import TokenizerArguments, train_tokenizer
-from modeling_pg_gpt2.training import (
-    CLMTrainingArguments,
-    DataTrainingArguments,
-    ModelArguments,
-    asks_for_more,
-    build_model,
-    checkpoint_problem,
-    load_tokenizer,
-    train,
-)
+from modeling_pg_gpt2.training import CLMTrainingArguments, train
 
 ROOT = Path(__file__).resolve().parents[1]
 OFFLINE = {"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "HF_EVALUATE_OFFLINE": "1"}
@@ -468,30 +461,6 @@ def test_a_corpus_flag_replaces_the_recipes_corpus(recipe, corpus):
     assert (model_args.model_name_or_path, model_args.config_name) == ("gpt2", None)
 
 
-BUDGET = {"finished": "time budget", "max_steps": 800, "global_step": 500, "max_train_minutes": 9.5}
-EPOCHS = {"finished": "max_steps", "max_steps": -1, "num_train_epochs": 3.0, "global_step": 90}
-
-
-@pytest.mark.parametrize(
-    ("info", "flags", "more"),
-    [
-        ({"finished": "max_steps", "max_steps": 30, "global_step": 30}, ["--max_steps", "30"], False),
-        ({"finished": "max_steps", "max_steps": 30, "global_step": 30}, ["--max_steps", "20"], False),
-        ({"finished": "max_steps", "max_steps": 30, "global_step": 30}, ["--max_steps", "40"], True),
-        (BUDGET, ["--max_steps", "800", "--max_train_minutes", "9.5"], False),
-        (BUDGET, ["--max_steps", "800", "--max_train_minutes", "20"], True),
-        (BUDGET, ["--max_steps", "800"], True),  # no time budget any more
-        (BUDGET, ["--max_steps", "1000", "--max_train_minutes", "9.5"], True),
-        ({"finished": "early stopping", "max_steps": 800, "global_step": 300}, ["--max_steps", "800"], False),
-        (EPOCHS, ["--num_train_epochs", "3"], False),
-        (EPOCHS, ["--num_train_epochs", "4"], True),
-    ],
-)
-def test_a_finished_run_trains_on_only_when_asked_for_more(info, flags, more):
-    *_, args = parse_arguments(make_parser(DATACLASSES), ["--dataset_name", "x", "--output_dir", "x", *flags])
-    assert asks_for_more(info, args) is more
-
-
 def test_error_reaches_the_terminal_as_one_line(corpus, tokenizer_dir, tmp_path):
     result = run_clm(*base_flags(corpus, tokenizer_dir), "--config_name", "gpt5", "--output_dir", tmp_path / "out")
     assert result.returncode == 2
@@ -544,36 +513,6 @@ def test_a_checkpoint_with_a_truncated_file_is_not_resumable(trained, tmp_path, 
     data = (checkpoint / name).read_bytes()
     (checkpoint / name).write_bytes(data[: len(data) * 2 // 3])
     assert checkpoint_problem(checkpoint) is not None
-
-
-_PAGE_FAULTS = """
-import resource, torch
-from modeling_pg_gpt2.training import reuse_freed_memory
-
-def page_faults():
-    before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
-    for _ in range(5):
-        torch.ones(16 * 2**20)  # 64 MB written, then freed, as a training step does with its logits
-    return resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before
-
-page_faults()
-default = page_faults()
-assert reuse_freed_memory()
-page_faults()
-print(default, page_faults())
-"""
-
-
-@pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="mallopt is glibc's")
-def test_reuse_freed_memory_keeps_large_blocks_mapped():
-    """After reuse_freed_memory(), a 64 MB block freed and allocated again no longer faults in page by page."""
-    done = subprocess.run(
-        [sys.executable, "-c", _PAGE_FAULTS], cwd=ROOT, capture_output=True, text=True, timeout=120, check=True
-    )
-    default, reused = (int(n) for n in done.stdout.split())
-    pages = 5 * 64 * 2**20 // os.sysconf("SC_PAGE_SIZE")
-    assert default >= 0.9 * pages  # every block's pages fault in again
-    assert reused <= 0.1 * pages
 
 
 def cpu_has_native_bf16() -> bool:

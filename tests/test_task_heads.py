@@ -27,7 +27,7 @@ from modeling_pg_gpt2 import (
     PgGPT2ForSequenceClassification,
     PgGPT2ForTokenClassification,
 )
-from modeling_pg_gpt2.convert import main as convert_main
+from modeling_pg_gpt2.commands import convert as convert_main
 
 PAD = 0
 HEADS = {
