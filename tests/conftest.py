@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 # No test reaches the real Hub. HF_HUB_OFFLINE is left alone: the push tests talk to a local Hub server.
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
@@ -15,6 +16,8 @@ import torch  # noqa: E402
 from transformers import GPT2Config, GPT2LMHeadModel  # noqa: E402
 
 from modeling_pg_gpt2 import PgGPT2Config, PgGPT2ForCausalLM  # noqa: E402
+from modeling_pg_gpt2.corpus import CorpusArguments  # noqa: E402
+from modeling_pg_gpt2.tokenizer import TokenizerArguments, train_tokenizer  # noqa: E402
 
 # GPT-2 stores these as Conv1D (in, out); nn.Linear stores (out, in).
 _CONV1D_WEIGHTS = ("attn.c_attn.weight", "attn.c_proj.weight", "mlp.c_fc.weight", "mlp.c_proj.weight")
@@ -58,3 +61,26 @@ def gpt2_twin(model: PgGPT2ForCausalLM, attn_implementation: str = "eager") -> G
 def tiny_model() -> PgGPT2ForCausalLM:
     torch.manual_seed(0)
     return PgGPT2ForCausalLM(tiny_config()).eval()
+
+
+def saved_small_model(root: Path, text: str, n_positions: int) -> Path:
+    """A small random pg_gpt2 saved in root/model like run_clm.py saves one, with a tokenizer trained on `text`."""
+    from transformers import AutoTokenizer
+
+    (root / "corpus").mkdir()
+    for number in range(4):
+        (root / "corpus" / f"{number}.txt").write_text(text * (number + 2), encoding="utf-8")
+    train_tokenizer(
+        CorpusArguments(train_file=str(root / "corpus")),
+        TokenizerArguments(output_dir=str(root / "model"), vocab_size=300),
+    )
+    tokenizer = AutoTokenizer.from_pretrained(root / "model")
+    torch.manual_seed(0)
+    config = PgGPT2Config(
+        vocab_size=len(tokenizer), n_positions=n_positions, n_embd=32, n_layer=2, n_head=2,
+        bos_token_id=tokenizer.eos_token_id, eos_token_id=tokenizer.eos_token_id,
+    )  # fmt: skip
+    model = PgGPT2ForCausalLM(config)
+    model.generation_config.pad_token_id = tokenizer.eos_token_id
+    model.save_pretrained(root / "model")
+    return root / "model"

@@ -15,15 +15,13 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-from conftest import gpt2_twin
+from conftest import gpt2_twin, saved_small_model
 from huggingface_hub import ModelCard
 from transformers import AutoTokenizer, GPT2LMHeadModel
 
-from modeling_pg_gpt2 import PgGPT2Config, PgGPT2ForCausalLM
+from modeling_pg_gpt2 import PgGPT2ForCausalLM
 from modeling_pg_gpt2.cli import UserError
-from modeling_pg_gpt2.corpus import CorpusArguments
 from modeling_pg_gpt2.eval_tasks import EvalTasksCallback
-from modeling_pg_gpt2.tokenizer import TokenizerArguments, train_tokenizer
 from modeling_pg_gpt2.zero_shot import (
     EvaluationArguments,
     encode_pair,
@@ -52,22 +50,7 @@ CONTEXTS = [
 @pytest.fixture(scope="module")
 def model_dir(tmp_path_factory) -> Path:
     """A small random pg_gpt2 saved like run_clm.py saves one, with a tokenizer trained here."""
-    root = tmp_path_factory.mktemp("evaluate")
-    (root / "corpus").mkdir()
-    for number in range(4):
-        (root / "corpus" / f"{number}.txt").write_text(TEXT * (number + 2), encoding="utf-8")
-    train_tokenizer(
-        CorpusArguments(train_file=str(root / "corpus")),
-        TokenizerArguments(output_dir=str(root / "model"), vocab_size=300),
-    )
-    tokenizer = AutoTokenizer.from_pretrained(root / "model")
-    torch.manual_seed(0)
-    config = PgGPT2Config(
-        vocab_size=len(tokenizer), n_positions=CONTEXT, n_embd=32, n_layer=2, n_head=2,
-        bos_token_id=tokenizer.eos_token_id, eos_token_id=tokenizer.eos_token_id,
-    )  # fmt: skip
-    PgGPT2ForCausalLM(config).save_pretrained(root / "model")
-    return root / "model"
+    return saved_small_model(tmp_path_factory.mktemp("evaluate"), TEXT, CONTEXT)
 
 
 @pytest.fixture(scope="module")

@@ -11,15 +11,12 @@ import sys
 from pathlib import Path
 
 import pytest
-import torch
-from conftest import gpt2_twin
+from conftest import gpt2_twin, saved_small_model
 from transformers import AutoTokenizer
 
-from modeling_pg_gpt2 import PgGPT2Config, PgGPT2ForCausalLM
+from modeling_pg_gpt2 import PgGPT2ForCausalLM
 from modeling_pg_gpt2.cli import UserError
-from modeling_pg_gpt2.corpus import CorpusArguments
 from modeling_pg_gpt2.generation import GenerationArguments, generate_text, read_prompts
-from modeling_pg_gpt2.tokenizer import TokenizerArguments, train_tokenizer
 
 ROOT = Path(__file__).resolve().parents[1]
 ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
@@ -42,24 +39,7 @@ class Recorder(io.StringIO):
 @pytest.fixture(scope="module")
 def model_dir(tmp_path_factory) -> Path:
     """A small random pg_gpt2 saved like run_clm.py saves one, with a tokenizer trained here."""
-    root = tmp_path_factory.mktemp("generate")
-    (root / "corpus").mkdir()
-    for number in range(4):
-        (root / "corpus" / f"{number}.txt").write_text(TEXT * (number + 2), encoding="utf-8")
-    train_tokenizer(
-        CorpusArguments(train_file=str(root / "corpus")),
-        TokenizerArguments(output_dir=str(root / "model"), vocab_size=300),
-    )
-    tokenizer = AutoTokenizer.from_pretrained(root / "model")
-    torch.manual_seed(0)
-    config = PgGPT2Config(
-        vocab_size=len(tokenizer), n_positions=CONTEXT, n_embd=32, n_layer=2, n_head=2,
-        bos_token_id=tokenizer.eos_token_id, eos_token_id=tokenizer.eos_token_id,
-    )  # fmt: skip
-    model = PgGPT2ForCausalLM(config)
-    model.generation_config.pad_token_id = tokenizer.eos_token_id
-    model.save_pretrained(root / "model")
-    return root / "model"
+    return saved_small_model(tmp_path_factory.mktemp("generate"), TEXT, CONTEXT)
 
 
 def test_text_is_streamed_as_it_is_generated(model_dir):
