@@ -33,6 +33,7 @@ from common import (
     SHAPES,
     add_common_arguments,
     csv,
+    decoding_rows,
     interleave,
     machine_description,
     model_pair,
@@ -41,7 +42,6 @@ from common import (
     rate,
     read_bandwidth,
     setup,
-    span,
     synchronize,
     weight_bytes_per_token,
 )
@@ -261,26 +261,12 @@ def main() -> None:
                 for name, model in models.items()
             }
             timings = interleave(candidates, rounds=rounds, warmup=1, device=device)
-            same = "yes" if torch.equal(outputs[PG], outputs[HF]) else "NO"
             new_tokens = batch * args.new
-            for name in (PG, HF):
-                timing = timings[name]
-                speedup = f"**{timings[HF].median / timing.median:.2f}×**" if name == PG else "1"
-                per_token = statistics.median(clocks[name])
-                rows.append(
-                    [
-                        shape,
-                        str(batch),
-                        name,
-                        rate(new_tokens / timing.median),
-                        span(new_tokens / timing.max, new_tokens / timing.min),
-                        speedup,
-                        f"{per_token * 1e3:.2f}",
-                        same,
-                    ]
-                )
-                if batch == 1:
-                    limits.append((shape, name, weight_bytes_per_token(models[name]), per_token))
+            same = torch.equal(outputs[PG], outputs[HF])
+            rows += decoding_rows(shape, batch, new_tokens, (PG, HF), HF, timings, clocks, same)
+            if batch == 1:
+                for name in (PG, HF):
+                    limits.append((shape, name, weight_bytes_per_token(models[name]), statistics.median(clocks[name])))
             print(
                 f"{shape} batch {batch}: {PG} {rate(new_tokens / timings[PG].median)} new tokens/s, "
                 f"{HF} {rate(new_tokens / timings[HF].median)}, ratio {timings[HF].median / timings[PG].median:.2f}",

@@ -27,6 +27,7 @@ from common import (
     SHAPES,
     add_common_arguments,
     csv,
+    decoding_rows,
     interleave,
     machine_description,
     preset_config,
@@ -34,7 +35,6 @@ from common import (
     rate,
     read_bandwidth,
     setup,
-    span,
     weight_bytes_per_token,
 )
 
@@ -101,26 +101,12 @@ def main() -> None:
                     for name, m in models.items()
                 }
                 timings = interleave(candidates, rounds=rounds, warmup=1, device=device)
-                same = "yes" if torch.equal(outputs[TORCH], outputs[ORT]) else "NO"
                 new_tokens = batch * args.new
-                for name in (TORCH, ORT):
-                    timing = timings[name]
-                    speedup = f"**{timings[TORCH].median / timing.median:.2f}×**" if name == ORT else "1"
-                    per_token = statistics.median(clocks[name])
-                    rows.append(
-                        [
-                            shape,
-                            str(batch),
-                            name,
-                            rate(new_tokens / timing.median),
-                            span(new_tokens / timing.max, new_tokens / timing.min),
-                            speedup,
-                            f"{per_token * 1e3:.2f}",
-                            same,
-                        ]
-                    )
-                    if batch == 1:
-                        limits.append((shape, name, weight_bytes_per_token(model), per_token))
+                same = torch.equal(outputs[TORCH], outputs[ORT])
+                rows += decoding_rows(shape, batch, new_tokens, (TORCH, ORT), TORCH, timings, clocks, same)
+                if batch == 1:
+                    for name in (TORCH, ORT):
+                        limits.append((shape, name, weight_bytes_per_token(model), statistics.median(clocks[name])))
                 print(
                     f"{shape} batch {batch}: {TORCH} {rate(new_tokens / timings[TORCH].median)} new tokens/s, "
                     f"{ORT} {rate(new_tokens / timings[ORT].median)}, "

@@ -273,3 +273,36 @@ def rate(value: float) -> str:
 
 def span(low: float, high: float) -> str:
     return f"{rate(low)}–{rate(high)}"
+
+
+def decoding_rows(
+    shape: str,
+    batch: int,
+    new_tokens: int,
+    names: tuple[str, ...],
+    baseline: str,
+    timings: dict[str, Timing],
+    clocks: dict[str, list[float]],
+    same: bool,
+) -> list[list[str]]:
+    """The table rows of one decoding comparison, one per name in `names`, each timed against `baseline`.
+
+    `clocks` hold each runtime's seconds per decoded token; `same`: whether they produced the same tokens.
+    """
+    rows = []
+    for name in names:
+        timing = timings[name]
+        speedup = "1" if name == baseline else f"**{timings[baseline].median / timing.median:.2f}×**"
+        rows.append(
+            [
+                shape,
+                str(batch),
+                name,
+                rate(new_tokens / timing.median),
+                span(new_tokens / timing.max, new_tokens / timing.min),
+                speedup,
+                f"{statistics.median(clocks[name]) * 1e3:.2f}",
+                "yes" if same else "NO",
+            ]
+        )
+    return rows
