@@ -33,7 +33,6 @@ import json
 import pickle
 import re
 import shutil
-import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -51,7 +50,7 @@ from transformers import (
 from .cli import CommandError, UserError, check_output_dir, disk_full_message, few, first_line, is_disk_full
 from .configuration_pg_gpt2 import PgGPT2Config
 from .modeling_pg_gpt2 import PgGPT2ForCausalLM, PgGPT2Model
-from .outputs import CONFIG_FILE, SIDE_FILES, TOKENIZER_FILES, WEIGHTS_FILES
+from .outputs import CONFIG_FILE, SIDE_FILES, TOKENIZER_FILES, WEIGHTS_FILES, staged
 
 # Weights GPT-2 keeps as Conv1D (in, out): transposed on the way between the formats.
 CONV1D_WEIGHTS = ("attn.c_attn.weight", "attn.c_proj.weight", "mlp.c_fc.weight", "mlp.c_proj.weight")
@@ -403,9 +402,7 @@ def _write(model: PreTrainedModel, folder: Path, dst: Path, overwrite: bool) -> 
 
     A full disk is a one-line `CommandError`; the half-written copy is removed and `dst` left as it was.
     """
-    dst.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{dst.name}.", dir=dst.parent))
-    try:
+    with staged(dst, "folder") as staging:
         try:
             model.save_pretrained(staging)
             for name in SIDE_FILES:
@@ -415,11 +412,6 @@ def _write(model: PreTrainedModel, folder: Path, dst: Path, overwrite: bool) -> 
             if not is_disk_full(err, staging):
                 raise
             raise CommandError(disk_full_message(dst)) from None
-        if dst.exists():
-            shutil.rmtree(dst)
-        staging.rename(dst)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
     return dst
 
 

@@ -8,12 +8,8 @@ DST behind (nor destroys the one it was asked to replace before the new one is r
 
 from __future__ import annotations
 
-import contextlib
 import json
-import os
 import shutil
-import tempfile
-from collections.abc import Iterator
 from pathlib import Path
 
 from .cli import UserError
@@ -85,35 +81,6 @@ def check_destination(dst: Path, folder: Path, overwrite: bool, kind: str) -> No
     _check_not_source(dst, folder)
 
 
-@contextlib.contextmanager
-def staged(dst: Path, kind: str) -> Iterator[Path]:
-    """Yield a temporary path beside `dst` to write into; it replaces `dst` only when the block succeeds.
-
-    kind: "folder" (the path is an empty folder) or "file". The temporary path is in `dst`'s folder, so
-    the final rename stays on one file system and is atomic for a file.
-    """
-    dst.parent.mkdir(parents=True, exist_ok=True)
-    if kind == "folder":
-        staging = Path(tempfile.mkdtemp(prefix=f".{dst.name}.", dir=dst.parent))
-    else:
-        handle, name = tempfile.mkstemp(prefix=f".{dst.name}.", dir=dst.parent)
-        os.close(handle)
-        staging = Path(name)
-    try:
-        yield staging
-        if kind == "folder":
-            if dst.exists():
-                shutil.rmtree(dst)
-            staging.rename(dst)
-        else:
-            os.replace(staging, dst)
-    finally:
-        if staging.is_dir():
-            shutil.rmtree(staging, ignore_errors=True)
-        else:
-            staging.unlink(missing_ok=True)
-
-
 def copy_side_files(folder: Path, target: Path) -> None:
     """Copy the tokenizer files and generation_config.json of checkpoint `folder` into `target`."""
     for name in SIDE_FILES:
@@ -126,5 +93,4 @@ __all__ = [
     "check_destination",
     "copy_side_files",
     "load_source",
-    "staged",
 ]

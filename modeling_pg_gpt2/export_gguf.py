@@ -28,8 +28,9 @@ from pathlib import Path
 import numpy as np
 
 from .cli import UserError
-from .export import check_destination, load_source, staged
+from .export import check_destination, load_source
 from .modeling_pg_gpt2 import PgGPT2ForCausalLM
+from .outputs import staged
 
 ARCH = "gpt2"
 DTYPES = ("f32", "f16", "q8_0")

@@ -34,8 +34,9 @@ from transformers.cache_utils import DynamicCache
 
 from .cli import UserError
 from .convert import pg_config_to_gpt2
-from .export import check_destination, copy_side_files, load_source, staged
+from .export import check_destination, copy_side_files, load_source
 from .modeling_pg_gpt2 import PgGPT2ForCausalLM
+from .outputs import staged
 
 ONNX_FILE = "model.onnx"
 # ONNX opset 18: run by onnxruntime >= 1.14 and every current runtime (LayerNormalization is native).

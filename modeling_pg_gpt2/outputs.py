@@ -1,4 +1,5 @@
-"""What a pg-gpt2 output folder holds: the file names every module that writes, reads or uploads one shares.
+"""What a pg-gpt2 output folder holds (the file names every module that writes, reads or uploads one shares),
+and `staged`, the one way the converters and exporters write a folder or file that appears only when complete.
 
 run_clm.py writes the folder, the converters and exporters read it and copy its side files, push_to_hub.py
 chooses what to upload from it, the model card quotes it. A name lives here once, so the modules cannot
@@ -6,6 +7,13 @@ disagree about it, and none of them has to import another just for a file name.
 """
 
 from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
 
 CONFIG_FILE = "config.json"
 GENERATION_CONFIG_FILE = "generation_config.json"
@@ -42,6 +50,37 @@ TRAINING_INFO_FILE = "training_info.json"
 MODEL_CARD_FILE = "README.md"
 REPORT_PATTERNS = (METRICS_FILE, "*.png", MODEL_CARD_FILE)
 
+
+
+@contextlib.contextmanager
+def staged(dst: Path, kind: str) -> Iterator[Path]:
+    """Yield a temporary path beside `dst` to write into; it replaces `dst` only when the block succeeds.
+
+    kind: "folder" (the path is an empty folder) or "file". The temporary path is in `dst`'s folder, so
+    the final rename stays on one file system and is atomic for a file.
+    """
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    if kind == "folder":
+        staging = Path(tempfile.mkdtemp(prefix=f".{dst.name}.", dir=dst.parent))
+    else:
+        handle, name = tempfile.mkstemp(prefix=f".{dst.name}.", dir=dst.parent)
+        os.close(handle)
+        staging = Path(name)
+    try:
+        yield staging
+        if kind == "folder":
+            if dst.exists():
+                shutil.rmtree(dst)
+            staging.rename(dst)
+        else:
+            os.replace(staging, dst)
+    finally:
+        if staging.is_dir():
+            shutil.rmtree(staging, ignore_errors=True)
+        else:
+            staging.unlink(missing_ok=True)
+
+
 __all__ = [
     "CONFIG_FILE",
     "GENERATION_CONFIG_FILE",
@@ -54,4 +93,5 @@ __all__ = [
     "TRAINING_INFO_FILE",
     "WEIGHTS_FILES",
     "WEIGHT_PATTERNS",
+    "staged",
 ]
