@@ -36,10 +36,8 @@ from common import (
     SHAPES,
     add_common_arguments,
     csv,
-    flops_per_token,
     interleave,
     machine_description,
-    matmul_peak,
     model_pair,
     paired_ratios,
     preset_config,
@@ -52,6 +50,7 @@ from transformers import GPT2LMHeadModel
 
 from modeling_pg_gpt2 import PgGPT2ForCausalLM
 from modeling_pg_gpt2.convert import pg_config_to_gpt2
+from modeling_pg_gpt2.throughput import flops_per_token, matmul_peak
 from modeling_pg_gpt2.training import reuse_freed_memory
 
 

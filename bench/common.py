@@ -34,6 +34,7 @@ from transformers import GPT2LMHeadModel  # noqa: E402
 
 from modeling_pg_gpt2 import PgGPT2Config, PgGPT2ForCausalLM  # noqa: E402
 from modeling_pg_gpt2.convert import pg_config_to_gpt2, pg_state_dict_to_gpt2  # noqa: E402
+from modeling_pg_gpt2.throughput import best_seconds  # noqa: E402
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 PG, HF = "pg_gpt2", "GPT2LMHeadModel"  # the candidate and the baseline, as the tables name them
@@ -134,34 +135,6 @@ def paired_ratios(baseline: Timing, candidate: Timing) -> list[float]:
 # -- machine peaks -------------------------------------------------------------------------------------------
 
 
-def best_seconds(fn: Callable[[], object], device: torch.device, repeats: int) -> float:
-    fn()
-    synchronize(device)
-    best = float("inf")
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        synchronize(device)
-        best = min(best, time.perf_counter() - start)
-    return best
-
-
-def matmul_peak(device: torch.device, dtype: torch.dtype, quick: bool = False) -> float:
-    """FLOP/s of the best square matmul this machine does in `dtype`: the denominator of MFU.
-
-    Several sizes are tried and the best time of several repeats kept, so the figure is what the
-    hardware and the BLAS library reach when nothing else runs, not a datasheet number.
-    """
-    sizes = (1024, 2048, 3072) if device.type == "cpu" else (4096, 8192)
-    best = 0.0
-    for n in sizes[:2] if quick else sizes:
-        a = torch.randn(n, n, device=device, dtype=dtype)
-        b = torch.randn(n, n, device=device, dtype=dtype)
-        seconds = best_seconds(lambda a=a, b=b: torch.mm(a, b), device, repeats=3 if quick else 8)
-        best = max(best, 2 * n**3 / seconds)
-    return best
-
-
 def read_bandwidth(device: torch.device, quick: bool = False) -> float:
     """Bytes/s at which this machine streams memory it only reads (a reduction over a buffer far larger than caches).
 
@@ -190,20 +163,6 @@ def model_pair(
     theirs = GPT2LMHeadModel._from_config(pg_config_to_gpt2(config), attn_implementation=attn_implementation)
     theirs.load_state_dict(pg_state_dict_to_gpt2(ours.state_dict()), strict=True)
     return {PG: ours.to(device=device, dtype=dtype), HF: theirs.to(device=device, dtype=dtype)}
-
-
-def flops_per_token(config: PgGPT2Config, context: int) -> float:
-    """Training FLOPs per token: 6 per weight (forward + backward) plus attention, as in the PaLM appendix.
-
-    Weights exclude the position embeddings (a lookup, no multiply); the tied token embeddings count
-    once, as the language-model head. Attention adds 12 * n_layer * n_embd * context (q k^T and the
-    weighted sum of v, forward and backward), without discounting the causal half.
-    """
-    weights = config.vocab_size * config.n_embd  # lm_head (= wte)
-    n_inner = config.n_inner or 4 * config.n_embd
-    per_layer = 3 * config.n_embd**2 + config.n_embd**2 + 2 * config.n_embd * n_inner
-    weights += config.n_layer * per_layer
-    return 6 * weights + 12 * config.n_layer * config.n_embd * context
 
 
 def weight_bytes_per_token(model: torch.nn.Module) -> int:

@@ -12,8 +12,9 @@ parsed by `modeling_pg_gpt2.arguments`; [`train`] runs the whole job, each step 
    the tokenizer;
 3. (`data`) tokenize the corpus with `datasets.map` (batched, cached, `num_proc`), separate documents
    with `<|endoftext|>` and pack them into `block_size` blocks;
-4. (`eval_metrics`, `callbacks`) train with evaluation (loss, perplexity, accuracy, bits per byte),
-   checkpoints, the best model kept, early stopping, plots refreshed at each evaluation;
+4. (`eval_metrics`, `callbacks`, `throughput`) train with evaluation (loss, perplexity, accuracy, bits
+   per byte), checkpoints, the best model kept, early stopping, plots refreshed at each evaluation,
+   tokens/s and MFU at each logging step;
 5. write the best model, tokenizer, generation config, `metrics.json`, `training_info.json`, the
    plots and a model card into the output folder.
 
@@ -66,6 +67,7 @@ from .eval_tasks import EvalTasksCallback
 from .hardware import native_bf16, reuse_freed_memory
 from .model_init import ModelArguments, build_model, count_parameters, hide_tied_weight_warning, load_tokenizer
 from .outputs import METRICS_FILE, TRAINING_INFO_FILE
+from .throughput import ThroughputCallback, flops_per_token
 
 logger = logging.getLogger(__name__)
 
@@ -283,8 +285,10 @@ def _train(
         preprocess_logits_for_metrics=preprocess_logits_for_metrics if training_args.do_eval else None,
         callbacks=callbacks,
     )
-    # First in the list: it adds its figures to the evaluation's log before the loggers receive it.
-    trainer.callback_handler.callbacks.insert(0, eval_tasks)
+    flops = flops_per_token(model.config, block_size)
+    throughput = ThroughputCallback(_tokens_per_step(training_args, block_size), flops)
+    # First in the list: they add their figures to the log before the loggers receive it.
+    trainer.callback_handler.callbacks[:0] = [eval_tasks, throughput]
 
     if training_args.overwrite_output_dir and trainer.is_world_process_zero():
         for stale in output_dir.glob(f"{PREFIX_CHECKPOINT_DIR}-*"):
@@ -303,8 +307,7 @@ def _train(
             if interrupt.stopped_at is not None:
                 raise Interrupted(f"stopped by Ctrl-C at step {interrupt.stopped_at}; {resume_hint(output_dir)}")
             metrics.update(result.metrics)
-            if "train_samples_per_second" in result.metrics:  # all processes together
-                metrics["train_tokens_per_second"] = result.metrics["train_samples_per_second"] * block_size
+            metrics.update(throughput.summary())  # train_tokens_per_second (all processes) and train_mfu
         if training_args.do_eval:
             metrics.update(final_eval_metrics(trainer))
         if not all(bool(torch.isfinite(p).all()) for p in trainer.model.parameters()):
@@ -357,8 +360,7 @@ def _training_info(
         for key, value in dataclasses.asdict(corpus_args).items()
         if value is not None and key not in ("preprocessing_num_workers",)
     }
-    sequences_per_step = args.per_device_train_batch_size * args.gradient_accumulation_steps * args.world_size
-    tokens_per_step = sequences_per_step * block_size
+    tokens_per_step = _tokens_per_step(args, block_size)
     return {
         "model_source": source,
         "tokenizer": model_args.tokenizer_name or model_args.model_name_or_path,
@@ -394,7 +396,15 @@ def _training_info(
     }
 
 
+def _tokens_per_step(args: TrainingArguments, block_size: int) -> int:
+    """Tokens one optimizer step trains on, across all processes and gradient-accumulation steps."""
+    return args.per_device_train_batch_size * args.gradient_accumulation_steps * args.world_size * block_size
+
+
 def _report(output_dir: Path, metrics: dict[str, float]) -> None:
+    if "train_tokens_per_second" in metrics:
+        mfu = f", MFU {metrics['train_mfu']:.1%}" if "train_mfu" in metrics else ""
+        logger.info("Training: %s tokens/s%s.", f"{metrics['train_tokens_per_second']:,.0f}", mfu)
     parts = [
         f"{name} {metrics[key]:.4g}"
         for key, name in (

@@ -185,6 +185,23 @@ def test_run_writes_every_output(trained):
         assert f"]({plot})" in card.text
 
 
+def test_tokens_per_second_and_mfu_at_every_logging_step_and_in_metrics_json(trained):
+    state = json.loads((trained / "trainer_state.json").read_text())
+    training_logs = [entry for entry in state["log_history"] if "loss" in entry]
+    assert [entry["step"] for entry in training_logs] == [5, 10, 15, 20, 25, 30]
+    for entry in training_logs:
+        assert entry["tokens_per_second"] > 0 and 0 < entry["mfu"] < 1, entry
+    assert not any("mfu" in entry for entry in state["log_history"] if "eval_loss" in entry)
+    # One peak (the CPU's, measured once) behind every figure: MFU / tokens/s is FLOPs per token / peak.
+    metrics = json.loads((trained / "metrics.json").read_text())
+    ratio = metrics["train_mfu"] / metrics["train_tokens_per_second"]
+    for entry in training_logs:
+        assert entry["mfu"] / entry["tokens_per_second"] == pytest.approx(ratio, rel=1e-9)
+    # Counted over training time only, so at least the Trainer's rate over the whole run (evaluations included).
+    assert metrics["train_tokens_per_second"] >= metrics["train_samples_per_second"] * 64
+    assert 0 < metrics["train_mfu"] < 1
+
+
 def test_metrics_match_an_independent_computation(trained, corpus):
     """Loss, accuracy and bits per byte recomputed by hand: documents + <|endoftext|>, packed, scored."""
     from transformers import AutoTokenizer
