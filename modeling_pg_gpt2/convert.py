@@ -33,8 +33,9 @@ import json
 import pickle
 import re
 import shutil
-from collections.abc import Mapping
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
+from typing import NoReturn
 
 import torch
 from transformers import (
@@ -46,6 +47,7 @@ from transformers import (
     PreTrainedConfig,
     PreTrainedModel,
 )
+from transformers.utils import logging as hf_logging
 
 from .cli import CommandError, UserError, check_output_dir, disk_full_message, few, first_line, is_disk_full
 from .configuration_pg_gpt2 import PgGPT2Config
@@ -138,30 +140,52 @@ def _transpose_conv1d(body: Mapping[str, torch.Tensor]) -> dict[str, torch.Tenso
     }
 
 
-def _check_weights(
-    body: Mapping[str, torch.Tensor], lm_head: torch.Tensor | None, config: PgGPT2Config, gpt2_layout: bool
-) -> None:
-    """Raise `UserError` unless the weights are exactly those `config` describes, with their shapes."""
+def _expected_shapes(config: PgGPT2Config, gpt2_layout: bool) -> dict[str, tuple[int, ...]]:
+    """Name -> shape of every weight `config` describes (no `transformer.` prefix; `lm_head.weight` when untied)."""
     with torch.device("meta"):
         expected = {name: tuple(t.shape) for name, t in PgGPT2Model(config).state_dict().items()}
     if gpt2_layout:
         expected = {name: shape[::-1] if name.endswith(CONV1D_WEIGHTS) else shape for name, shape in expected.items()}
     if not config.tie_word_embeddings:
         expected["lm_head.weight"] = (config.vocab_size, config.n_embd)
-        body = {**body, "lm_head.weight": lm_head} if lm_head is not None else body
-    unexpected = sorted(set(body) - set(expected), key=_natural)
+    return expected
+
+
+def _refuse_mismatch(
+    config: PgGPT2Config,
+    unexpected: Iterable[str],
+    missing: Iterable[str],
+    wrong_shapes: Mapping[str, tuple[tuple[int, ...], tuple[int, ...]]],
+) -> None:
+    """Raise `UserError` naming what does not fit `config`: extra weights, then missing ones, then a wrong shape.
+
+    Names are without the `transformer.` prefix; `wrong_shapes` maps a name to (its shape, the shape `config`
+    implies).
+    """
+    unexpected = sorted(unexpected, key=_natural)
     if unexpected:
         raise UserError(f"the checkpoint has weights that are not part of a GPT-2 language model: {few(unexpected)}")
-    missing = sorted(set(expected) - set(body), key=_natural)
+    missing = sorted(missing, key=_natural)
     if missing:
         raise UserError(f"the checkpoint lacks weights its config.json implies: {few(missing)}")
-    for name, shape in expected.items():
-        if tuple(body[name].shape) != shape:
-            raise UserError(
-                f"weight {name} has shape {tuple(body[name].shape)} but config.json (vocab_size={config.vocab_size}, "
-                f"n_positions={config.n_positions}, n_embd={config.n_embd}, n_inner={config.n_inner}) implies "
-                f"{shape}: the config and the weights do not belong together"
-            )
+    for name, (shape, implied) in wrong_shapes.items():
+        raise UserError(
+            f"weight {name} has shape {shape} but config.json (vocab_size={config.vocab_size}, "
+            f"n_positions={config.n_positions}, n_embd={config.n_embd}, n_inner={config.n_inner}) implies "
+            f"{implied}: the config and the weights do not belong together"
+        )
+
+
+def _check_weights(
+    body: Mapping[str, torch.Tensor], lm_head: torch.Tensor | None, config: PgGPT2Config, gpt2_layout: bool
+) -> None:
+    """Raise `UserError` unless the weights are exactly those `config` describes, with their shapes."""
+    expected = _expected_shapes(config, gpt2_layout)
+    if not config.tie_word_embeddings and lm_head is not None:
+        body = {**body, "lm_head.weight": lm_head}
+    shapes = {name: tuple(tensor.shape) for name, tensor in body.items()}
+    wrong = {name: (shapes[name], shape) for name, shape in expected.items() if shapes.get(name, shape) != shape}
+    _refuse_mismatch(config, set(shapes) - set(expected), set(expected) - set(shapes), wrong)
 
 
 def gpt2_state_dict_to_pg(state_dict: Mapping[str, torch.Tensor], config: PgGPT2Config) -> dict[str, torch.Tensor]:
@@ -263,19 +287,25 @@ def _weights_file(folder: Path) -> Path | None:
     return next((folder / name for name in WEIGHTS_FILES if (folder / name).is_file()), None)
 
 
+def _refuse_no_weights(folder: Path) -> NoReturn:
+    present = sorted(p.name for p in folder.iterdir())
+    raise UserError(
+        f"no weights in {folder}: expected model.safetensors or pytorch_model.bin "
+        f"(found: {few(present, 6) if present else 'nothing'})"
+    )
+
+
 def read_state_dict(folder: str | Path) -> dict[str, torch.Tensor]:
     """All tensors of a checkpoint folder, on CPU: `model.safetensors` or `pytorch_model.bin`, sharded or not.
 
-    `.bin` files are read with `torch.load(weights_only=True)`, which refuses pickles that run code.
+    huggingface_hub reads each file; `.bin` files with `torch.load(weights_only=True)`, which refuses pickles
+    that run code. GPT-2 checkpoints are read by `GPT2LMHeadModel.from_pretrained` instead (`_load_gpt2`); this
+    reads pg_gpt2 ones, whose task-head weights (if any) decide the class they convert to.
     """
     folder = Path(folder)
     path = _weights_file(folder)
     if path is None:
-        present = sorted(p.name for p in folder.iterdir())
-        raise UserError(
-            f"no weights in {folder}: expected model.safetensors or pytorch_model.bin "
-            f"(found: {few(present, 6) if present else 'nothing'})"
-        )
+        _refuse_no_weights(folder)
     if path.name.endswith(".index.json"):
         try:
             shards = sorted(set(json.loads(path.read_text())["weight_map"].values()))
@@ -284,8 +314,8 @@ def read_state_dict(folder: str | Path) -> dict[str, torch.Tensor]:
     else:
         shards = [path.name]
 
+    from huggingface_hub import load_state_dict_from_file
     from safetensors import SafetensorError
-    from safetensors.torch import load_file
 
     state_dict: dict[str, torch.Tensor] = {}
     for shard in shards:
@@ -293,10 +323,8 @@ def read_state_dict(folder: str | Path) -> dict[str, torch.Tensor]:
         if not file.is_file():
             raise UserError(f"{path.name} names the shard {shard}, which is missing from {folder}")
         try:
-            if file.suffix == ".safetensors":
-                state_dict.update(load_file(file, device="cpu"))
-            else:
-                state_dict.update(torch.load(file, map_location="cpu", weights_only=True))
+            # safe=False admits `.bin` pickles, which weights_only=True still keeps from running code
+            state_dict.update(load_state_dict_from_file(file, map_location="cpu", weights_only=True, safe=False))
         except (SafetensorError, OSError, RuntimeError, ValueError, EOFError, pickle.UnpicklingError) as err:
             raise UserError(f"cannot read {file}: {first_line(err, named=True)}") from None
     return state_dict
@@ -336,6 +364,46 @@ def _build(
     return model.eval()
 
 
+def _load_gpt2(folder: Path, gpt2_config: GPT2Config, config: PgGPT2Config) -> GPT2LMHeadModel:
+    """`GPT2LMHeadModel.from_pretrained(folder)`, refused in one line unless its weights are exactly `config`'s.
+
+    transformers does the reading (safetensors or `.bin` through `torch.load(weights_only=True)`, sharded or
+    not, either key layout); its loading info says what it had to initialise, drop or resize, which here is
+    an error, never a silent random weight.
+    """
+    weights = _weights_file(folder)
+    if weights is None:
+        _refuse_no_weights(folder)
+    from safetensors import SafetensorError
+
+    verbosity, progress_bars = hf_logging.get_verbosity(), hf_logging.is_progress_bar_enabled()
+    # Its load report would print the problems below as a table before the one-line error, and list the
+    # causal-mask buffers of OpenAI-format files as unexpected when nothing is wrong.
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
+    try:
+        model, info = GPT2LMHeadModel.from_pretrained(
+            folder, config=gpt2_config, dtype="auto", output_loading_info=True, ignore_mismatched_sizes=True
+        )
+    except (SafetensorError, OSError, RuntimeError, ValueError, EOFError, pickle.UnpicklingError) as err:
+        raise UserError(f"cannot read {weights}: {first_line(err, named=True)}") from None
+    finally:
+        hf_logging.set_verbosity(verbosity)
+        if progress_bars:
+            hf_logging.enable_progress_bar()
+
+    def names(keys: Iterable[str]) -> set[str]:
+        stripped = (key.removeprefix("transformer.") for key in keys)
+        return {name for name in stripped if not _MASK_BUFFER.fullmatch(name)}
+
+    wrong = {
+        name.removeprefix("transformer."): (tuple(found), tuple(implied))
+        for name, found, implied in info["mismatched_keys"]
+    }
+    _refuse_mismatch(config, names(info["unexpected_keys"]), names(info["missing_keys"]), wrong)
+    return model
+
+
 def convert_gpt2_checkpoint(
     src: str | Path, revision: str | None = None, cache_dir: str | Path | None = None, token: str | bool | None = None
 ) -> PgGPT2ForCausalLM:
@@ -345,8 +413,10 @@ def convert_gpt2_checkpoint(
     pg_gpt2 can represent.
     """
     folder = resolve_checkpoint(src, revision, cache_dir, token)
-    config = gpt2_config_to_pg(_load_config(folder, "gpt2", GPT2Config))
-    return _build(PgGPT2ForCausalLM, config, gpt2_state_dict_to_pg(read_state_dict(folder), config))
+    gpt2_config = _load_config(folder, "gpt2", GPT2Config)
+    config = gpt2_config_to_pg(gpt2_config)
+    gpt2 = _load_gpt2(folder, gpt2_config, config)
+    return _build(PgGPT2ForCausalLM, config, gpt2_state_dict_to_pg(gpt2.state_dict(), config))
 
 
 # pg_gpt2's task heads (task_heads.py) are GPT-2's: the same nn.Linear layers under the same names, and these
@@ -397,11 +467,26 @@ def _check_not_source(dst: Path, folder: Path) -> None:
         raise UserError(f"DST {dst} would replace the source checkpoint {folder}; choose another folder")
 
 
-def _write(model: PreTrainedModel, folder: Path, dst: Path, overwrite: bool) -> Path:
-    """Save `model` plus `folder`'s tokenizer files into `dst`, which appears only once complete.
+def _convert(
+    load: Callable[[Path], PreTrainedModel],
+    src: str | Path,
+    dst: str | Path,
+    overwrite: bool,
+    revision: str | None,
+    cache_dir: str | Path | None,
+    token: str | bool | None,
+) -> Path:
+    """Save `load(folder of src)` plus the folder's tokenizer files into `dst`, which appears only once complete.
 
-    A full disk is a one-line `CommandError`; the half-written copy is removed and `dst` left as it was.
+    Every check comes before the first write. A full disk is a one-line `CommandError`; the half-written copy
+    is removed and `dst` left as it was.
     """
+    dst = Path(dst)
+    check_output_dir(dst, flag="DST", overwrite_flag=None if overwrite else "--overwrite")
+    folder = resolve_checkpoint(src, revision, cache_dir, token)
+    _check_not_source(dst, folder)
+    _check_tokenizer(folder)
+    model = load(folder)
     with staged(dst, "folder") as staging:
         try:
             model.save_pretrained(staging)
@@ -430,12 +515,7 @@ def convert_gpt2_to_pg(
     `AutoModelForCausalLM.from_pretrained(dst, trust_remote_code=True)`. A non-empty `dst` is only
     replaced with `overwrite=True`.
     """
-    dst = Path(dst)
-    check_output_dir(dst, flag="DST", overwrite_flag=None if overwrite else "--overwrite")
-    folder = resolve_checkpoint(src, revision, cache_dir, token)
-    _check_not_source(dst, folder)
-    _check_tokenizer(folder)
-    return _write(convert_gpt2_checkpoint(folder), folder, dst, overwrite)
+    return _convert(convert_gpt2_checkpoint, src, dst, overwrite, revision, cache_dir, token)
 
 
 def convert_pg_to_gpt2(
@@ -452,12 +532,7 @@ def convert_pg_to_gpt2(
     and so does every tool that supports GPT-2. Tokenizer files and generation_config.json are copied. A
     non-empty `dst` is only replaced with `overwrite=True`.
     """
-    dst = Path(dst)
-    check_output_dir(dst, flag="DST", overwrite_flag=None if overwrite else "--overwrite")
-    folder = resolve_checkpoint(src, revision, cache_dir, token)
-    _check_not_source(dst, folder)
-    _check_tokenizer(folder)
-    return _write(convert_pg_checkpoint(folder), folder, dst, overwrite)
+    return _convert(convert_pg_checkpoint, src, dst, overwrite, revision, cache_dir, token)
 
 
 __all__ = [
