@@ -91,7 +91,7 @@ class Fault:
     check: Callable[[dict[str, Any], str], None] | None = None  # more checks, given the context and stderr
     cwd: str = "{root}"  # where the command runs
     in_process: bool = False  # run through `run_cli` in this process, as `python SCRIPT` would (no start-up cost)
-    env: dict[str, str] = field(default_factory=dict)  # added to the environment of a fresh process
+    env: dict[str, str] = field(default_factory=dict)  # added to the environment of the command
     timeout: float = 300
     skip: str | None = None  # why the row cannot run on this machine
 
@@ -444,7 +444,7 @@ FAULTS = [
     *(
         Fault(
             f"{engine} config on a CPU", RUN, f"{engine} needs GPUs: on a CPU accelerate would silently train with "
-            "plain DDP", 2, env={variable: "true"}, skip=NO_CUDA,
+            "plain DDP", 2, env={variable: "true"}, in_process=True, skip=NO_CUDA,
         )
         for engine, variable in SHARDING_ENGINES.items()
     ),
@@ -605,6 +605,8 @@ def run_row(fault: Fault, ctx: dict[str, Any], monkeypatch) -> None:
     argv = [arg.format(**ctx) for arg in fault.argv]
     if fault.in_process:
         monkeypatch.chdir(cwd)
+        for name, value in fault.env.items():
+            monkeypatch.setenv(name, value)
         code, stdout, stderr = run_in_process(argv)
     else:
         code, stdout, stderr = run_process(fault, argv, cwd, ctx)
