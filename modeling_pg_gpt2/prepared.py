@@ -16,8 +16,8 @@ The folder:
     DIR/dataset_dict.json    DIR/train/ and DIR/validation/: `save_to_disk`'s Arrow shards and metadata
 
 Only `input_ids` is stored (`uint16` when the vocabulary fits, as nanoGPT and llm.c store GPT-2 tokens,
-`int32` otherwise): a quarter of the map-style cache, which holds `input_ids` and `labels` as int64.
-Reading adds `labels` (a copy of `input_ids`) on the fly. A run whose tokenizer or block size differs
+`int32` otherwise): 2 bytes a token where the map-style cache holds `input_ids` and `labels` as int64, 16
+bytes a token. Reading adds `labels` (the same ids) on the fly. A run whose tokenizer or block size differs
 from the folder's is refused in one line: the blocks would be silently wrong for it.
 """
 
