@@ -26,10 +26,11 @@ RECIPE_SUFFIXES = (".yaml", ".yml", ".json")
 
 # A flag on the command line -> the recipe fields it replaces: the recipe's corpus (or model) source gives
 # way to the one the user names, instead of the two conflicting.
-_CORPUS_SOURCE = ("dataset_name", "dataset_config_name", "train_file", "validation_file")
+_CORPUS_SOURCE = ("dataset_name", "dataset_config_name", "train_file", "validation_file", "prepared_data")
 REPLACES: dict[str, tuple[str, ...]] = {
     "dataset_name": _CORPUS_SOURCE,
     "train_file": _CORPUS_SOURCE,
+    "prepared_data": _CORPUS_SOURCE,
     "model_name_or_path": ("config_name",),
 }
 

@@ -1,4 +1,4 @@
-"""The command-line programs: `pg-gpt2-train`, `-tokenizer`, `-generate`, `-evaluate`, `-push`, `-convert`.
+"""The command-line programs: `pg-gpt2-train`, `-tokenizer`, `-prepare`, `-generate`, `-evaluate`, `-push`, `-convert`.
 
 Each is a function of `argv` (default: `sys.argv[1:]`) run under `cli.run_cli`, so bad input is one line
 on stderr and an exit status. The installed commands (`[project.scripts]` in pyproject.toml) and the
@@ -64,6 +64,26 @@ def tokenizer(argv: Sequence[str] | None = None) -> None:
     corpus_args, tokenizer_args = parse_arguments(parser, argv)
     report = train_tokenizer(corpus_args, tokenizer_args)
     print(format_report(report, tokenizer_args.output_dir))
+
+
+@command
+def prepare(argv: Sequence[str] | None = None) -> None:
+    """Tokenize and pack a corpus once into a folder that runs (on any number of nodes) read memory-mapped.
+
+        python prepare_data.py --train_file corpus/ --tokenizer_name tokenizers/essays --block_size 1024 \\
+            --preprocessing_num_workers 8 --output_dir data/essays-1024
+        python run_clm.py configs/pg-essays-gpu.yaml --prepared_data data/essays-1024
+
+    `pg-gpt2-prepare` is the same command once the package is installed. The corpus options (and the
+    train/validation split) are run_clm.py's; the blocks are the ones run_clm.py would cut from that corpus,
+    `<|endoftext|>` between documents included. A run on the folder must use the same tokenizer and block
+    size (it is refused otherwise). See `modeling_pg_gpt2.prepared`.
+    """
+    from .corpus import CorpusArguments
+    from .prepared import PrepareArguments, format_report, prepare_corpus
+
+    corpus_args, args = parse_arguments(make_parser((CorpusArguments, PrepareArguments), _usage(prepare)), argv)
+    print(format_report(prepare_corpus(corpus_args, args), args.output_dir))
 
 
 @command
@@ -200,4 +220,4 @@ def _usage(program: Any) -> str:
     return inspect.getdoc(program) or ""
 
 
-__all__ = ["convert", "evaluate", "generate", "push", "tokenizer", "train"]
+__all__ = ["convert", "evaluate", "generate", "prepare", "push", "tokenizer", "train"]

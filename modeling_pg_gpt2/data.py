@@ -39,6 +39,13 @@ class DataTrainingArguments:
     overwrite_cache: bool = field(
         default=False, metadata={"help": "Re-tokenize instead of reusing the datasets cache."}
     )
+    prepared_data: str | None = field(
+        default=None,
+        metadata={
+            "help": "Train on a folder made by prepare_data.py (tokenized and packed once, read memory-mapped) "
+            "instead of a corpus; its block size is the default --block_size."
+        },
+    )
 
 
 # Module-level functions bound with functools.partial: `datasets` pickles them by reference for its worker

@@ -11,7 +11,8 @@ parsed by `modeling_pg_gpt2.arguments`; [`train`] runs the whole job, each step 
 2. (`model_init`) build the model (preset, config file, pg_gpt2 checkpoint or GPT-2 weights) sized to
    the tokenizer;
 3. (`data`) tokenize the corpus with `datasets.map` (batched, cached, `num_proc`), separate documents
-   with `<|endoftext|>` and pack them into `block_size` blocks;
+   with `<|endoftext|>` and pack them into `block_size` blocks; or (`prepared`) read the blocks
+   `prepare_data.py` made once, memory-mapped;
 4. (`eval_metrics`, `callbacks`, `throughput`) train with evaluation (loss, perplexity, accuracy, bits
    per byte), checkpoints, the best model kept, early stopping, plots refreshed at each evaluation,
    tokens/s and MFU at each logging step;
@@ -67,9 +68,18 @@ from .eval_tasks import EvalTasksCallback
 from .hardware import native_bf16, reuse_freed_memory
 from .model_init import ModelArguments, build_model, count_parameters, hide_tied_weight_warning, load_tokenizer
 from .outputs import METRICS_FILE, TRAINING_INFO_FILE
+from .prepared import load_prepared, read_prepared_info
 from .throughput import ThroughputCallback, flops_per_token
 
 logger = logging.getLogger(__name__)
+
+
+# The variables `accelerate launch` sets for a config with distributed_type FSDP or DEEPSPEED.
+SHARDING_ENGINES = {"FSDP": "ACCELERATE_USE_FSDP", "DeepSpeed": "ACCELERATE_USE_DEEPSPEED"}
+
+
+def _env_flag(name: str) -> bool:
+    return os.environ.get(name, "false").lower() in ("1", "true", "yes")
 
 
 @dataclass
@@ -160,6 +170,13 @@ class CLMTrainingArguments(TrainingArguments):
             # transformers accepts bf16 on a CPU only when told that the CPU is the device
             self.use_cpu = self.use_cpu or (self.bf16 and on_cpu)
         if accelerator is None:
+            engine = next((name for name, variable in SHARDING_ENGINES.items() if _env_flag(variable)), None)
+            if engine is not None:
+                # accelerate applies them to GPU process groups only: on a CPU it would train plain DDP, unsharded.
+                raise ValueError(
+                    f"{engine} needs GPUs: on a CPU accelerate would silently train with plain DDP instead; launch "
+                    "with configs/accelerate/cpu-ddp.yaml here"
+                )
             # Under a launcher (accelerate launch, torchrun) on a machine without GPUs, only use_cpu makes
             # transformers set up DDP over gloo; without it every rank silently trains alone.
             if int(os.environ.get("WORLD_SIZE", "1")) > 1:
@@ -219,7 +236,13 @@ def _train(
     tokenizer = load_tokenizer(model_args)
     model, source = build_model(model_args, tokenizer)
     n_positions = model.config.n_positions
-    block_size = data_args.block_size or min(n_positions, 1024)
+    prepared = None
+    if data_args.prepared_data is not None:
+        if corpus_args.dataset_name is not None or corpus_args.train_file is not None:
+            raise UserError("pass either --prepared_data or a corpus (--dataset_name, --train_file), not both")
+        prepared = read_prepared_info(data_args.prepared_data)
+        corpus_args = dataclasses.replace(corpus_args, **prepared.corpus)  # recorded in training_info.json
+    block_size = data_args.block_size or (prepared.block_size if prepared else min(n_positions, 1024))
     if block_size > n_positions:
         raise UserError(
             f"--block_size {block_size} is larger than the model's context n_positions={n_positions}; "
@@ -238,7 +261,10 @@ def _train(
     if model.config.tie_word_embeddings:
         hide_tied_weight_warning(model)
 
-    datasets = prepare_datasets(corpus_args, data_args, training_args, tokenizer, block_size)
+    if prepared is not None:
+        datasets = load_prepared(data_args.prepared_data, tokenizer, block_size, data_args, training_args)
+    else:
+        datasets = prepare_datasets(corpus_args, data_args, training_args, tokenizer, block_size)
     # Every input is checked by now (on a re-run the corpus comes from the datasets cache): a finished run
     # that is asked for nothing more is left as it is.
     output_dir = Path(training_args.output_dir)

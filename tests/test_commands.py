@@ -21,6 +21,7 @@ SCRIPTS = {
     "generate.py": commands.generate,
     "evaluate_lm.py": commands.evaluate,
     "push_to_hub.py": commands.push,
+    "prepare_data.py": commands.prepare,
 }
 
 

@@ -43,6 +43,7 @@ from modeling_pg_gpt2.cli import first_line
 from modeling_pg_gpt2.corpus import CorpusArguments
 from modeling_pg_gpt2.model_card import write_model_card
 from modeling_pg_gpt2.tokenizer import TokenizerArguments, train_tokenizer
+from modeling_pg_gpt2.training import SHARDING_ENGINES
 
 pytestmark = pytest.mark.slow
 
@@ -90,7 +91,7 @@ class Fault:
     check: Callable[[dict[str, Any], str], None] | None = None  # more checks, given the context and stderr
     cwd: str = "{root}"  # where the command runs
     in_process: bool = False  # run through `run_cli` in this process, as `python SCRIPT` would (no start-up cost)
-    env: dict[str, str] = field(default_factory=dict)  # added to the environment of a fresh process
+    env: dict[str, str] = field(default_factory=dict)  # added to the environment of the command
     timeout: float = 300
     skip: str | None = None  # why the row cannot run on this machine
 
@@ -334,6 +335,19 @@ def before_any_data_work(ctx: dict[str, Any], stderr: str) -> None:
     assert "Tokenizing" not in stderr and "Model from scratch" not in stderr
 
 
+def prepared_folder(tokenizer: str) -> Callable[[dict[str, Any]], None]:
+    """The reference corpus prepared into {tmp}/prepared (blocks of 64) with the recipe's tokenizer or {ws}/tok."""
+
+    def prepare(ctx: dict[str, Any]) -> None:
+        from modeling_pg_gpt2.prepared import PrepareArguments, prepare_corpus
+
+        folder = ctx["ws"] / "tok" if tokenizer == "ws" else ctx["tokenizer"]
+        corpus = CorpusArguments(train_file=str(ctx["corpus"]), validation_split_percentage=10)
+        prepare_corpus(corpus, PrepareArguments(str(ctx["tmp"] / "prepared"), str(folder), block_size=64))
+
+    return prepare
+
+
 def disk_for_one_checkpoint(ctx: dict[str, Any]) -> str:
     """tmpfs options with room for the first checkpoint and the plots, not for a second checkpoint."""
     finished = ctx["finished"]
@@ -400,6 +414,39 @@ FAULTS = [
     Fault(
         "recipe with a YAML syntax error", ("run_clm.py", "{tmp}/bad.yaml"), "bad.yaml, line 3, column 7", 2,
         prepare=write("bad.yaml", "max_steps: 10\nwarmup_steps: 2\n  seed: 1\n"),
+    ),
+    # -- prepared data (prepare_data.py): a folder that does not fit the run is refused before training
+    Fault(
+        "--prepared_data made with another block size", (*RUN, "--prepared_data", "{tmp}/prepared", "--block_size",
+                                                        "32"),
+        "holds blocks of 64 tokens, not 32; pass --block_size 64", 2, prepare=prepared_folder("recipe"),
+        unchanged=("{tmp}/prepared",), in_process=True,
+    ),
+    Fault(
+        "--prepared_data made with another tokenizer", (*RUN, "--prepared_data", "{tmp}/prepared"),
+        "was tokenized with another tokenizer", 2, prepare=prepared_folder("ws"), unchanged=("{tmp}/prepared",),
+        in_process=True,
+    ),
+    Fault(
+        "--prepared_data not made by prepare_data.py", (*RUN, "--prepared_data", "{ws}/corpus"),
+        "holds no prepared.json: it was not made by prepare_data.py", 2, in_process=True,
+    ),
+    Fault(
+        "--prepared_data and a corpus", (*RUN, "--prepared_data", "{tmp}/prepared", "--train_file", "{corpus}"),
+        "pass either --prepared_data or a corpus", 2, prepare=prepared_folder("recipe"), in_process=True,
+    ),
+    Fault(
+        "prepare_data.py into a folder that holds something", ("prepare_data.py", "--train_file", "{corpus}",
+        "--tokenizer_name", "{tokenizer}", "--output_dir", "{finished}"), "is not empty", 2,
+        unchanged=("{finished}",), in_process=True,
+    ),
+    # -- sharding engines that accelerate only applies on GPUs (it would silently run plain DDP on a CPU)
+    *(
+        Fault(
+            f"{engine} config on a CPU", RUN, f"{engine} needs GPUs: on a CPU accelerate would silently train with "
+            "plain DDP", 2, env={variable: "true"}, in_process=True, skip=NO_CUDA,
+        )
+        for engine, variable in SHARDING_ENGINES.items()
     ),
     Fault(
         "malformed JSON Lines corpus", (*RUN, "--train_file", "{tmp}/bad.jsonl"), "bad.jsonl, line 2, column 16", 2,
@@ -558,6 +605,8 @@ def run_row(fault: Fault, ctx: dict[str, Any], monkeypatch) -> None:
     argv = [arg.format(**ctx) for arg in fault.argv]
     if fault.in_process:
         monkeypatch.chdir(cwd)
+        for name, value in fault.env.items():
+            monkeypatch.setenv(name, value)
         code, stdout, stderr = run_in_process(argv)
     else:
         code, stdout, stderr = run_process(fault, argv, cwd, ctx)

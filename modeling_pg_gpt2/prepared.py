@@ -1,0 +1,265 @@
+"""Tokenize once, train many times: a corpus tokenized and packed into a folder that runs read memory-mapped.
+
+`prepare_data.py` (`pg-gpt2-prepare`) runs [`prepare_corpus`]: it loads the corpus (`corpus.py`, same
+train/validation split as run_clm.py), tokenizes it and packs it into `block_size` blocks with the very
+functions of the map-style path (`data._tokenize`, `data._group_texts`, in one `datasets.map` pass over
+`--preprocessing_num_workers` processes), and saves the blocks with `DatasetDict.save_to_disk`: Arrow
+files that `load_from_disk` maps into memory instead of reading them. `run_clm.py --prepared_data DIR`
+(on any number of processes and nodes) trains on that folder without touching the corpus or the
+`datasets` cache ([`load_prepared`]). Documents stay separated by `<|endoftext|>` inside the blocks,
+exactly as in the map-style path, so per-document masking can find their boundaries.
+
+The folder:
+
+    DIR/prepared.json        what it was made with: tokenizer fingerprint, block size, corpus, counts
+    DIR/tokenizer/           a copy of that tokenizer (pass it as --tokenizer_name)
+    DIR/dataset_dict.json    DIR/train/ and DIR/validation/: `save_to_disk`'s Arrow shards and metadata
+
+Only `input_ids` is stored (`uint16` when the vocabulary fits, as nanoGPT and llm.c store GPT-2 tokens,
+`int32` otherwise): 2 bytes a token where the map-style cache holds `input_ids` and `labels` as int64, 16
+bytes a token. Reading adds `labels` (the same ids) on the fly. A run whose tokenizer or block size differs
+from the folder's is refused in one line: the blocks would be silently wrong for it.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import json
+import logging
+import os
+import shutil
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from datasets import DatasetDict, Features, Sequence, Value, load_from_disk
+from transformers import PreTrainedTokenizerBase, TrainingArguments
+
+from .cli import UserError, check_output_dir
+from .corpus import CorpusArguments, load_corpus
+from .data import DataTrainingArguments, _group_texts, _tokenize
+from .outputs import staged
+
+logger = logging.getLogger(__name__)
+
+PREPARED_FILE = "prepared.json"
+TOKENIZER_DIR = "tokenizer"
+FORMAT_VERSION = 1
+PACK_BATCH_SIZE = 1000  # documents per `map` batch: the map-style path packs 1000 tokenized documents at a time
+
+
+@dataclass
+class PrepareArguments:
+    """Where the prepared folder goes and how the corpus is cut (the corpus is chosen by `CorpusArguments`)."""
+
+    output_dir: str = field(metadata={"help": "The folder to write (train with run_clm.py --prepared_data DIR)."})
+    tokenizer_name: str = field(
+        metadata={"help": "The tokenizer: a folder made by train_tokenizer.py or a Hub id. Runs must use the same."}
+    )
+    block_size: int = field(
+        default=1024,
+        metadata={"help": "Tokens per training sequence; runs on this folder use it (at most their n_positions)."},
+    )
+    overwrite_output_dir: bool = field(
+        default=False, metadata={"help": "Replace --output_dir if it already holds something."}
+    )
+
+
+@dataclass
+class PreparedInfo:
+    """The contents of `prepared.json`: what a prepared folder was made with and what it holds."""
+
+    block_size: int
+    tokenizer: str  # where the tokenizer came from (--tokenizer_name)
+    tokenizer_fingerprint: str  # `tokenizer_fingerprint` of it
+    eos_token_id: int
+    vocab_size: int
+    corpus: dict[str, Any]  # the CorpusArguments that chose and split the corpus
+    documents: dict[str, int]  # per split
+    blocks: dict[str, int]
+    tokens: dict[str, int]  # in the blocks (the tail of each packing batch shorter than a block is dropped)
+    token_dtype: str
+    format_version: int = FORMAT_VERSION
+
+
+def tokenizer_fingerprint(tokenizer: PreTrainedTokenizerBase) -> str:
+    """sha256 of everything that decides the token ids of a text: vocabulary, merges, pre-tokenizer, added tokens.
+
+    Taken from the `tokenizers` serialization without its padding and truncation state, which transformers
+    changes between calls and which does not change an encoding without padding or truncation.
+    """
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    if backend is None:
+        raise UserError(f"{type(tokenizer).__name__} is not a fast tokenizer; prepared data needs a tokenizer.json")
+    state = json.loads(backend.to_str())
+    state.pop("padding", None)
+    state.pop("truncation", None)
+    state["eos_token_id"] = tokenizer.eos_token_id
+    return hashlib.sha256(json.dumps(state, sort_keys=True).encode("utf-8")).hexdigest()
+
+
+def _tokenize_and_pack(
+    batch: dict[str, list[str]], tokenizer: PreTrainedTokenizerBase, eos_token_id: int, block_size: int
+) -> dict[str, list[list[int]]]:
+    # The map-style path's two passes in one: tokenizing is one row per document, so packing each batch of
+    # PACK_BATCH_SIZE documents right away cuts the same blocks as packing a tokenized copy batch by batch.
+    blocks = _group_texts(_tokenize(batch, tokenizer, eos_token_id), block_size)["input_ids"]
+    return {"input_ids": blocks}
+
+
+def prepare_corpus(corpus_args: CorpusArguments, args: PrepareArguments) -> PreparedInfo:
+    """Tokenize and pack the corpus into `args.output_dir`; returns what `prepared.json` records.
+
+    The folder appears only once complete (written beside it, then renamed). The blocks equal those of
+    `data.prepare_datasets` for the same corpus, tokenizer, block size and `preprocessing_num_workers`.
+    """
+    from .tokenizer import load_tokenizer
+
+    if args.block_size < 2:
+        raise UserError(f"--block_size must be at least 2, got {args.block_size}.")
+    overwrite_flag = None if args.overwrite_output_dir else "--overwrite_output_dir"
+    output_dir = check_output_dir(args.output_dir, overwrite_flag=overwrite_flag)
+    tokenizer = load_tokenizer(args.tokenizer_name)
+    if tokenizer.eos_token_id is None:
+        raise UserError(f"tokenizer {args.tokenizer_name!r} has no end-of-text token; use one from train_tokenizer.py")
+    fingerprint = tokenizer_fingerprint(tokenizer)  # before any encoding
+    raw = load_corpus(corpus_args)
+    num_proc = corpus_args.preprocessing_num_workers
+    token_dtype = "uint16" if len(tokenizer) <= 2**16 else "int32"
+    features = Features({"input_ids": Sequence(Value(token_dtype))})
+    pack = functools.partial(
+        _tokenize_and_pack, tokenizer=tokenizer, eos_token_id=tokenizer.eos_token_id, block_size=args.block_size
+    )
+    with staged(output_dir, "folder") as staging:
+        work = staging / ".work"  # the map's own Arrow files: not the shared datasets cache, gone at the end
+        work.mkdir()
+        packed = DatasetDict(
+            {
+                split: documents.map(
+                    pack,
+                    batched=True,
+                    batch_size=PACK_BATCH_SIZE,
+                    num_proc=num_proc,
+                    remove_columns=documents.column_names,
+                    features=features,
+                    cache_file_name=str(work / f"{split}.arrow"),
+                    desc=f"Tokenizing and packing {split} into blocks of {args.block_size}",
+                )
+                for split, documents in raw.items()
+            }
+        )
+        if len(packed["train"]) == 0:
+            raise UserError(
+                f"the train split holds fewer than one block of {args.block_size} tokens; "
+                "lower --block_size or give it more text."
+            )
+        packed.save_to_disk(str(staging), num_proc=num_proc)
+        del packed  # its memory maps point into `work`
+        shutil.rmtree(work)
+        tokenizer.save_pretrained(staging / TOKENIZER_DIR)
+        corpus = {key: value for key, value in asdict(corpus_args).items() if value is not None}
+        corpus.pop("preprocessing_num_workers", None)
+        prepared = load_from_disk(str(staging))
+        info = PreparedInfo(
+            block_size=args.block_size,
+            tokenizer=args.tokenizer_name,
+            tokenizer_fingerprint=fingerprint,
+            eos_token_id=tokenizer.eos_token_id,
+            vocab_size=len(tokenizer),
+            corpus=corpus,
+            documents={split: raw[split].num_rows for split in raw},
+            blocks={split: len(prepared[split]) for split in prepared},
+            tokens={split: len(prepared[split]) * args.block_size for split in prepared},
+            token_dtype=token_dtype,
+        )
+        del prepared
+        (staging / PREPARED_FILE).write_text(json.dumps(asdict(info), indent=2) + "\n", encoding="utf-8")
+    return info
+
+
+def read_prepared_info(path: str | os.PathLike) -> PreparedInfo:
+    """The `prepared.json` of a prepared folder; a one-line `UserError` for anything else."""
+    folder = Path(path)
+    record = folder / PREPARED_FILE
+    if not folder.is_dir():
+        raise UserError(f"--prepared_data {folder}: no such folder; make one with prepare_data.py")
+    if not record.is_file():
+        raise UserError(f"--prepared_data {folder} holds no {PREPARED_FILE}: it was not made by prepare_data.py")
+    try:
+        values = json.loads(record.read_text(encoding="utf-8"))
+        info = PreparedInfo(**values)
+    except (ValueError, TypeError) as err:
+        raise UserError(f"--prepared_data {folder}: cannot read {PREPARED_FILE} ({err}); prepare it again") from None
+    if info.format_version != FORMAT_VERSION:
+        raise UserError(
+            f"--prepared_data {folder} has format {info.format_version}; this version reads {FORMAT_VERSION}: "
+            "prepare it again"
+        )
+    return info
+
+
+def _with_labels(batch: dict[str, list[list[int]]]) -> dict[str, list[list[int]]]:
+    # Causal LM labels are the inputs (the model shifts them): added when read, not stored twice.
+    return {"input_ids": batch["input_ids"], "labels": batch["input_ids"]}
+
+
+def load_prepared(
+    path: str | os.PathLike,
+    tokenizer: PreTrainedTokenizerBase,
+    block_size: int,
+    data_args: DataTrainingArguments,
+    training_args: TrainingArguments,
+) -> DatasetDict:
+    """A prepared folder as training blocks (`input_ids`, `labels`), memory-mapped, split train/validation.
+
+    Refuses in one line a folder made with another tokenizer or block size than the run's.
+    """
+    info = read_prepared_info(path)
+    folder = Path(path)
+    if info.tokenizer_fingerprint != tokenizer_fingerprint(tokenizer):
+        raise UserError(
+            f"--prepared_data {folder} was tokenized with another tokenizer ({info.tokenizer}); pass "
+            f"--tokenizer_name {folder / TOKENIZER_DIR} or prepare the corpus again with this one"
+        )
+    if info.block_size != block_size:
+        raise UserError(
+            f"--prepared_data {folder} holds blocks of {info.block_size} tokens, not {block_size}; pass "
+            f"--block_size {info.block_size} or prepare the corpus again with --block_size {block_size}"
+        )
+    if training_args.do_eval and info.blocks.get("validation", 0) == 0:
+        raise UserError(
+            f"--prepared_data {folder} has no validation blocks: prepare it with validation text, "
+            "or pass --do_eval false"
+        )
+    packed = load_from_disk(str(folder))  # memory-mapped: no rank reads the whole corpus into memory
+    limits = {"train": data_args.max_train_samples, "validation": data_args.max_eval_samples}
+    for split, limit in limits.items():
+        if limit is not None and len(packed[split]) > limit:
+            packed[split] = packed[split].select(range(limit))
+    return DatasetDict({split: dataset.with_transform(_with_labels) for split, dataset in packed.items()})
+
+
+def format_report(info: PreparedInfo, output_dir: str | os.PathLike) -> str:
+    """What `prepare_data.py` prints: the counts and the flag that trains on the folder."""
+    splits = ", ".join(
+        f"{name}: {info.documents[name]:,} documents -> {info.blocks[name]:,} blocks ({info.tokens[name]:,} tokens)"
+        for name in info.blocks
+    )
+    return (
+        f"Prepared {splits}; blocks of {info.block_size} tokens stored as {info.token_dtype} in {output_dir}.\n"
+        f"Train on it with: python run_clm.py --prepared_data {output_dir} --tokenizer_name "
+        f"{Path(output_dir) / TOKENIZER_DIR} --block_size {info.block_size} ..."
+    )
+
+
+__all__ = [
+    "PREPARED_FILE",
+    "PrepareArguments",
+    "PreparedInfo",
+    "format_report",
+    "load_prepared",
+    "prepare_corpus",
+    "read_prepared_info",
+    "tokenizer_fingerprint",
+]
