@@ -7,7 +7,10 @@
 from __future__ import annotations
 
 import ctypes
+import math
+import os
 import platform
+import time
 
 import torch
 
@@ -44,7 +47,44 @@ def reuse_freed_memory() -> bool:
     return bool(libc.mallopt(m_mmap_threshold, 1 << 30)) and bool(libc.mallopt(m_trim_threshold, 2**31 - 1))
 
 
+def busy_cores(seconds: float = 0.5) -> float | None:
+    """How many cores other processes keep busy, averaged over `seconds` (Linux; None elsewhere).
+
+    Read from /proc/stat (all CPU time but idle, I/O wait and the hypervisor's steal) minus this process's
+    own time over the same interval. Niced work counts: under the default autogroup scheduling of desktop
+    Linux a niced process in another terminal still takes its share of a core.
+    """
+    try:
+        before, own_before, start = _cpu_busy_seconds(), time.process_time(), time.monotonic()
+        time.sleep(seconds)
+        after, own_after, elapsed = _cpu_busy_seconds(), time.process_time(), time.monotonic() - start
+    except OSError:
+        return None
+    return max(0.0, (after - before - (own_after - own_before)) / elapsed)
+
+
+def _cpu_busy_seconds() -> float:
+    with open("/proc/stat", encoding="ascii") as stat:
+        fields = [int(value) for value in stat.readline().split()[1:]]
+    # user nice system idle iowait irq softirq steal ...: busy = everything but idle, iowait and steal
+    busy = fields[0] + fields[1] + fields[2] + fields[5] + fields[6]
+    return busy / os.sysconf("SC_CLK_TCK")
+
+
+def threads_for_load(busy: float, cores: int) -> int:
+    """Threads for a CPU run when other processes keep `busy` of the machine's `cores` busy: the free ones.
+
+    Every parallel kernel waits for all its threads; a thread that shares its core with a busy neighbour
+    is descheduled for whole time slices, so on a 2-core machine with one core taken two threads train
+    1.3-1.6x slower than one (bench/RESULTS.md, "Threads on a busy machine"). A core counts as taken when
+    more than a quarter of it is busy.
+    """
+    return max(1, cores - math.ceil(busy - 0.25))
+
+
 __all__ = [
+    "busy_cores",
+    "threads_for_load",
     "native_bf16",
     "reuse_freed_memory",
 ]
