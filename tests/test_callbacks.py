@@ -94,9 +94,9 @@ def test_a_slow_run_anneals_the_schedule_by_the_end_of_the_budget(tmp_path: Path
     state = TrainerState(global_step=0, max_steps=1000)
     callback = TimeLimitCallback(minutes=1 / 60)  # 1 s: 1000 steps would need 1 ms each
     callback.on_train_begin(training_args, state, TrainerControl(), lr_scheduler=scheduler)
-    _run_steps(callback, training_args, state, optimizer, scheduler, steps=12, seconds_per_step=0.02)
-    assert optimizer.param_groups[0]["lr"] == cosine(12)  # warm-up (10 steps) goes by steps
-    _run_steps(callback, training_args, state, optimizer, scheduler, steps=13, seconds_per_step=0.02)
+    _run_steps(callback, training_args, state, optimizer, scheduler, steps=8, seconds_per_step=0.02)
+    assert optimizer.param_groups[0]["lr"] == cosine(8)  # warm-up (10 steps) goes by steps
+    _run_steps(callback, training_args, state, optimizer, scheduler, steps=17, seconds_per_step=0.02)
     # Half the budget used after 25 steps: the schedule stands where a run ending on time would be, near 500.
     virtual = 1000 * callback.fraction
     assert 0.45 < callback.fraction < 0.9
