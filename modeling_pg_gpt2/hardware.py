@@ -50,25 +50,43 @@ def reuse_freed_memory() -> bool:
 def busy_cores(seconds: float = 0.5) -> float | None:
     """How many cores other processes keep busy, averaged over `seconds` (Linux; None elsewhere).
 
-    Read from /proc/stat (all CPU time but idle, I/O wait and the hypervisor's steal) minus this process's
-    own time over the same interval. Niced work counts: under the default autogroup scheduling of desktop
-    Linux a niced process in another terminal still takes its share of a core.
+    The CPU time of every other process over the interval, from /proc/<pid>/stat. Niced processes count
+    only under autogroup scheduling (the default of desktop Linux), where a niced process in another
+    terminal still takes its share of a core; without autogroup they yield to this process.
     """
     try:
-        before, own_before, start = _cpu_busy_seconds(), time.process_time(), time.monotonic()
-        time.sleep(seconds)
-        after, own_after, elapsed = _cpu_busy_seconds(), time.process_time(), time.monotonic() - start
+        with open("/proc/sys/kernel/sched_autogroup_enabled", encoding="ascii") as autogroup:
+            count_niced = autogroup.read().strip() != "0"
+    except OSError:
+        count_niced = True
+    start = time.monotonic()
+    before = _cpu_ticks_of_others(count_niced)
+    if before is None:
+        return None
+    time.sleep(seconds)
+    after = _cpu_ticks_of_others(count_niced) or {}
+    elapsed = time.monotonic() - start
+    ticks = sum(used - before.get(pid, 0) for pid, used in after.items())  # a process born since: all its time
+    return max(0.0, ticks / os.sysconf("SC_CLK_TCK") / elapsed)
+
+
+def _cpu_ticks_of_others(count_niced: bool) -> dict[int, int] | None:
+    """utime + stime of every process but this one (and niced ones unless `count_niced`), by pid."""
+    try:
+        pids = [int(name) for name in os.listdir("/proc") if name.isdigit()]
     except OSError:
         return None
-    return max(0.0, (after - before - (own_after - own_before)) / elapsed)
-
-
-def _cpu_busy_seconds() -> float:
-    with open("/proc/stat", encoding="ascii") as stat:
-        fields = [int(value) for value in stat.readline().split()[1:]]
-    # user nice system idle iowait irq softirq steal ...: busy = everything but idle, iowait and steal
-    busy = fields[0] + fields[1] + fields[2] + fields[5] + fields[6]
-    return busy / os.sysconf("SC_CLK_TCK")
+    ticks, own = {}, os.getpid()
+    for pid in pids:
+        try:
+            with open(f"/proc/{pid}/stat", encoding="ascii", errors="replace") as stat:
+                fields = stat.read().rsplit(")", 1)[1].split()  # after the command name, which may hold spaces
+        except OSError:  # gone since listdir
+            continue
+        utime, stime, nice = int(fields[11]), int(fields[12]), int(fields[16])
+        if pid != own and (count_niced or nice <= 0):
+            ticks[pid] = utime + stime
+    return ticks
 
 
 def threads_for_load(busy: float, cores: int) -> int:
