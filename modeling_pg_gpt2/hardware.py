@@ -94,10 +94,10 @@ def threads_for_load(busy: float, cores: int) -> int:
 
     Every parallel kernel waits for all its threads; a thread that shares its core with a busy neighbour
     is descheduled for whole time slices, so on a 2-core machine with one core taken two threads train
-    1.3-1.6x slower than one (bench/RESULTS.md, "Threads on a busy machine"). A core counts as taken when
-    more than a quarter of it is busy.
+    slower than one (bench/RESULTS.md, "Time to quality"). A core counts as taken when at least half
+    of it is busy.
     """
-    return max(1, cores - math.ceil(busy - 0.25))
+    return max(1, cores - math.floor(busy + 0.5))
 
 
 __all__ = [
