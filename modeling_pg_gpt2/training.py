@@ -47,6 +47,7 @@ from transformers import (
     set_seed,
 )
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
+from transformers.training_args import OptimizerNames
 
 from .callbacks import DivergenceCallback, InterruptCallback, PlotCallback, TimeLimitCallback
 from .checkpoints import (
@@ -59,12 +60,14 @@ from .checkpoints import (
     saving,
 )
 from .cli import CommandError, Interrupted, UserError, check_output_dir
+from .collators import DocumentMaskingCollator
 from .corpus import CorpusArguments
 from .data import DataTrainingArguments, prepare_datasets
 from .eval_metrics import ComputeLMMetrics, final_eval_metrics, preprocess_logits_for_metrics
 from .eval_tasks import EvalTasksCallback
 from .hardware import busy_cores, native_bf16, reuse_freed_memory, threads_for_load
 from .model_init import ModelArguments, build_model, count_parameters, hide_tied_weight_warning, load_tokenizer
+from .optim import MUON, MuonAdamW, muon_adamw_kwargs
 from .outputs import METRICS_FILE, TRAINING_INFO_FILE
 
 logger = logging.getLogger(__name__)
@@ -123,6 +126,31 @@ class CLMTrainingArguments(TrainingArguments):
             "run about twice as fast as fp32; fp32 elsewhere. --bf16 true or --fp16 true take precedence."
         },
     )
+    optim: str = field(
+        default=TrainingArguments.__dataclass_fields__["optim"].default,
+        metadata={
+            "help": "The optimizer: one of transformers' (adamw_torch_fused, adamw_torch, sgd, ...), or 'muon': "
+            "Muon for the hidden weight matrices (attention, MLP) at --muon_learning_rate and AdamW for the "
+            "embeddings, head, biases and LayerNorm at --learning_rate, as modded-nanogpt and nanochat train.",
+            "choices": [*(name.value for name in OptimizerNames), MUON],
+        },
+    )
+    muon_learning_rate: float = field(
+        default=0.02,
+        metadata={
+            "help": "--optim muon: Muon's peak learning rate (torch.optim.Muon's scaling: the update of an "
+            "(out, in) matrix has spectral norm lr * sqrt(max(1, out/in))); the schedule scales it with "
+            "--learning_rate."
+        },
+    )
+    document_masking: bool = field(
+        default=False,
+        metadata={
+            "help": "Attend within each document only: in every packed block, positions restart at 0 after each "
+            "<|endoftext|> and no token sees the documents before it, as a generated text starts (the label of "
+            "each document's first token is not predicted). Training and evaluation."
+        },
+    )
     do_train: bool = field(default=True, metadata={"help": "Train (pass --do_train false to only evaluate)."})
     do_eval: bool = field(default=True, metadata={"help": "Evaluate on the validation split."})
     eval_strategy: str = field(default="steps", metadata={"help": "When to evaluate: 'no', 'steps', 'epoch'."})
@@ -158,6 +186,10 @@ class CLMTrainingArguments(TrainingArguments):
     )
 
     def __post_init__(self) -> None:
+        # transformers knows only its own optimizer names; `train` gives the Trainer Muon itself (optim.py).
+        muon = self.optim == MUON
+        if muon:
+            self.optim = OptimizerNames.ADAMW_TORCH.value
         accelerator = torch.accelerator.current_accelerator(check_available=True)  # None on a CPU-only machine
         if self.auto_bf16 and not (self.bf16 or self.fp16):
             on_cpu = self.use_cpu or accelerator is None
@@ -181,6 +213,8 @@ class CLMTrainingArguments(TrainingArguments):
                 "--num_train_epochs epochs, or --do_train false to only evaluate."
             )
         super().__post_init__()
+        if muon:
+            self.optim = MUON
 
 
 # --------------------------------------------------------------------------------------------------
@@ -287,10 +321,15 @@ def _train(
         train_dataset=datasets["train"] if training_args.do_train else None,
         eval_dataset=datasets["validation"] if training_args.do_eval else None,
         processing_class=tokenizer,
-        data_collator=default_data_collator,
+        data_collator=DocumentMaskingCollator(tokenizer.eos_token_id)
+        if training_args.document_masking
+        else default_data_collator,
         compute_metrics=ComputeLMMetrics(tokenizer) if training_args.do_eval else None,
         preprocess_logits_for_metrics=preprocess_logits_for_metrics if training_args.do_eval else None,
         callbacks=callbacks,
+        optimizer_cls_and_kwargs=(MuonAdamW, muon_adamw_kwargs(model, training_args))
+        if training_args.optim == MUON
+        else None,
     )
     # First in the list: it adds its figures to the evaluation's log before the loggers receive it.
     trainer.callback_handler.callbacks.insert(0, eval_tasks)
@@ -406,6 +445,8 @@ def _training_info(
         "adam_betas": [args.adam_beta1, args.adam_beta2],
         "max_grad_norm": args.max_grad_norm,
         "optim": str(getattr(args.optim, "value", args.optim)),
+        "muon_learning_rate": args.muon_learning_rate if args.optim == MUON else None,
+        "document_masking": args.document_masking,
         "max_steps": args.max_steps,
         "num_train_epochs": args.num_train_epochs,
         "max_train_minutes": args.max_train_minutes,
