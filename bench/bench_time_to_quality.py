@@ -125,7 +125,8 @@ def run(name: str, condition: str, args: argparse.Namespace, tokenizer: str, fol
     info = json.loads((output_dir / "training_info.json").read_text())
     metrics = json.loads((output_dir / "metrics.json").read_text())
     curve = [(h["train_minutes"], h["eval_bits_per_byte"]) for h in history if "eval_bits_per_byte" in h]
-    threads = next((line.split("threads: ")[-1] for line in log.read_text().splitlines() if "threads: " in line), "")
+    lines = log.read_text().splitlines()
+    threads = next((line.split("threads: ")[-1].split()[0] for line in lines if "CPU threads: " in line), "")
     return {
         "run": name,
         "condition": condition,

@@ -93,8 +93,9 @@ class TimeLimitCallback(TrainerCallback):
     on_save = on_evaluate
 
     def on_log(self, args, state, control, logs=None, **kwargs):
-        if logs is not None:  # the entry the Trainer keeps in state.log_history
-            logs["train_minutes"] = round(self.trained / 60, 4)
+        # Into the logs the loggers receive and into the copy the Trainer keeps in state.log_history.
+        for entry in filter(None, [logs, state.log_history[-1] if state.log_history else None]):
+            entry["train_minutes"] = round(self.trained / 60, 4)
 
 
 def _slowest_rank(seconds: float, device: torch.device) -> float:

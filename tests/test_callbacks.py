@@ -64,8 +64,9 @@ def test_evaluations_and_checkpoints_are_not_training_time(tmp_path: Path) -> No
     callback.on_step_end(training_args, state, control)
     assert 0.1 <= callback.trained < 0.2
     logs = {"loss": 1.0}
+    state.log_history.append({**logs, "step": 0})  # the Trainer keeps a copy of what it logs
     callback.on_log(training_args, state, control, logs=logs)
-    assert logs["train_minutes"] == round(callback.trained / 60, 4)
+    assert logs["train_minutes"] == state.log_history[-1]["train_minutes"] == round(callback.trained / 60, 4)
 
 
 def _cosine(tmp_path: Path, max_steps: int):
@@ -114,3 +115,18 @@ def test_a_run_on_pace_keeps_its_schedule(tmp_path: Path) -> None:
     _run_steps(callback, training_args, state, optimizer, scheduler, steps=30, seconds_per_step=0)
     assert optimizer.param_groups[0]["lr"] == cosine(30)
     assert "lr_lambdas" not in scheduler.state_dict() or all(not d for d in scheduler.state_dict()["lr_lambdas"])
+
+
+def test_a_resumed_run_spreads_the_rest_of_the_schedule_over_its_budget(tmp_path: Path) -> None:
+    training_args, optimizer, scheduler, cosine = _cosine(tmp_path, max_steps=1000)
+    for _ in range(600):  # the run so far, as the resumed scheduler state has it
+        optimizer.step()
+        scheduler.step()
+    state = TrainerState(global_step=600, max_steps=1000)
+    callback = TimeLimitCallback(minutes=1 / 60)  # this process's budget: 1 s for the 400 steps left
+    callback.on_train_begin(training_args, state, TrainerControl(), lr_scheduler=scheduler)
+    _run_steps(callback, training_args, state, optimizer, scheduler, steps=25, seconds_per_step=0.02)
+    expected = 600 + 400 * callback.fraction  # half the budget: about step 800, not 625
+    assert 0.45 < callback.fraction < 0.9
+    assert abs(optimizer.param_groups[0]["lr"] - cosine(expected)) < 0.05
+    assert optimizer.param_groups[0]["lr"] < 0.9 * cosine(625)
