@@ -252,6 +252,11 @@ def _train(
         logger.info("malloc keeps freed blocks for reuse (--reuse_freed_memory false to turn off).")
     if on_cpu and training_args.do_train:
         _set_cpu_threads(training_args.cpu_threads)
+        if training_args.optim == MUON and not native_bf16("cpu"):
+            logger.warning(
+                "--optim muon: torch.optim.Muon orthogonalises its updates in bf16, which this CPU emulates (no "
+                "AVX512-BF16 or AMX): steps are about 10x slower than AdamW's here (bench/RESULTS.md)."
+            )
     if training_args.auto_bf16:
         precision = "bf16 autocast" if training_args.bf16 else "fp16 autocast" if training_args.fp16 else "fp32"
         logger.info("--auto_bf16: training in %s on %s.", precision, training_args.device.type)
