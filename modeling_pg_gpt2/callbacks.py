@@ -32,20 +32,52 @@ class PlotCallback(TrainerCallback):
 
 
 class TimeLimitCallback(TrainerCallback):
-    """Ends training once `minutes` of wall-clock time have passed, with a last evaluation and checkpoint."""
+    """Ends training after `minutes` of training, with a last evaluation and checkpoint.
 
-    def __init__(self, minutes: float) -> None:
+    The clock counts training only: evaluations (with their samples and plots) and checkpoints are left
+    out, so a budget buys the same training whatever the evaluation settings. Each log entry gets the
+    minutes so far as `train_minutes` (for curves of loss against time).
+
+    With `anneal` (the default) the learning-rate schedule runs its course by the end of the budget even
+    when `max_steps` would come later: after warm-up the scheduler is asked for the step the run would
+    have reached at the pace that ends exactly with the budget, `max(step, first + (max_steps - first) *
+    used / budget)`, so a slow or busy machine still decays the learning rate to its end value instead of
+    stopping at a high rate mid-schedule. On a machine fast enough to reach `max_steps` in time nothing
+    changes. The time used is the slowest rank's, read once per step, so every rank sets the same rate.
+    """
+
+    def __init__(self, minutes: float, anneal: bool = True) -> None:
         self.seconds = minutes * 60
-        self.start: float | None = None
+        self.anneal = anneal
         self.used_up = False
+        self.trained = 0.0  # seconds of training so far
+        self.fraction: float | None = None  # of the budget used, as of the last finished step
+        self._mark: float | None = None  # when the clock last read; moved past evaluations and checkpoints
 
-    def on_train_begin(self, args, state, control, **kwargs):
-        self.start = time.monotonic()
+    def on_train_begin(self, args, state, control, lr_scheduler=None, **kwargs):
+        self.trained, self.fraction, self._mark = 0.0, None, time.monotonic()
+        if self.anneal and isinstance(lr_scheduler, torch.optim.lr_scheduler.LambdaLR):
+            first, last = state.global_step, state.max_steps
+            warmup = args.get_warmup_steps(last)
+
+            def virtual_step(step: int) -> float:
+                if self.fraction is None or step < warmup:
+                    return step
+                return max(step, first + (last - first) * min(self.fraction, 1.0))
+
+            def rescheduled(schedule):  # plain functions: LambdaLR's state_dict leaves them out
+                return lambda step: schedule(virtual_step(step))
+
+            lr_scheduler.lr_lambdas = [rescheduled(schedule) for schedule in lr_scheduler.lr_lambdas]
 
     def on_step_end(self, args, state, control, **kwargs):
-        if self.start is None or control.should_training_stop:
+        if self._mark is None or control.should_training_stop:
             return control
-        if _on_any_rank(time.monotonic() - self.start >= self.seconds, args.device):  # every rank stops together
+        now = time.monotonic()
+        self.trained, self._mark = self.trained + now - self._mark, now
+        used = _slowest_rank(self.trained, args.device)
+        self.fraction = used / self.seconds if self.seconds > 0 else math.inf
+        if self.fraction >= 1:  # every rank reads the same value: every rank stops together
             self.used_up = True
             logger.warning(
                 "Time budget of %g minutes used up at step %d: stopping.", self.seconds / 60, state.global_step
@@ -54,6 +86,25 @@ class TimeLimitCallback(TrainerCallback):
             control.should_evaluate = args.eval_strategy != "no"
             control.should_save = args.save_strategy != "no"
         return control
+
+    def on_evaluate(self, args, state, control, **kwargs):
+        self._mark = time.monotonic()
+
+    on_save = on_evaluate
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        # Into the logs the loggers receive and into the copy the Trainer keeps in state.log_history.
+        for entry in filter(None, [logs, state.log_history[-1] if state.log_history else None]):
+            entry["train_minutes"] = round(self.trained / 60, 4)
+
+
+def _slowest_rank(seconds: float, device: torch.device) -> float:
+    """The largest of `seconds` over all processes (itself outside distributed training)."""
+    if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
+        return seconds
+    value = torch.tensor([seconds], dtype=torch.float64, device=device)
+    torch.distributed.all_reduce(value, op=torch.distributed.ReduceOp.MAX)
+    return float(value.item())
 
 
 def _on_any_rank(flag: bool, device: torch.device) -> bool:

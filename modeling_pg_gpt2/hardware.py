@@ -7,7 +7,10 @@
 from __future__ import annotations
 
 import ctypes
+import math
+import os
 import platform
+import time
 
 import torch
 
@@ -44,7 +47,62 @@ def reuse_freed_memory() -> bool:
     return bool(libc.mallopt(m_mmap_threshold, 1 << 30)) and bool(libc.mallopt(m_trim_threshold, 2**31 - 1))
 
 
+def busy_cores(seconds: float = 0.5) -> float | None:
+    """How many cores other processes keep busy, averaged over `seconds` (Linux; None elsewhere).
+
+    The CPU time of every other process over the interval, from /proc/<pid>/stat. Niced processes count
+    only under autogroup scheduling (the default of desktop Linux), where a niced process in another
+    terminal still takes its share of a core; without autogroup they yield to this process.
+    """
+    try:
+        with open("/proc/sys/kernel/sched_autogroup_enabled", encoding="ascii") as autogroup:
+            count_niced = autogroup.read().strip() != "0"
+    except OSError:
+        count_niced = True
+    start = time.monotonic()
+    before = _cpu_ticks_of_others(count_niced)
+    if before is None:
+        return None
+    time.sleep(seconds)
+    after = _cpu_ticks_of_others(count_niced) or {}
+    elapsed = time.monotonic() - start
+    ticks = sum(used - before.get(pid, 0) for pid, used in after.items())  # a process born since: all its time
+    return max(0.0, ticks / os.sysconf("SC_CLK_TCK") / elapsed)
+
+
+def _cpu_ticks_of_others(count_niced: bool) -> dict[int, int] | None:
+    """utime + stime of every process but this one (and niced ones unless `count_niced`), by pid."""
+    try:
+        pids = [int(name) for name in os.listdir("/proc") if name.isdigit()]
+    except OSError:
+        return None
+    ticks, own = {}, os.getpid()
+    for pid in pids:
+        try:
+            with open(f"/proc/{pid}/stat", encoding="ascii", errors="replace") as stat:
+                fields = stat.read().rsplit(")", 1)[1].split()  # after the command name, which may hold spaces
+        except OSError:  # gone since listdir
+            continue
+        utime, stime, nice = int(fields[11]), int(fields[12]), int(fields[16])
+        if pid != own and (count_niced or nice <= 0):
+            ticks[pid] = utime + stime
+    return ticks
+
+
+def threads_for_load(busy: float, cores: int) -> int:
+    """Threads for a CPU run when other processes keep `busy` of the machine's `cores` busy: the free ones.
+
+    Every parallel kernel waits for all its threads; a thread that shares its core with a busy neighbour
+    is descheduled for whole time slices, so on a 2-core machine with one core taken two threads train
+    slower than one (bench/RESULTS.md, "Time to quality"). A core counts as taken when at least half
+    of it is busy.
+    """
+    return max(1, cores - math.floor(busy + 0.5))
+
+
 __all__ = [
+    "busy_cores",
+    "threads_for_load",
     "native_bf16",
     "reuse_freed_memory",
 ]

@@ -67,7 +67,7 @@ from .corpus import CorpusArguments
 from .data import DataTrainingArguments, prepare_datasets
 from .eval_metrics import ComputeLMMetrics, final_eval_metrics, preprocess_logits_for_metrics
 from .eval_tasks import EvalTasksCallback
-from .hardware import native_bf16, reuse_freed_memory
+from .hardware import busy_cores, native_bf16, reuse_freed_memory, threads_for_load
 from .model_init import ModelArguments, build_model, count_parameters, hide_tied_weight_warning, load_tokenizer
 from .optim import MUON, MuonAdamW, muon_adamw_kwargs
 from .outputs import METRICS_FILE, TRAINING_INFO_FILE
@@ -121,6 +121,13 @@ class CLMTrainingArguments(TrainingArguments):
             "help": "Training on a CPU under Linux (glibc): let malloc keep large freed blocks for the next step "
             "instead of returning them to the system, whose fresh pages fault in one by one: 10-20%% faster steps "
             "for 13-19%% more resident memory. Pass false to keep memory tight."
+        },
+    )
+    cpu_threads: int | None = field(
+        default=None,
+        metadata={
+            "help": "Threads of a CPU run. Default: the cores other processes leave free when the run starts "
+            "(all of them on an idle machine; OMP_NUM_THREADS, as launchers set it, takes precedence)."
         },
     )
     auto_bf16: bool = field(
@@ -262,6 +269,13 @@ def _train(
     on_cpu = training_args.device.type == "cpu"
     if training_args.reuse_freed_memory and on_cpu and training_args.do_train and reuse_freed_memory():
         logger.info("malloc keeps freed blocks for reuse (--reuse_freed_memory false to turn off).")
+    if on_cpu and training_args.do_train:
+        _set_cpu_threads(training_args.cpu_threads)
+        if training_args.optim == MUON and not native_bf16("cpu"):
+            logger.warning(
+                "--optim muon: torch.optim.Muon orthogonalises its updates in bf16, which this CPU emulates (no "
+                "AVX512-BF16 or AMX): steps are about 10x slower than AdamW's here (bench/RESULTS.md)."
+            )
     if training_args.auto_bf16:
         precision = "bf16 autocast" if training_args.bf16 else "fp16 autocast" if training_args.fp16 else "fp32"
         logger.info("--auto_bf16: training in %s on %s.", precision, training_args.device.type)
@@ -407,6 +421,23 @@ def _train(
     trainer.accelerator.wait_for_everyone()
     trainer.end()
     return metrics
+
+
+def _set_cpu_threads(requested: int | None) -> None:
+    """Use `requested` threads, or as many as the cores other processes leave free (see `threads_for_load`)."""
+    if requested is None and "OMP_NUM_THREADS" in os.environ:
+        return  # the user's or the launcher's choice (torch already follows it)
+    cores = torch.get_num_threads()
+    if requested is None:
+        busy = busy_cores()
+        if busy is None:
+            return
+        requested = threads_for_load(busy, cores)
+        reason = f"other processes keep {busy:.1f} of {cores} cores busy; --cpu_threads N to choose"
+    else:
+        reason = "--cpu_threads"
+    torch.set_num_threads(requested)
+    logger.info("CPU threads: %d (%s).", requested, reason)
 
 
 def _training_info(

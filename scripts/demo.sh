@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# `make demo`: the whole job on the bundled Shakespeare corpus, offline, on a laptop CPU (~12 minutes):
+# `make demo`: the whole job on the bundled Shakespeare corpus, offline, on a laptop CPU (~11 minutes):
 # train a byte-level BPE tokenizer, pre-train a small GPT-2 with the Trainer (evaluations, best model,
 # curves, model card), then stream a generated sample and print the validation bits per byte.
 #
@@ -26,7 +26,7 @@ echo "== 2/3 Pre-training pg_gpt2 (configs/shakespeare-cpu.yaml)"
     --overwrite_output_dir
 
 echo "== 3/3 A sample from the trained model"
-"$PYTHON" generate.py "$MODEL" $'ROMEO:\n' --max_new_tokens 200 --temperature 0.8 --top_k 50 --seed 1
+"$PYTHON" generate.py "$MODEL" $'ROMEO:\n' --max_new_tokens 120 --temperature 0.8 --top_k 50 --seed 1
 
 "$PYTHON" - "$MODEL" "$(( SECONDS - start ))" <<'PY'
 import json, sys

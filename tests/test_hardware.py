@@ -1,4 +1,4 @@
-"""hardware.py: malloc settings for step-sized tensors (the bf16 probe is tested end to end in test_run_clm.py)."""
+"""hardware.py: malloc for step-sized tensors, threads from the machine's load (bf16 probe: test_run_clm.py)."""
 
 from __future__ import annotations
 
@@ -6,6 +6,8 @@ import os
 import platform
 import subprocess
 import sys
+import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -41,3 +43,37 @@ def test_reuse_freed_memory_keeps_large_blocks_mapped():
     pages = 5 * 64 * 2**20 // os.sysconf("SC_PAGE_SIZE")
     assert default >= 0.9 * pages  # every block's pages fault in again
     assert reused <= 0.1 * pages
+
+
+@pytest.mark.parametrize(
+    ("busy", "cores", "threads"),
+    [(0.0, 2, 2), (0.3, 2, 2), (0.6, 2, 1), (1.0, 2, 1), (3.0, 2, 1), (1.0, 16, 15), (2.4, 16, 14)],
+)
+def test_threads_are_the_cores_others_leave_free(busy: float, cores: int, threads: int) -> None:
+    from modeling_pg_gpt2.hardware import threads_for_load
+
+    assert threads_for_load(busy, cores) == threads
+
+
+@pytest.mark.skipif(not Path("/proc/stat").exists(), reason="reads /proc")
+def test_a_busy_neighbour_is_seen_and_this_process_is_not() -> None:
+    from modeling_pg_gpt2.hardware import busy_cores
+
+    neighbour = subprocess.Popen([sys.executable, "-c", "while True: pass"])  # one core, at normal priority
+    try:
+        seen = busy_cores(seconds=1.0)
+    finally:
+        neighbour.kill()
+        neighbour.wait()
+    assert seen is not None and seen >= 0.7
+
+    def spin() -> None:
+        until = time.monotonic() + 0.8
+        while time.monotonic() < until:
+            pass
+
+    spinner = threading.Thread(target=spin)  # this process keeping a core busy is not "another process"
+    spinner.start()
+    own = busy_cores(seconds=0.5)
+    spinner.join()
+    assert own < seen - 0.4
