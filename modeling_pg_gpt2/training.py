@@ -60,12 +60,13 @@ from .checkpoints import (
 )
 from .cli import CommandError, Interrupted, UserError, check_output_dir
 from .corpus import CorpusArguments
-from .data import DataTrainingArguments, prepare_datasets
+from .data import DataTrainingArguments, check_streaming_arguments, prepare_datasets, streaming_datasets
 from .eval_metrics import ComputeLMMetrics, final_eval_metrics, preprocess_logits_for_metrics
 from .eval_tasks import EvalTasksCallback
 from .hardware import native_bf16, reuse_freed_memory
 from .model_init import ModelArguments, build_model, count_parameters, hide_tied_weight_warning, load_tokenizer
 from .outputs import METRICS_FILE, TRAINING_INFO_FILE
+from .streaming import StreamingTrainer
 
 logger = logging.getLogger(__name__)
 
@@ -206,6 +207,8 @@ def _train(
 ) -> dict[str, float]:
     resume_from = resolve_resume(training_args)  # first: refuses a folder that holds something else
     eval_tasks = EvalTasksCallback(training_args.eval_tasks, training_args.seed)  # reads the files: fails early
+    if data_args.streaming:
+        check_streaming_arguments(data_args, training_args)
     on_cpu = training_args.device.type == "cpu"
     if training_args.reuse_freed_memory and on_cpu and training_args.do_train and reuse_freed_memory():
         logger.info("malloc keeps freed blocks for reuse (--reuse_freed_memory false to turn off).")
@@ -236,7 +239,8 @@ def _train(
     if model.config.tie_word_embeddings:
         hide_tied_weight_warning(model)
 
-    datasets = prepare_datasets(corpus_args, data_args, training_args, tokenizer, block_size)
+    load = streaming_datasets if data_args.streaming else prepare_datasets
+    datasets = load(corpus_args, data_args, training_args, tokenizer, block_size)
     # Every input is checked by now (on a re-run the corpus comes from the datasets cache): a finished run
     # that is asked for nothing more is left as it is.
     output_dir = Path(training_args.output_dir)
@@ -254,13 +258,13 @@ def _train(
     if resume_from is not None:
         logger.info("Resuming from %s (pass --overwrite_output_dir to start over).", resume_from)
     logger.info(
-        "Model %s: %s parameters, %d layers, %d wide, vocab %d; %d train and %d validation blocks of %d tokens.",
+        "Model %s: %s parameters, %d layers, %d wide, vocab %d; %s train and %d validation blocks of %d tokens.",
         source,
         f"{count_parameters(model):,}",
         model.config.n_layer,
         model.config.n_embd,
         model.config.vocab_size,
-        len(datasets["train"]),
+        "streamed" if data_args.streaming else len(datasets["train"]),
         len(datasets["validation"]),
         block_size,
     )
@@ -272,7 +276,7 @@ def _train(
         callbacks.append(
             EarlyStoppingCallback(training_args.early_stopping_patience, training_args.early_stopping_threshold)
         )
-    trainer = Trainer(
+    trainer = (StreamingTrainer if data_args.streaming else Trainer)(
         model=model,
         args=training_args,
         train_dataset=datasets["train"] if training_args.do_train else None,
@@ -326,7 +330,9 @@ def _train(
         if trainer.is_world_process_zero():
             trainer.save_state()
             (output_dir / METRICS_FILE).write_text(json.dumps(metrics, indent=2) + "\n", encoding="utf-8")
-            info = _training_info(model_args, corpus_args, training_args, trainer, source, block_size, datasets)
+            info = _training_info(
+                model_args, corpus_args, data_args, training_args, trainer, source, block_size, datasets
+            )
             info["finished"] = finished
             from .model_card import write_model_card
             from .plots import write_plots
@@ -344,6 +350,7 @@ def _train(
 def _training_info(
     model_args: ModelArguments,
     corpus_args: CorpusArguments,
+    data_args: DataTrainingArguments,
     training_args: CLMTrainingArguments,
     trainer: Trainer,
     source: str,
@@ -357,6 +364,9 @@ def _training_info(
         for key, value in dataclasses.asdict(corpus_args).items()
         if value is not None and key not in ("preprocessing_num_workers",)
     }
+    if data_args.streaming:  # a stream holds out its first documents (streaming_validation_documents) instead
+        for key in ("validation_split_percentage", "split_seed"):
+            corpus.pop(key, None)
     sequences_per_step = args.per_device_train_batch_size * args.gradient_accumulation_steps * args.world_size
     tokens_per_step = sequences_per_step * block_size
     return {
@@ -364,8 +374,11 @@ def _training_info(
         "tokenizer": model_args.tokenizer_name or model_args.model_name_or_path,
         "corpus": corpus,
         "block_size": block_size,
-        "train_blocks": len(datasets["train"]),
+        "streaming": data_args.streaming,
+        # A stream has no length: its blocks are counted as they are trained on (tokens_seen).
+        "train_blocks": None if data_args.streaming else len(datasets["train"]),
         "validation_blocks": len(datasets["validation"]),
+        "streaming_validation_documents": data_args.streaming_validation_documents if data_args.streaming else None,
         "world_size": args.world_size,
         "per_device_train_batch_size": args.per_device_train_batch_size,
         "gradient_accumulation_steps": args.gradient_accumulation_steps,
