@@ -59,6 +59,9 @@ class StreamingTrainer(Trainer):
             pin_memory=args.dataloader_pin_memory,
             persistent_workers=args.dataloader_persistent_workers,
             prefetch_factor=args.dataloader_prefetch_factor,
+            # Starting an iterator draws a base seed; from the global generator, that draw would come after
+            # the Trainer restored its RNG state on resume, and shift every later dropout mask.
+            generator=torch.Generator().manual_seed(args.seed),
         )
         # accelerate's loader (device placement, end-of-data signal for gradient accumulation) over a
         # StatefulDataLoader. num_processes=1: the dataset is this rank's share already, and

@@ -11,7 +11,8 @@ parsed by `modeling_pg_gpt2.arguments`; [`train`] runs the whole job, each step 
 2. (`model_init`) build the model (preset, config file, pg_gpt2 checkpoint or GPT-2 weights) sized to
    the tokenizer;
 3. (`data`) tokenize the corpus with `datasets.map` (batched, cached, `num_proc`), separate documents
-   with `<|endoftext|>` and pack them into `block_size` blocks;
+   with `<|endoftext|>` and pack them into `block_size` blocks; with `--streaming`, do the same on the fly
+   on a stream of the corpus, which `streaming.StreamingTrainer` resumes at its exact position;
 4. (`eval_metrics`, `callbacks`) train with evaluation (loss, perplexity, accuracy, bits per byte),
    checkpoints, the best model kept, early stopping, plots refreshed at each evaluation;
 5. write the best model, tokenizer, generation config, `metrics.json`, `training_info.json`, the
