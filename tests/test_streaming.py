@@ -177,3 +177,11 @@ def test_two_ranks_split_the_stream_without_sharing_a_document(corpus, tokenizer
     assert not seen[0] & seen[1]  # no document trained on twice
     assert seen[0] | seen[1] == set(range(3, 30))  # every one trained on, the held-out three excepted
     assert 10 <= len(seen[0]) <= 17
+
+
+def test_the_bundled_corpus_streams_the_plays_map_style_loading_reads():
+    from modeling_pg_gpt2.corpus import load_shakespeare, stream_corpus
+
+    train, validation = stream_corpus(CorpusArguments(dataset_name="shakespeare"))
+    assert validation is None and train.n_shards == 38  # one play per shard: ranks get whole plays
+    assert [row["text"] for row in train] == load_shakespeare()["text"]
