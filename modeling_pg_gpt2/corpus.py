@@ -45,7 +45,7 @@ from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.compute as pc
-from datasets import Dataset, DatasetDict, Features, Value, load_dataset
+from datasets import Dataset, DatasetDict, Features, IterableDataset, Value, load_dataset
 from datasets.fingerprint import Hasher
 
 from .cli import UserError
@@ -155,6 +155,45 @@ def load_corpus(args: CorpusArguments) -> DatasetDict:
     return DatasetDict({"train": train, "validation": validation})
 
 
+def stream_corpus(args: CorpusArguments) -> tuple[IterableDataset, IterableDataset | None]:
+    """The corpus `args` describes as streams of documents, read as they are iterated: `(train, validation)`.
+
+    The sources are those of [`load_corpus`], one `"text"` column, the same documents in the same order,
+    empty ones dropped; nothing is read into memory or the `datasets` cache. `validation` is the Hub
+    dataset's validation split or `--validation_file`, `None` without one: a stream has no length to hold
+    a percentage out of, so `data.streaming_datasets` holds out its first documents instead.
+    Each file (or Hub data file) is one shard of the stream, the unit `split_dataset_by_node` hands to a rank.
+    """
+    _check_arguments(args)
+    if args.dataset_name is not None and args.dataset_name.lower() == SHAKESPEARE:
+        plays = load_shakespeare()  # 5 MB, bundled: read whole, streamed one play per shard
+        train, validation = plays.to_iterable_dataset(num_shards=plays.num_rows), None
+    elif args.dataset_name is not None:
+        train, validation = _load_dataset_name(args, streaming=True)
+    else:
+        train = _stream_files(args.train_file, "--train_file", args)
+        validation = (
+            None if args.validation_file is None else _stream_files(args.validation_file, "--validation_file", args)
+        )
+    return _drop_empty_stream(train), None if validation is None else _drop_empty_stream(validation)
+
+
+def _stream_files(spec: str, flag: str, args: CorpusArguments) -> IterableDataset:
+    """Documents from a file, folder or glob as a stream: text files one document each, tables one per row."""
+    files = _resolve_files(spec, flag)
+    fmt = _file_format(files, flag, spec)
+    paths = [str(path) for path in files]
+    if fmt == "text":  # byte-exact, as `_read_documents`; one shard per file
+        return IterableDataset.from_generator(
+            _generate_documents, features=_TEXT_FEATURES, gen_kwargs={"paths": paths}
+        )
+    try:
+        table = load_dataset(fmt, data_files=paths, split="train", streaming=True)
+    except Exception as err:  # as in _load_files: the user's files, reported in one line
+        raise UserError(f"cannot read {flag} {spec} as {fmt}: {_one_line(err)}") from None
+    return _text_column(table, args.text_column, f"{flag} {spec}")
+
+
 def split_documents(documents: Dataset, percentage: float, seed: int) -> tuple[Dataset, Dataset]:
     """Hold out `percentage` % of the documents (rounded, at least one) as validation.
 
@@ -233,8 +272,11 @@ def _check_arguments(args: CorpusArguments) -> None:
         raise UserError(f"--validation_split_percentage must be in [0, 100), got {args.validation_split_percentage:g}")
 
 
-def _load_dataset_name(args: CorpusArguments) -> tuple[Dataset, Dataset | None]:
-    """A Hub dataset (or local dataset folder) by name: its train split and validation split if any."""
+def _load_dataset_name(args: CorpusArguments, streaming: bool = False) -> tuple[Dataset, Dataset | None]:
+    """A Hub dataset (or local dataset folder) by name: its train split and validation split if any.
+
+    With `streaming`, both are `IterableDataset`s that read the files as they are iterated.
+    """
     name = args.dataset_name
     if Path(name).is_file():
         raise UserError(f"--dataset_name {name} is a file: pass it as --train_file {name}")
@@ -244,7 +286,10 @@ def _load_dataset_name(args: CorpusArguments) -> tuple[Dataset, Dataset | None]:
             "or set HF_HUB_OFFLINE=1 to use a copy already in your cache"
         )
     try:
-        splits = load_dataset(name, args.dataset_config_name, num_proc=args.preprocessing_num_workers)
+        if streaming:
+            splits = load_dataset(name, args.dataset_config_name, streaming=True)
+        else:
+            splits = load_dataset(name, args.dataset_config_name, num_proc=args.preprocessing_num_workers)
     except (ConnectionError, FileNotFoundError) as err:
         raise UserError(
             f"cannot load dataset '{name}' ({_one_line(err)}); to work offline, {OFFLINE_ALTERNATIVES}"
@@ -291,14 +336,7 @@ def _hub_reachable(timeout: float = HUB_PROBE_TIMEOUT_S) -> bool:
 def _load_files(spec: str, flag: str, args: CorpusArguments) -> Dataset:
     """Documents from a file, folder or glob: text files one document each, tables one per row."""
     files = _resolve_files(spec, flag)
-    suffixes = {path.suffix.lower() for path in files}
-    formats = {FILE_FORMATS[suffix] for suffix in suffixes}
-    if len(formats) > 1:
-        raise UserError(
-            f"{flag} {spec} mixes file types ({', '.join(sorted(suffixes))}); "
-            "point it at files of one kind, e.g. a glob like 'essays/*.txt'"
-        )
-    fmt = formats.pop()
+    fmt = _file_format(files, flag, spec)
     if fmt == "text":
         return _read_documents(files, flag, spec, args.preprocessing_num_workers)
     try:
@@ -322,6 +360,18 @@ def _load_files(spec: str, flag: str, args: CorpusArguments) -> Dataset:
             _raise_if_not_utf8(files)
             raise UserError(f"{flag} {spec} holds text that is not valid UTF-8") from None
     return documents
+
+
+def _file_format(files: Sequence[Path], flag: str, spec: str) -> str:
+    """The `datasets` builder that reads `files` (`FILE_FORMATS`); they must all be of one kind."""
+    suffixes = {path.suffix.lower() for path in files}
+    formats = {FILE_FORMATS[suffix] for suffix in suffixes}
+    if len(formats) > 1:
+        raise UserError(
+            f"{flag} {spec} mixes file types ({', '.join(sorted(suffixes))}); "
+            "point it at files of one kind, e.g. a glob like 'essays/*.txt'"
+        )
+    return formats.pop()
 
 
 def _resolve_files(spec: str, flag: str) -> list[Path]:
@@ -443,17 +493,23 @@ def first_invalid_utf8(path: str | os.PathLike, chunk_size: int = 1 << 20) -> in
     return offset if carry else None
 
 
-def _text_column(dataset: Dataset, column: str, source: str) -> Dataset:
+def _text_column(dataset: Dataset | IterableDataset, column: str, source: str) -> Dataset | IterableDataset:
     """Keep only `column`, renamed to "text", checking that it exists and holds strings."""
-    if column not in dataset.column_names:
-        raise UserError(
-            f"{source} has no column '{column}' (columns: {', '.join(dataset.column_names)}); pass --text_column NAME"
-        )
-    feature = dataset.features[column]
+    features = dataset.features
+    if features is None:  # a stream of JSON Lines: its columns are known once a row is read
+        features = Features({key: _value_feature(value) for key, value in next(iter(dataset.take(1)), {}).items()})
+    if column not in features:
+        raise UserError(f"{source} has no column '{column}' (columns: {', '.join(features)}); pass --text_column NAME")
+    feature = features[column]
     if not (isinstance(feature, Value) and feature.dtype in ("string", "large_string")):
         raise UserError(f"column '{column}' of {source} holds {feature}, not text; pass --text_column NAME")
     dataset = dataset.select_columns([column])
     return dataset.rename_column(column, "text") if column != "text" else dataset
+
+
+def _value_feature(value: object) -> Value | str:
+    """The feature of one value read from a stream of unknown features, as far as `_text_column` cares."""
+    return Value("string") if isinstance(value, str) else type(value).__name__
 
 
 def _drop_empty(documents: Dataset, num_proc: int | None) -> Dataset:
@@ -465,6 +521,10 @@ def _drop_empty(documents: Dataset, num_proc: int | None) -> Dataset:
     if not has_empty:
         return documents
     return documents.filter(_has_text, input_columns="text", batched=True, num_proc=num_proc)
+
+
+def _drop_empty_stream(documents: IterableDataset) -> IterableDataset:
+    return documents.filter(_has_text, input_columns="text", batched=True)
 
 
 def _has_text(texts: list[str | None]) -> list[bool]:

@@ -212,7 +212,11 @@ def build_model_card(output_dir: str | Path, *, repo_id: str | None = None, **in
 
     source = training.get("model_source") or ""
     from_scratch = not source or source.startswith("from scratch")
-    if corpus.get("validation_file"):
+    if training.get("streaming"):
+        held_out = _format(training.get("streaming_validation_documents", "?"))
+        of = f"`{Path(corpus['validation_file']).name}`" if corpus.get("validation_file") else "the stream"
+        validation = f"the corpus is streamed and the first {held_out} documents of {of} validate"
+    elif corpus.get("validation_file"):
         validation = f"the validation text is `{Path(corpus['validation_file']).name}`"
     else:
         validation = (
@@ -230,7 +234,7 @@ def build_model_card(output_dir: str | Path, *, repo_id: str | None = None, **in
         prompt=json.dumps(prompt),
         block_size=training.get("block_size", "?"),
         validation=validation,
-        train_blocks=_format(training.get("train_blocks")),
+        train_blocks="streamed" if training.get("streaming") else _format(training.get("train_blocks")),
         validation_blocks=_format(training.get("validation_blocks")),
         tokenizer_table=_table(tokenizer_rows),
         architecture_table=_table(arch),

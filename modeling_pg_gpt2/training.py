@@ -12,7 +12,8 @@ parsed by `modeling_pg_gpt2.arguments`; [`train`] runs the whole job, each step 
    the tokenizer;
 3. (`data`) tokenize the corpus with `datasets.map` (batched, cached, `num_proc`), separate documents
    with `<|endoftext|>` and pack them into `block_size` blocks; or (`prepared`) read the blocks
-   `prepare_data.py` made once, memory-mapped;
+   `prepare_data.py` made once, memory-mapped; or, with `--streaming`, tokenize and pack on the fly a
+   stream of the corpus, which `streaming.StreamingTrainer` resumes at its exact position;
 4. (`eval_metrics`, `callbacks`, `throughput`) train with evaluation (loss, perplexity, accuracy, bits
    per byte), checkpoints, the best model kept, early stopping, plots refreshed at each evaluation,
    tokens/s and MFU at each logging step;
@@ -64,7 +65,7 @@ from .checkpoints import (
 from .cli import CommandError, Interrupted, UserError, check_output_dir
 from .collators import DocumentMaskingCollator
 from .corpus import CorpusArguments
-from .data import DataTrainingArguments, prepare_datasets
+from .data import DataTrainingArguments, check_streaming_arguments, prepare_datasets, streaming_datasets
 from .eval_metrics import ComputeLMMetrics, final_eval_metrics, preprocess_logits_for_metrics
 from .eval_tasks import EvalTasksCallback
 from .hardware import busy_cores, native_bf16, reuse_freed_memory, threads_for_load
@@ -72,6 +73,7 @@ from .model_init import ModelArguments, build_model, count_parameters, hide_tied
 from .optim import MUON, MuonAdamW, muon_adamw_kwargs
 from .outputs import METRICS_FILE, TRAINING_INFO_FILE
 from .prepared import load_prepared, read_prepared_info
+from .streaming import StreamingTrainer
 from .throughput import ThroughputCallback, flops_per_token
 
 logger = logging.getLogger(__name__)
@@ -266,6 +268,8 @@ def _train(
 ) -> dict[str, float]:
     resume_from = resolve_resume(training_args)  # first: refuses a folder that holds something else
     eval_tasks = EvalTasksCallback(training_args.eval_tasks, training_args.seed)  # reads the files: fails early
+    if data_args.streaming:
+        check_streaming_arguments(data_args, training_args)
     on_cpu = training_args.device.type == "cpu"
     if training_args.reuse_freed_memory and on_cpu and training_args.do_train and reuse_freed_memory():
         logger.info("malloc keeps freed blocks for reuse (--reuse_freed_memory false to turn off).")
@@ -288,6 +292,10 @@ def _train(
     if data_args.prepared_data is not None:
         if corpus_args.dataset_name is not None or corpus_args.train_file is not None:
             raise UserError("pass either --prepared_data or a corpus (--dataset_name, --train_file), not both")
+        if data_args.streaming:
+            raise UserError(
+                "--prepared_data is read memory-mapped, never streamed: drop --streaming (or --prepared_data)."
+            )
         prepared = read_prepared_info(data_args.prepared_data)
         corpus_args = dataclasses.replace(corpus_args, **prepared.corpus)  # recorded in training_info.json
     block_size = data_args.block_size or (prepared.block_size if prepared else min(n_positions, 1024))
@@ -312,7 +320,8 @@ def _train(
     if prepared is not None:
         datasets = load_prepared(data_args.prepared_data, tokenizer, block_size, data_args, training_args)
     else:
-        datasets = prepare_datasets(corpus_args, data_args, training_args, tokenizer, block_size)
+        load = streaming_datasets if data_args.streaming else prepare_datasets
+        datasets = load(corpus_args, data_args, training_args, tokenizer, block_size)
     # Every input is checked by now (on a re-run the corpus comes from the datasets cache): a finished run
     # that is asked for nothing more is left as it is.
     output_dir = Path(training_args.output_dir)
@@ -330,13 +339,13 @@ def _train(
     if resume_from is not None:
         logger.info("Resuming from %s (pass --overwrite_output_dir to start over).", resume_from)
     logger.info(
-        "Model %s: %s parameters, %d layers, %d wide, vocab %d; %d train and %d validation blocks of %d tokens.",
+        "Model %s: %s parameters, %d layers, %d wide, vocab %d; %s train and %d validation blocks of %d tokens.",
         source,
         f"{count_parameters(model):,}",
         model.config.n_layer,
         model.config.n_embd,
         model.config.vocab_size,
-        len(datasets["train"]),
+        "streamed" if data_args.streaming else len(datasets["train"]),
         len(datasets["validation"]),
         block_size,
     )
@@ -348,7 +357,7 @@ def _train(
         callbacks.append(
             EarlyStoppingCallback(training_args.early_stopping_patience, training_args.early_stopping_threshold)
         )
-    trainer = Trainer(
+    trainer = (StreamingTrainer if data_args.streaming else Trainer)(
         model=model,
         args=training_args,
         train_dataset=datasets["train"] if training_args.do_train else None,
@@ -408,7 +417,9 @@ def _train(
         if trainer.is_world_process_zero():
             trainer.save_state()
             (output_dir / METRICS_FILE).write_text(json.dumps(metrics, indent=2) + "\n", encoding="utf-8")
-            info = _training_info(model_args, corpus_args, training_args, trainer, source, block_size, datasets)
+            info = _training_info(
+                model_args, corpus_args, data_args, training_args, trainer, source, block_size, datasets
+            )
             info["finished"] = finished
             from .model_card import write_model_card
             from .plots import write_plots
@@ -443,6 +454,7 @@ def _set_cpu_threads(requested: int | None) -> None:
 def _training_info(
     model_args: ModelArguments,
     corpus_args: CorpusArguments,
+    data_args: DataTrainingArguments,
     training_args: CLMTrainingArguments,
     trainer: Trainer,
     source: str,
@@ -456,14 +468,20 @@ def _training_info(
         for key, value in dataclasses.asdict(corpus_args).items()
         if value is not None and key not in ("preprocessing_num_workers",)
     }
+    if data_args.streaming:  # a stream holds out its first documents (streaming_validation_documents) instead
+        for key in ("validation_split_percentage", "split_seed"):
+            corpus.pop(key, None)
     tokens_per_step = _tokens_per_step(args, block_size)
     return {
         "model_source": source,
         "tokenizer": model_args.tokenizer_name or model_args.model_name_or_path,
         "corpus": corpus,
         "block_size": block_size,
-        "train_blocks": len(datasets["train"]),
+        "streaming": data_args.streaming,
+        # A stream has no length: its blocks are counted as they are trained on (tokens_seen).
+        "train_blocks": None if data_args.streaming else len(datasets["train"]),
         "validation_blocks": len(datasets["validation"]),
+        "streaming_validation_documents": data_args.streaming_validation_documents if data_args.streaming else None,
         "world_size": args.world_size,
         "per_device_train_batch_size": args.per_device_train_batch_size,
         "gradient_accumulation_steps": args.gradient_accumulation_steps,
