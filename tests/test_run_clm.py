@@ -559,3 +559,11 @@ def test_auto_bf16_trains_in_bf16_exactly_where_the_cpu_has_bf16_instructions(tr
         assert losses[0] == pytest.approx(losses[1], rel=0.05)
     else:  # nothing changes where bf16 would be emulated
         assert not changed
+
+
+@pytest.mark.parametrize("recipe", sorted(p.name for p in (ROOT / "configs").glob("*.yaml")))
+def test_every_shipped_recipe_parses(recipe):
+    model_args, corpus_args, data_args, training_args = parse_arguments(
+        make_parser(DATACLASSES), [str(ROOT / "configs" / recipe), "--bf16", "false"]
+    )
+    assert training_args.output_dir and (corpus_args.dataset_name or corpus_args.train_file)
