@@ -254,6 +254,8 @@ def train(
     asked to train further (see [`asks_for_more`]). A second run on a folder in use is refused.
     """
     _setup_logging(training_args)
+    if data_args.streaming:  # before the output folder exists
+        check_streaming_arguments(data_args, training_args)
     output_dir = check_output_dir(training_args.output_dir, overwrite_flag=None)  # a file, or not writable
     lock = output_lock(output_dir) if training_args.process_index == 0 else contextlib.nullcontext()
     with lock:
@@ -268,8 +270,6 @@ def _train(
 ) -> dict[str, float]:
     resume_from = resolve_resume(training_args)  # first: refuses a folder that holds something else
     eval_tasks = EvalTasksCallback(training_args.eval_tasks, training_args.seed)  # reads the files: fails early
-    if data_args.streaming:
-        check_streaming_arguments(data_args, training_args)
     on_cpu = training_args.device.type == "cpu"
     if training_args.reuse_freed_memory and on_cpu and training_args.do_train and reuse_freed_memory():
         logger.info("malloc keeps freed blocks for reuse (--reuse_freed_memory false to turn off).")
