@@ -206,3 +206,59 @@ def test_fresh_process_loads_with_trust_remote_code_and_generates_the_same(saved
     with torch.no_grad():
         classifier_logits = classifier_folder[1](**batch).logits
     assert (torch.tensor(child["classifier_logits"]) - classifier_logits).abs().max().item() <= 1e-5
+
+
+TOKENIZER_CHILD = textwrap.dedent(
+    """
+    import json, sys
+    sys.modules["modeling_pg_gpt2"] = None
+    from transformers import AutoTokenizer, PreTrainedTokenizerFast
+
+    folder, prompts = sys.argv[1], json.loads(sys.argv[2])
+    loaded = {
+        "PreTrainedTokenizerFast": PreTrainedTokenizerFast.from_pretrained(folder),
+        "AutoTokenizer, trust_remote_code": AutoTokenizer.from_pretrained(folder, trust_remote_code=True),
+    }
+    print(json.dumps({form: tokenizer(prompts)["input_ids"] for form, tokenizer in loaded.items()}))
+    """
+)
+
+
+@pytest.mark.slow
+def test_tokenizer_alone_loads_in_a_terminal_without_a_question_or_a_warning(saved_folder, tmp_path):
+    """The README's two ways to load only the tokenizer of a model folder, run with a pseudo-terminal as stdin
+    (where transformers would ask "Do you wish to run the custom code?" and wait): nothing is asked or warned."""
+    import pty
+
+    folder, _, tokenizer = saved_folder
+    env = {**os.environ, "HF_HOME": str(tmp_path / "hf_home"), "HF_HUB_OFFLINE": "1", "PYTHONPATH": ""}
+    command = [REMOTE_PYTHON, "-I", "-c", TOKENIZER_CHILD, str(folder), json.dumps(PROMPTS)]
+    terminal, child_side = pty.openpty()
+    try:
+        result = subprocess.run(
+            command, cwd=tmp_path, env=env, stdin=child_side, stdout=subprocess.PIPE, stderr=child_side, timeout=120
+        )
+        os.close(child_side)
+        child_side = None
+        terminal_output = b""
+        while True:  # what the child wrote to the terminal (stderr): the question and the warnings go there
+            try:
+                chunk = os.read(terminal, 65536)
+            except OSError:  # the child's side is closed and everything was read
+                break
+            if not chunk:
+                break
+            terminal_output += chunk
+    finally:
+        os.close(terminal)
+        if child_side is not None:
+            os.close(child_side)
+    assert result.returncode == 0, terminal_output.decode(errors="replace")[-3000:]
+    # transformers' warnings go to the terminal (stderr); input() writes its question to stdout.
+    said = terminal_output.decode(errors="replace") + result.stdout.decode(errors="replace")
+    assert "Do you wish to run the custom code" not in said, said
+    assert "You are using a model of type" not in said, said
+    expected = tokenizer(PROMPTS)["input_ids"]
+    assert json.loads(result.stdout.decode().strip().splitlines()[-1]) == dict.fromkeys(
+        ("PreTrainedTokenizerFast", "AutoTokenizer, trust_remote_code"), expected
+    )
