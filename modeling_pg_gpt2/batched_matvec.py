@@ -6,8 +6,9 @@ product written as a batch of two half-height matrices, `bmm(W.view(2, out/2, in
 the batched matrix-product kernel instead, 2-3x faster there, while on other machines (MKL on a
 16-core Xeon) it is 2x slower. The CPU's name does not decide it, the BLAS kernel and the core count
 do, so the layer measures it: the first time a shape meets a given number of rows it times both
-forms on that very product and keeps the faster for the rest of the process. Numbers and the
-benchmark: bench/RESULTS.md ("Generation"), `bench/bench_generate.py --matvec`.
+forms on that very product, with the weight read from memory as decoding reads it, and keeps the
+faster for the rest of the process. Numbers and the benchmark: bench/RESULTS.md ("Generation"),
+`bench/bench_generate.py --matvec` and `--paths`.
 
 Part of the remote code: `modeling_pg_gpt2.py` imports it relatively, so `save_pretrained` copies it
 next to the model. The state dict is `nn.Linear`'s.
@@ -27,6 +28,11 @@ from torch import nn
 MAX_ROWS = 8
 # The batched form is kept only if it is clearly faster: a noisy tie must not swap a kernel for a slower one.
 MARGIN = 0.9
+# Decoding reads every weight once per token, with all the others read in between, so a weight comes from
+# memory (or a shared last-level cache), never from the core's own cache. The measurement cycles through copies
+# of the weight totalling this much, beyond the per-core caches and the L3 of one core complex: timed on one
+# cache-hot weight, MKL's matrix-vector kernel wins on small matrices where it loses 1.4-2.6x in decoding.
+MEASURE_BYTES = 64 * 2**20
 
 # (out, in, rows, dtype, autocast dtype, bias, threads) -> whether the batched form was the faster here.
 _FASTER: dict[tuple, bool] = {}
@@ -47,32 +53,38 @@ def _batched_product(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor |
     return y
 
 
-def _seconds(fn, calls: int) -> float:
+def _seconds(fn) -> float:
     start = time.perf_counter()
-    for _ in range(calls):
-        fn()
+    fn()
     return time.perf_counter() - start
 
 
 def batched_is_faster(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> bool:
     """Whether `_batched_product` beats `F.linear` for this product here: measured once per shape, then cached.
 
-    Both forms run on the real inputs (no random numbers drawn, so sampling stays reproducible), interleaved
-    over five rounds; the best round of each is compared, which is what other processes' load distorts least.
+    Both forms run on the real inputs (no random numbers drawn, so sampling stays reproducible) over copies of
+    the weight that do not fit in the caches (MEASURE_BYTES), interleaved over five rounds; the best round of
+    each is compared, which is what other processes' load distorts least. It takes a few tens of milliseconds
+    per shape, once per process.
     """
     rows = x.shape[0]
     autocast = torch.get_autocast_dtype("cpu") if torch.is_autocast_enabled("cpu") else None
     key = (*weight.shape, rows, weight.dtype, autocast, bias is not None, torch.get_num_threads())
     if key not in _FASTER:
-        x, calls = x.detach(), max(1, 2_000_000 // weight.numel())  # about a millisecond per round
+        x = x.detach()
+        copies = -(-MEASURE_BYTES // (weight.numel() * weight.element_size()))  # at least 1
         with torch.no_grad():
-            forms = (lambda: F.linear(x, weight, bias), lambda: _batched_product(x, weight, bias))
+            weights = [weight.detach(), *(weight.detach().clone() for _ in range(copies - 1))]
+            forms = (
+                lambda: [F.linear(x, w, bias) for w in weights],
+                lambda: [_batched_product(x, w, bias) for w in weights],
+            )
             best = [float("inf"), float("inf")]
             for form in forms:  # warm-up: first calls allocate and load code
                 form()
             for _ in range(5):
                 for i, form in enumerate(forms):
-                    best[i] = min(best[i], _seconds(form, calls))
+                    best[i] = min(best[i], _seconds(form))
         _FASTER[key] = best[1] < MARGIN * best[0]
     return _FASTER[key]
 
