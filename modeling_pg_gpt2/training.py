@@ -37,12 +37,16 @@ import json
 import logging
 import os
 import shutil
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import torch
 from transformers import (
     EarlyStoppingCallback,
+    PreTrainedModel,
+    PreTrainedTokenizerBase,
     Trainer,
     TrainerCallback,
     TrainingArguments,
@@ -284,34 +288,12 @@ def _train(
     set_seed(training_args.seed)  # before the model exists: Trainer seeds only after
     tokenizer = load_tokenizer(model_args)
     model, source = build_model(model_args, tokenizer)
-    n_positions = model.config.n_positions
-    prepared = None
-    if data_args.prepared_data is not None:
-        if corpus_args.dataset_name is not None or corpus_args.train_file is not None:
-            raise UserError("pass either --prepared_data or a corpus (--dataset_name, --train_file), not both")
-        if data_args.streaming:
-            raise UserError(
-                "--prepared_data is read memory-mapped, never streamed: drop --streaming (or --prepared_data)."
-            )
-        prepared = read_prepared_info(data_args.prepared_data)
-        corpus_args = dataclasses.replace(corpus_args, **prepared.corpus)  # recorded in training_info.json
-    block_size = data_args.block_size or (prepared.block_size if prepared else min(n_positions, 1024))
-    if block_size > n_positions:
-        raise UserError(
-            f"--block_size {block_size} is larger than the model's context n_positions={n_positions}; "
-            f"use --block_size {n_positions} or less, or a config with more positions."
-        )
-    if block_size < 2:
-        raise UserError(f"--block_size must be at least 2, got {block_size}.")
     set_generation_defaults(model, tokenizer)
     if model.config.tie_word_embeddings:
         hide_tied_weight_warning(model)
-
-    if prepared is not None:
-        datasets = load_prepared(data_args.prepared_data, tokenizer, block_size, data_args, training_args)
-    else:
-        load = streaming_datasets if data_args.streaming else prepare_datasets
-        datasets = load(corpus_args, data_args, training_args, tokenizer, block_size)
+    datasets, corpus_args, block_size = _training_data(
+        corpus_args, data_args, training_args, tokenizer, model.config.n_positions
+    )
     # Every input is checked by now (on a re-run the corpus comes from the datasets cache): a finished run
     # that is asked for nothing more is left as it is.
     output_dir = Path(training_args.output_dir)
@@ -347,22 +329,7 @@ def _train(
         callbacks.append(
             EarlyStoppingCallback(training_args.early_stopping_patience, training_args.early_stopping_threshold)
         )
-    trainer = (StreamingTrainer if data_args.streaming else Trainer)(
-        model=model,
-        args=training_args,
-        train_dataset=datasets["train"] if training_args.do_train else None,
-        eval_dataset=datasets["validation"] if training_args.do_eval else None,
-        processing_class=tokenizer,
-        data_collator=DocumentMaskingCollator(tokenizer.eos_token_id)
-        if training_args.document_masking
-        else default_data_collator,
-        compute_metrics=ComputeLMMetrics(tokenizer) if training_args.do_eval else None,
-        preprocess_logits_for_metrics=preprocess_logits_for_metrics if training_args.do_eval else None,
-        callbacks=callbacks,
-        optimizer_cls_and_kwargs=(MuonAdamW, muon_adamw_kwargs(model, training_args))
-        if training_args.optim == MUON
-        else None,
-    )
+    trainer = _make_trainer(model, tokenizer, datasets, training_args, data_args.streaming, callbacks)
     flops = flops_per_token(model.config, block_size)
     throughput = ThroughputCallback(tokens_per_step(training_args, block_size), flops)
     # First in the list: they add their figures to the log before the loggers receive it.
@@ -397,6 +364,68 @@ def _train(
     trainer.accelerator.wait_for_everyone()
     trainer.end()
     return metrics
+
+
+def _training_data(
+    corpus_args: CorpusArguments,
+    data_args: DataTrainingArguments,
+    training_args: CLMTrainingArguments,
+    tokenizer: PreTrainedTokenizerBase,
+    n_positions: int,
+) -> tuple[Mapping[str, Any], CorpusArguments, int]:
+    """The train and validation blocks: read from `--prepared_data`, streamed, or tokenized and packed here.
+
+    Also returns the corpus arguments to record (a prepared folder's own) and the block size, checked
+    against the model's context `n_positions`.
+    """
+    prepared = None
+    if data_args.prepared_data is not None:
+        if corpus_args.dataset_name is not None or corpus_args.train_file is not None:
+            raise UserError("pass either --prepared_data or a corpus (--dataset_name, --train_file), not both")
+        if data_args.streaming:
+            raise UserError(
+                "--prepared_data is read memory-mapped, never streamed: drop --streaming (or --prepared_data)."
+            )
+        prepared = read_prepared_info(data_args.prepared_data)
+        corpus_args = dataclasses.replace(corpus_args, **prepared.corpus)  # recorded in training_info.json
+    block_size = data_args.block_size or (prepared.block_size if prepared else min(n_positions, 1024))
+    if block_size > n_positions:
+        raise UserError(
+            f"--block_size {block_size} is larger than the model's context n_positions={n_positions}; "
+            f"use --block_size {n_positions} or less, or a config with more positions."
+        )
+    if block_size < 2:
+        raise UserError(f"--block_size must be at least 2, got {block_size}.")
+    if prepared is not None:
+        datasets = load_prepared(data_args.prepared_data, tokenizer, block_size, data_args, training_args)
+    else:
+        load = streaming_datasets if data_args.streaming else prepare_datasets
+        datasets = load(corpus_args, data_args, training_args, tokenizer, block_size)
+    return datasets, corpus_args, block_size
+
+
+def _make_trainer(
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    datasets: Mapping[str, Any],
+    args: CLMTrainingArguments,
+    streaming: bool,
+    callbacks: list[TrainerCallback],
+) -> Trainer:
+    """The run's Trainer: the collator of `--document_masking`, the optimizer of `--optim muon`, the metrics."""
+    collator = DocumentMaskingCollator(tokenizer.eos_token_id) if args.document_masking else default_data_collator
+    return (StreamingTrainer if streaming else Trainer)(
+        model=model,
+        args=args,
+        train_dataset=datasets["train"] if args.do_train else None,
+        eval_dataset=datasets["validation"] if args.do_eval else None,
+        processing_class=tokenizer,
+        data_collator=collator,
+        compute_metrics=ComputeLMMetrics(tokenizer) if args.do_eval else None,
+        preprocess_logits_for_metrics=preprocess_logits_for_metrics if args.do_eval else None,
+        callbacks=callbacks,
+        optimizer_cls_and_kwargs=(MuonAdamW, muon_adamw_kwargs(model, args)) if args.optim == MUON else None,
+    )
 
 
 __all__ = ["CLMTrainingArguments", "DataTrainingArguments", "ModelArguments", "train"]
