@@ -1,7 +1,7 @@
 """What the machine offers a training run: native bf16 matrix products, malloc tuned for step-sized tensors,
 the threads the other processes leave free, and which sharding engines it can run.
 
-`CLMTrainingArguments(auto_bf16=True)` asks [`native_bf16`] and refuses a [`sharding_engine`] on a machine
+`CLMTrainingArguments` asks [`native_bf16`] (`--auto_bf16`) and refuses any [`sharding_engine`] on a machine
 without GPUs; `train` calls [`setup_cpu_training`] (`--reuse_freed_memory`, `--cpu_threads`). Measured gains
 are in bench/RESULTS.md.
 """
