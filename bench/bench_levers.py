@@ -16,9 +16,7 @@ drifts during the run hits all three alike:
 from __future__ import annotations
 
 import argparse
-import contextlib
 import statistics
-from collections.abc import Callable
 
 import torch
 from common import (
@@ -32,6 +30,7 @@ from common import (
     rate,
     setup,
     span,
+    training_step,
 )
 
 from modeling_pg_gpt2 import PgGPT2ForCausalLM
@@ -39,19 +38,6 @@ from modeling_pg_gpt2.collators import DocumentMaskingCollator
 from modeling_pg_gpt2.optim import MuonAdamW, hidden_matrices
 
 EOS = 0  # any id: the batch only needs one boundary
-
-
-def step_fn(
-    model: PgGPT2ForCausalLM, optimizer: torch.optim.Optimizer, batch: dict, dtype: torch.dtype | None
-) -> Callable:
-    def step() -> None:
-        with torch.autocast("cpu", dtype=dtype) if dtype else contextlib.nullcontext():
-            loss = model(**batch).loss
-        loss.backward()
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-
-    return step
 
 
 def main() -> None:
@@ -79,7 +65,7 @@ def main() -> None:
         else:
             optimizer = torch.optim.AdamW(model.parameters(), **adamw)
         batch = masked if "masking" in name else plain
-        candidates[name] = step_fn(model, optimizer, {k: v.to(device) for k, v in batch.items()}, autocast)
+        candidates[name] = training_step(model, optimizer, {k: v.to(device) for k, v in batch.items()}, autocast)
 
     timings = interleave(candidates, rounds=rounds, warmup=2, device=device)
     print(machine_description(device))

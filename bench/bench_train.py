@@ -45,28 +45,14 @@ from common import (
     rate,
     setup,
     span,
+    training_step,
 )
 from transformers import GPT2LMHeadModel
 
 from modeling_pg_gpt2 import PgGPT2ForCausalLM
 from modeling_pg_gpt2.convert import pg_config_to_gpt2
+from modeling_pg_gpt2.hardware import reuse_freed_memory
 from modeling_pg_gpt2.throughput import flops_per_token, matmul_peak
-from modeling_pg_gpt2.training import reuse_freed_memory
-
-
-def training_step(model, optimizer: torch.optim.Optimizer, ids: torch.Tensor, autocast_dtype: torch.dtype | None):
-    """A closure running one optimisation step of `model` on `ids` (labels = inputs, shifted inside the model)."""
-    device_type = ids.device.type
-
-    def step() -> None:
-        with torch.autocast(device_type, dtype=autocast_dtype) if autocast_dtype else contextlib.nullcontext():
-            loss = model(input_ids=ids, labels=ids).loss
-        loss.backward()
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-
-    return step
-
 
 OPTIMIZERS = {"fused": {"fused": True}, "foreach": {"foreach": True}, "for-loop": {"foreach": False}}
 
@@ -121,7 +107,7 @@ def _training_memory(name: str, config_dict: dict, attn: str, batch: int, contex
     runnable = torch.compile(model) if options["compile"] else model
     ids = torch.randint(0, config.vocab_size, (batch, context), device=device)
     autocast = DTYPES[options["dtype"]] if options["dtype"] != "fp32" else None
-    step = training_step(runnable, optimizer, ids, autocast)
+    step = training_step(runnable, optimizer, {"input_ids": ids, "labels": ids}, autocast)
     if device.type == "cuda":
         torch.cuda.synchronize()
         before = torch.cuda.memory_allocated()
@@ -289,13 +275,14 @@ def main() -> None:
         if context > config.n_positions:
             config.n_positions = context
         ids = torch.randint(0, config.vocab_size, (batch, context), device=device)
+        inputs = {"input_ids": ids, "labels": ids}  # labels = inputs, shifted inside the model
         for attn in csv(args.attn):
             models = model_pair(config, attn, device, torch.float32)
             steps = {}
             for name, model in models.items():
                 model.train()
                 runnable = torch.compile(model) if args.compile else model
-                steps[name] = training_step(runnable, make_optimizer(model, args.optimizer), ids, autocast)
+                steps[name] = training_step(runnable, make_optimizer(model, args.optimizer), inputs, autocast)
             timings = interleave(steps, rounds=rounds, warmup=2 if args.compile else 1, device=device)
             if args.breakdown:
                 breakdowns[f"{shape} {attn}"] = {name: breakdown(step) for name, step in steps.items()}

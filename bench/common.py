@@ -9,6 +9,7 @@ min/max, and the ratio is taken against the baseline of the same run.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import platform
 import statistics
@@ -163,6 +164,25 @@ def model_pair(
     theirs = GPT2LMHeadModel._from_config(pg_config_to_gpt2(config), attn_implementation=attn_implementation)
     theirs.load_state_dict(pg_state_dict_to_gpt2(ours.state_dict()), strict=True)
     return {PG: ours.to(device=device, dtype=dtype), HF: theirs.to(device=device, dtype=dtype)}
+
+
+def training_step(
+    model: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    batch: dict[str, torch.Tensor],
+    autocast_dtype: torch.dtype | None,
+) -> Callable[[], None]:
+    """A closure running one optimisation step (forward, backward, step) of `model` on `batch` (labels inside)."""
+    device_type = batch["input_ids"].device.type
+
+    def step() -> None:
+        with torch.autocast(device_type, dtype=autocast_dtype) if autocast_dtype else contextlib.nullcontext():
+            loss = model(**batch).loss
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+
+    return step
 
 
 def weight_bytes_per_token(model: torch.nn.Module) -> int:

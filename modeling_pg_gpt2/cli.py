@@ -1,4 +1,5 @@
-"""What every command-line front shares: one-line errors for bad input and faults instead of tracebacks.
+"""What every command-line front shares: one-line errors for bad input and faults instead of tracebacks, and
+the log lines a run prints ([`setup_logging`]).
 
 Exit codes: 0 done (or nothing left to do), 1 a fault the user can act on (full disk, diverged
 training), 2 bad input, 130 interrupted with Ctrl-C.
@@ -8,13 +9,17 @@ from __future__ import annotations
 
 import errno
 import functools
+import logging
 import os
 import shutil
 import sys
 import tempfile
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
-from typing import TypeVar
+from typing import TYPE_CHECKING, TypeVar
+
+if TYPE_CHECKING:
+    from transformers import TrainingArguments
 
 T = TypeVar("T")
 
@@ -163,6 +168,23 @@ def check_output_dir(
     return out
 
 
+def setup_logging(args: TrainingArguments) -> None:
+    """Our INFO lines on stderr (main process); transformers and datasets at `--log_level` (warnings by default)."""
+    import datasets
+    import transformers
+
+    package_logger = logging.getLogger(__name__.split(".")[0])
+    if not package_logger.handlers:
+        handler = logging.StreamHandler()
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s", "%H:%M:%S"))
+        package_logger.addHandler(handler)
+        package_logger.propagate = False
+    package_logger.setLevel(logging.INFO if args.should_log else logging.WARNING)
+    level = args.get_process_log_level()
+    transformers.utils.logging.set_verbosity(level)
+    datasets.utils.logging.set_verbosity(level)
+
+
 __all__ = [
     "CommandError",
     "Interrupted",
@@ -174,4 +196,5 @@ __all__ = [
     "first_line",
     "is_disk_full",
     "run_cli",
+    "setup_logging",
 ]

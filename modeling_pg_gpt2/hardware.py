@@ -1,18 +1,30 @@
-"""What the machine offers a training run: native bf16 matrix products, and malloc tuned for step-sized tensors.
+"""What the machine offers a training run: native bf16 matrix products, malloc tuned for step-sized tensors,
+the threads the other processes leave free, and which sharding engines it can run.
 
-`CLMTrainingArguments(auto_bf16=True)` asks [`native_bf16`]; `train` calls [`reuse_freed_memory`] on a CPU
-(`--reuse_freed_memory`). Measured gains are in bench/RESULTS.md.
+`CLMTrainingArguments` asks [`native_bf16`] (`--auto_bf16`) and refuses any [`sharding_engine`] on a machine
+without GPUs; `train` calls [`setup_cpu_training`] (`--reuse_freed_memory`, `--cpu_threads`). Measured gains
+are in bench/RESULTS.md.
 """
 
 from __future__ import annotations
 
 import ctypes
+import logging
 import math
 import os
 import platform
 import time
+from typing import TYPE_CHECKING
 
 import torch
+
+if TYPE_CHECKING:
+    from transformers import TrainingArguments
+
+logger = logging.getLogger(__name__)
+
+# The variables `accelerate launch` sets for a config with distributed_type FSDP or DEEPSPEED.
+SHARDING_ENGINES = {"FSDP": "ACCELERATE_USE_FSDP", "DeepSpeed": "ACCELERATE_USE_DEEPSPEED"}
 
 
 def native_bf16(device_type: str) -> bool:
@@ -100,9 +112,51 @@ def threads_for_load(busy: float, cores: int) -> int:
     return max(1, cores - math.floor(busy + 0.5))
 
 
+def set_cpu_threads(requested: int | None) -> None:
+    """Use `requested` threads, or as many as the cores other processes leave free (see [`threads_for_load`])."""
+    if requested is None and "OMP_NUM_THREADS" in os.environ:
+        return  # the user's or the launcher's choice (torch already follows it)
+    cores = torch.get_num_threads()
+    if requested is None:
+        busy = busy_cores()
+        if busy is None:
+            return
+        requested = threads_for_load(busy, cores)
+        reason = f"other processes keep {busy:.1f} of {cores} cores busy; --cpu_threads N to choose"
+    else:
+        reason = "--cpu_threads"
+    torch.set_num_threads(requested)
+    logger.info("CPU threads: %d (%s).", requested, reason)
+
+
+def setup_cpu_training(args: TrainingArguments) -> None:
+    """Before a run trains on a CPU: malloc for step-sized tensors, and the thread count.
+
+    `args` is a `CLMTrainingArguments` (its `reuse_freed_memory` and `cpu_threads`). Does nothing for a run on
+    an accelerator or one that only evaluates.
+    """
+    if args.device.type != "cpu" or not args.do_train:
+        return
+    if args.reuse_freed_memory and reuse_freed_memory():
+        logger.info("malloc keeps freed blocks for reuse (--reuse_freed_memory false to turn off).")
+    set_cpu_threads(args.cpu_threads)
+
+
+def sharding_engine() -> str | None:
+    """The sharding engine ("FSDP", "DeepSpeed") an `accelerate launch` config asked for, or None."""
+    for name, variable in SHARDING_ENGINES.items():
+        if os.environ.get(variable, "false").lower() in ("1", "true", "yes"):
+            return name
+    return None
+
+
 __all__ = [
+    "SHARDING_ENGINES",
     "busy_cores",
-    "threads_for_load",
     "native_bf16",
     "reuse_freed_memory",
+    "set_cpu_threads",
+    "setup_cpu_training",
+    "sharding_engine",
+    "threads_for_load",
 ]

@@ -205,6 +205,18 @@ def build_model(model_args: ModelArguments, tokenizer: PreTrainedTokenizerBase) 
     return model, source
 
 
+def set_generation_defaults(model: PgGPT2ForCausalLM, tokenizer: PreTrainedTokenizerBase) -> None:
+    """The token ids and sampling defaults the trained model is saved with (config and generation config)."""
+    # Packed blocks have no padding; the pad id only matters to batched generation, where it is <|endoftext|>.
+    pad_token_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    model.config.pad_token_id = pad_token_id
+    generation = model.generation_config
+    generation.bos_token_id = model.config.bos_token_id
+    generation.eos_token_id = tokenizer.eos_token_id
+    generation.pad_token_id = pad_token_id
+    generation.do_sample, generation.top_k = True, 50
+
+
 def hide_tied_weight_warning(model: PgGPT2ForCausalLM) -> None:
     """Silence the Trainer's warning that a reloaded best checkpoint lacks the tied `lm_head.weight`.
 
@@ -236,4 +248,5 @@ __all__ = [
     "hide_tied_weight_warning",
     "load_tokenizer",
     "parse_config_overrides",
+    "set_generation_defaults",
 ]

@@ -17,8 +17,10 @@ parsed by `modeling_pg_gpt2.arguments`; [`train`] runs the whole job, each step 
 4. (`eval_metrics`, `callbacks`, `throughput`) train with evaluation (loss, perplexity, accuracy, bits
    per byte), checkpoints, the best model kept, early stopping, plots refreshed at each evaluation,
    tokens/s and MFU at each logging step;
-5. write the best model, tokenizer, generation config, `metrics.json`, `training_info.json`, the
-   plots and a model card into the output folder.
+5. (`run_info`) write the best model, tokenizer, generation config, `metrics.json`,
+   `training_info.json`, the plots and a model card into the output folder.
+
+`hardware` sets the CPU up for the run (threads, malloc) and says where bf16 is native.
 
 Every bad input is a [`~modeling_pg_gpt2.cli.UserError`] raised before the output folder is touched.
 Faults during training end in one line too, keeping every complete checkpoint: Ctrl-C saves the
@@ -35,14 +37,16 @@ import json
 import logging
 import os
 import shutil
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
-import transformers
 from transformers import (
     EarlyStoppingCallback,
+    PreTrainedModel,
+    PreTrainedTokenizerBase,
     Trainer,
     TrainerCallback,
     TrainingArguments,
@@ -62,29 +66,29 @@ from .checkpoints import (
     resume_hint,
     saving,
 )
-from .cli import CommandError, Interrupted, UserError, check_output_dir
+from .cli import CommandError, Interrupted, UserError, check_output_dir, setup_logging
 from .collators import DocumentMaskingCollator
 from .corpus import CorpusArguments
 from .data import DataTrainingArguments, check_streaming_arguments, prepare_datasets, streaming_datasets
 from .eval_metrics import ComputeLMMetrics, final_eval_metrics, preprocess_logits_for_metrics
 from .eval_tasks import EvalTasksCallback
-from .hardware import busy_cores, native_bf16, reuse_freed_memory, threads_for_load
-from .model_init import ModelArguments, build_model, count_parameters, hide_tied_weight_warning, load_tokenizer
+from .hardware import native_bf16, setup_cpu_training, sharding_engine
+from .model_init import (
+    ModelArguments,
+    build_model,
+    count_parameters,
+    hide_tied_weight_warning,
+    load_tokenizer,
+    set_generation_defaults,
+)
 from .optim import MUON, MuonAdamW, muon_adamw_kwargs
-from .outputs import METRICS_FILE, TRAINING_INFO_FILE
+from .outputs import METRICS_FILE
 from .prepared import load_prepared, read_prepared_info
+from .run_info import finish_reason, tokens_per_step, training_info, write_run_outputs
 from .streaming import StreamingTrainer
 from .throughput import ThroughputCallback, flops_per_token
 
 logger = logging.getLogger(__name__)
-
-
-# The variables `accelerate launch` sets for a config with distributed_type FSDP or DEEPSPEED.
-SHARDING_ENGINES = {"FSDP": "ACCELERATE_USE_FSDP", "DeepSpeed": "ACCELERATE_USE_DEEPSPEED"}
-
-
-def _env_flag(name: str) -> bool:
-    return os.environ.get(name, "false").lower() in ("1", "true", "yes")
 
 
 @dataclass
@@ -211,7 +215,7 @@ class CLMTrainingArguments(TrainingArguments):
             # transformers accepts bf16 on a CPU only when told that the CPU is the device
             self.use_cpu = self.use_cpu or (self.bf16 and on_cpu)
         if accelerator is None:
-            engine = next((name for name, variable in SHARDING_ENGINES.items() if _env_flag(variable)), None)
+            engine = sharding_engine()
             if engine is not None:
                 # accelerate applies them to GPU process groups only: on a CPU it would train plain DDP, unsharded.
                 raise ValueError(
@@ -253,7 +257,7 @@ def train(
     Re-run on the folder of a finished run, it changes nothing and returns that run's metrics, unless
     asked to train further (see [`asks_for_more`]). A second run on a folder in use is refused.
     """
-    _setup_logging(training_args)
+    setup_logging(training_args)
     if data_args.streaming:  # before the output folder exists
         check_streaming_arguments(data_args, training_args)
     output_dir = check_output_dir(training_args.output_dir, overwrite_flag=None)  # a file, or not writable
@@ -270,16 +274,13 @@ def _train(
 ) -> dict[str, float]:
     resume_from = resolve_resume(training_args)  # first: refuses a folder that holds something else
     eval_tasks = EvalTasksCallback(training_args.eval_tasks, training_args.seed)  # reads the files: fails early
+    setup_cpu_training(training_args)
     on_cpu = training_args.device.type == "cpu"
-    if training_args.reuse_freed_memory and on_cpu and training_args.do_train and reuse_freed_memory():
-        logger.info("malloc keeps freed blocks for reuse (--reuse_freed_memory false to turn off).")
-    if on_cpu and training_args.do_train:
-        _set_cpu_threads(training_args.cpu_threads)
-        if training_args.optim == MUON and not native_bf16("cpu"):
-            logger.warning(
-                "--optim muon: torch.optim.Muon orthogonalises its updates in bf16, which this CPU emulates (no "
-                "AVX512-BF16 or AMX): steps are about 10x slower than AdamW's here (bench/RESULTS.md)."
-            )
+    if training_args.do_train and training_args.optim == MUON and on_cpu and not native_bf16("cpu"):
+        logger.warning(
+            "--optim muon: torch.optim.Muon orthogonalises its updates in bf16, which this CPU emulates (no "
+            "AVX512-BF16 or AMX): steps are about 10x slower than AdamW's here (bench/RESULTS.md)."
+        )
     if training_args.auto_bf16:
         precision = "bf16 autocast" if training_args.bf16 else "fp16 autocast" if training_args.fp16 else "fp32"
         logger.info("--auto_bf16: training in %s on %s.", precision, training_args.device.type)
@@ -287,41 +288,12 @@ def _train(
     set_seed(training_args.seed)  # before the model exists: Trainer seeds only after
     tokenizer = load_tokenizer(model_args)
     model, source = build_model(model_args, tokenizer)
-    n_positions = model.config.n_positions
-    prepared = None
-    if data_args.prepared_data is not None:
-        if corpus_args.dataset_name is not None or corpus_args.train_file is not None:
-            raise UserError("pass either --prepared_data or a corpus (--dataset_name, --train_file), not both")
-        if data_args.streaming:
-            raise UserError(
-                "--prepared_data is read memory-mapped, never streamed: drop --streaming (or --prepared_data)."
-            )
-        prepared = read_prepared_info(data_args.prepared_data)
-        corpus_args = dataclasses.replace(corpus_args, **prepared.corpus)  # recorded in training_info.json
-    block_size = data_args.block_size or (prepared.block_size if prepared else min(n_positions, 1024))
-    if block_size > n_positions:
-        raise UserError(
-            f"--block_size {block_size} is larger than the model's context n_positions={n_positions}; "
-            f"use --block_size {n_positions} or less, or a config with more positions."
-        )
-    if block_size < 2:
-        raise UserError(f"--block_size must be at least 2, got {block_size}.")
-    # Packed blocks have no padding; the pad id only matters to batched generation, where it is <|endoftext|>.
-    pad_token_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-    model.config.pad_token_id = pad_token_id
-    generation = model.generation_config
-    generation.bos_token_id = model.config.bos_token_id
-    generation.eos_token_id = tokenizer.eos_token_id
-    generation.pad_token_id = pad_token_id
-    generation.do_sample, generation.top_k = True, 50
+    set_generation_defaults(model, tokenizer)
     if model.config.tie_word_embeddings:
         hide_tied_weight_warning(model)
-
-    if prepared is not None:
-        datasets = load_prepared(data_args.prepared_data, tokenizer, block_size, data_args, training_args)
-    else:
-        load = streaming_datasets if data_args.streaming else prepare_datasets
-        datasets = load(corpus_args, data_args, training_args, tokenizer, block_size)
+    datasets, corpus_args, block_size = _training_data(
+        corpus_args, data_args, training_args, tokenizer, model.config.n_positions
+    )
     # Every input is checked by now (on a re-run the corpus comes from the datasets cache): a finished run
     # that is asked for nothing more is left as it is.
     output_dir = Path(training_args.output_dir)
@@ -357,24 +329,9 @@ def _train(
         callbacks.append(
             EarlyStoppingCallback(training_args.early_stopping_patience, training_args.early_stopping_threshold)
         )
-    trainer = (StreamingTrainer if data_args.streaming else Trainer)(
-        model=model,
-        args=training_args,
-        train_dataset=datasets["train"] if training_args.do_train else None,
-        eval_dataset=datasets["validation"] if training_args.do_eval else None,
-        processing_class=tokenizer,
-        data_collator=DocumentMaskingCollator(tokenizer.eos_token_id)
-        if training_args.document_masking
-        else default_data_collator,
-        compute_metrics=ComputeLMMetrics(tokenizer) if training_args.do_eval else None,
-        preprocess_logits_for_metrics=preprocess_logits_for_metrics if training_args.do_eval else None,
-        callbacks=callbacks,
-        optimizer_cls_and_kwargs=(MuonAdamW, muon_adamw_kwargs(model, training_args))
-        if training_args.optim == MUON
-        else None,
-    )
+    trainer = _make_trainer(model, tokenizer, datasets, training_args, data_args.streaming, callbacks)
     flops = flops_per_token(model.config, block_size)
-    throughput = ThroughputCallback(_tokens_per_step(training_args, block_size), flops)
+    throughput = ThroughputCallback(tokens_per_step(training_args, block_size), flops)
     # First in the list: they add their figures to the log before the loggers receive it.
     trainer.callback_handler.callbacks[:0] = [eval_tasks, throughput]
 
@@ -401,155 +358,74 @@ def _train(
         if not all(bool(torch.isfinite(p).all()) for p in trainer.model.parameters()):
             raise CommandError(divergence_message("the weights are not finite", training_args, output_dir))
 
-        finished = None
-        if training_args.do_train:
-            state = trainer.state
-            finished = (
-                "time budget"
-                if time_limit is not None and time_limit.used_up
-                else "max_steps"
-                if state.global_step >= state.max_steps
-                else "early stopping"
-            )
-        if trainer.is_world_process_zero():  # no stale completion record next to the files now rewritten
-            (output_dir / TRAINING_INFO_FILE).unlink(missing_ok=True)
-        trainer.save_model()  # the best model when load_best_model_at_end; tokenizer included
-        if trainer.is_world_process_zero():
-            trainer.save_state()
-            (output_dir / METRICS_FILE).write_text(json.dumps(metrics, indent=2) + "\n", encoding="utf-8")
-            info = _training_info(
-                model_args, corpus_args, data_args, training_args, trainer, source, block_size, datasets
-            )
-            info["finished"] = finished
-            from .model_card import write_model_card
-            from .plots import write_plots
-
-            write_plots(output_dir, trainer.state.log_history)
-            write_model_card(output_dir, **info)
-            # Written last: its `finished` marks the run complete (see `finished_run`).
-            (output_dir / TRAINING_INFO_FILE).write_text(json.dumps(info, indent=2) + "\n", encoding="utf-8")
-            _report(output_dir, metrics)
+        info = training_info(model_args, corpus_args, data_args, trainer, source, block_size, datasets)
+        info["finished"] = finish_reason(trainer, time_limit) if training_args.do_train else None
+        write_run_outputs(trainer, metrics, info)
     trainer.accelerator.wait_for_everyone()
     trainer.end()
     return metrics
 
 
-def _set_cpu_threads(requested: int | None) -> None:
-    """Use `requested` threads, or as many as the cores other processes leave free (see `threads_for_load`)."""
-    if requested is None and "OMP_NUM_THREADS" in os.environ:
-        return  # the user's or the launcher's choice (torch already follows it)
-    cores = torch.get_num_threads()
-    if requested is None:
-        busy = busy_cores()
-        if busy is None:
-            return
-        requested = threads_for_load(busy, cores)
-        reason = f"other processes keep {busy:.1f} of {cores} cores busy; --cpu_threads N to choose"
-    else:
-        reason = "--cpu_threads"
-    torch.set_num_threads(requested)
-    logger.info("CPU threads: %d (%s).", requested, reason)
-
-
-def _training_info(
-    model_args: ModelArguments,
+def _training_data(
     corpus_args: CorpusArguments,
     data_args: DataTrainingArguments,
     training_args: CLMTrainingArguments,
-    trainer: Trainer,
-    source: str,
-    block_size: int,
-    datasets,
-) -> dict[str, Any]:
-    """What the model card and later readers need to know about the run, beyond config.json and metrics."""
-    args = training_args
-    corpus = {
-        key: value
-        for key, value in dataclasses.asdict(corpus_args).items()
-        if value is not None and key not in ("preprocessing_num_workers",)
-    }
-    if data_args.streaming:  # a stream holds out its first documents (streaming_validation_documents) instead
-        for key in ("validation_split_percentage", "split_seed"):
-            corpus.pop(key, None)
-    tokens_per_step = _tokens_per_step(args, block_size)
-    return {
-        "model_source": source,
-        "tokenizer": model_args.tokenizer_name or model_args.model_name_or_path,
-        "corpus": corpus,
-        "block_size": block_size,
-        "streaming": data_args.streaming,
-        # A stream has no length: its blocks are counted as they are trained on (tokens_seen).
-        "train_blocks": None if data_args.streaming else len(datasets["train"]),
-        "validation_blocks": len(datasets["validation"]),
-        "streaming_validation_documents": data_args.streaming_validation_documents if data_args.streaming else None,
-        "world_size": args.world_size,
-        "per_device_train_batch_size": args.per_device_train_batch_size,
-        "gradient_accumulation_steps": args.gradient_accumulation_steps,
-        "tokens_per_step": tokens_per_step,
-        "global_step": trainer.state.global_step,
-        "tokens_seen": trainer.state.global_step * tokens_per_step,
-        "best_global_step": trainer.state.best_global_step,
-        "learning_rate": args.learning_rate,
-        "lr_scheduler_type": str(getattr(args.lr_scheduler_type, "value", args.lr_scheduler_type)),
-        "warmup_steps": args.warmup_steps,
-        "weight_decay": args.weight_decay,
-        "adam_betas": [args.adam_beta1, args.adam_beta2],
-        "max_grad_norm": args.max_grad_norm,
-        "optim": str(getattr(args.optim, "value", args.optim)),
-        "muon_learning_rate": args.muon_learning_rate if args.optim == MUON else None,
-        "document_masking": args.document_masking,
-        "max_steps": args.max_steps,
-        "num_train_epochs": args.num_train_epochs,
-        "max_train_minutes": args.max_train_minutes,
-        "seed": args.seed,
-        "bf16": args.bf16,
-        "fp16": args.fp16,
-        "torch_compile": args.torch_compile,
-        "reuse_freed_memory": args.reuse_freed_memory,
-        "attn_implementation": trainer.model.config._attn_implementation,
-        "device": str(args.device),
-        "versions": {"torch": torch.__version__, "transformers": transformers.__version__},
-    }
+    tokenizer: PreTrainedTokenizerBase,
+    n_positions: int,
+) -> tuple[Mapping[str, Any], CorpusArguments, int]:
+    """The train and validation blocks: read from `--prepared_data`, streamed, or tokenized and packed here.
 
-
-def _tokens_per_step(args: TrainingArguments, block_size: int) -> int:
-    """Tokens one optimizer step trains on, across all processes and gradient-accumulation steps."""
-    return args.per_device_train_batch_size * args.gradient_accumulation_steps * args.world_size * block_size
-
-
-def _report(output_dir: Path, metrics: dict[str, float]) -> None:
-    if "train_tokens_per_second" in metrics:
-        mfu = f", MFU {metrics['train_mfu']:.1%}" if "train_mfu" in metrics else ""
-        logger.info("Training: %s tokens/s%s.", f"{metrics['train_tokens_per_second']:,.0f}", mfu)
-    parts = [
-        f"{name} {metrics[key]:.4g}"
-        for key, name in (
-            ("eval_loss", "loss"),
-            ("eval_perplexity", "perplexity"),
-            ("eval_accuracy", "accuracy"),
-            ("eval_bits_per_byte", "bits/byte"),
+    Also returns the corpus arguments to record (a prepared folder's own) and the block size, checked
+    against the model's context `n_positions`.
+    """
+    prepared = None
+    if data_args.prepared_data is not None:
+        if corpus_args.dataset_name is not None or corpus_args.train_file is not None:
+            raise UserError("pass either --prepared_data or a corpus (--dataset_name, --train_file), not both")
+        if data_args.streaming:
+            raise UserError(
+                "--prepared_data is read memory-mapped, never streamed: drop --streaming (or --prepared_data)."
+            )
+        prepared = read_prepared_info(data_args.prepared_data)
+        corpus_args = dataclasses.replace(corpus_args, **prepared.corpus)  # recorded in training_info.json
+    block_size = data_args.block_size or (prepared.block_size if prepared else min(n_positions, 1024))
+    if block_size > n_positions:
+        raise UserError(
+            f"--block_size {block_size} is larger than the model's context n_positions={n_positions}; "
+            f"use --block_size {n_positions} or less, or a config with more positions."
         )
-        if key in metrics
-    ]
-    if parts:
-        logger.info("Validation of the saved model: %s.", ", ".join(parts))
-    logger.info("Model, tokenizer, metrics, plots and model card written to %s.", output_dir)
+    if block_size < 2:
+        raise UserError(f"--block_size must be at least 2, got {block_size}.")
+    if prepared is not None:
+        datasets = load_prepared(data_args.prepared_data, tokenizer, block_size, data_args, training_args)
+    else:
+        load = streaming_datasets if data_args.streaming else prepare_datasets
+        datasets = load(corpus_args, data_args, training_args, tokenizer, block_size)
+    return datasets, corpus_args, block_size
 
 
-def _setup_logging(args: TrainingArguments) -> None:
-    """Our INFO lines on stderr (main process); transformers and datasets at `--log_level` (warnings by default)."""
-    package_logger = logging.getLogger(__name__.split(".")[0])
-    if not package_logger.handlers:
-        handler = logging.StreamHandler()
-        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s", "%H:%M:%S"))
-        package_logger.addHandler(handler)
-        package_logger.propagate = False
-    package_logger.setLevel(logging.INFO if args.should_log else logging.WARNING)
-    level = args.get_process_log_level()
-    transformers.utils.logging.set_verbosity(level)
-    import datasets
-
-    datasets.utils.logging.set_verbosity(level)
+def _make_trainer(
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    datasets: Mapping[str, Any],
+    args: CLMTrainingArguments,
+    streaming: bool,
+    callbacks: list[TrainerCallback],
+) -> Trainer:
+    """The run's Trainer: the collator of `--document_masking`, the optimizer of `--optim muon`, the metrics."""
+    collator = DocumentMaskingCollator(tokenizer.eos_token_id) if args.document_masking else default_data_collator
+    return (StreamingTrainer if streaming else Trainer)(
+        model=model,
+        args=args,
+        train_dataset=datasets["train"] if args.do_train else None,
+        eval_dataset=datasets["validation"] if args.do_eval else None,
+        processing_class=tokenizer,
+        data_collator=collator,
+        compute_metrics=ComputeLMMetrics(tokenizer) if args.do_eval else None,
+        preprocess_logits_for_metrics=preprocess_logits_for_metrics if args.do_eval else None,
+        callbacks=callbacks,
+        optimizer_cls_and_kwargs=(MuonAdamW, muon_adamw_kwargs(model, args)) if args.optim == MUON else None,
+    )
 
 
 __all__ = ["CLMTrainingArguments", "DataTrainingArguments", "ModelArguments", "train"]

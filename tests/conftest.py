@@ -1,8 +1,10 @@
-"""Shared fixtures: tiny pg_gpt2 models and their transformers GPT-2 twins (the oracle)."""
+"""Shared fixtures: tiny pg_gpt2 models and their transformers GPT-2 twins (the oracle), and the play-like
+corpus and tokenizer the end-to-end runs of run_clm.py train on."""
 
 from __future__ import annotations
 
 import os
+import random
 from pathlib import Path
 
 # No test reaches the real Hub. HF_HUB_OFFLINE is left alone: the push tests talk to a local Hub server.
@@ -21,6 +23,12 @@ from modeling_pg_gpt2.tokenizer import TokenizerArguments, train_tokenizer  # no
 
 # GPT-2 stores these as Conv1D (in, out); nn.Linear stores (out, in).
 _CONV1D_WEIGHTS = ("attn.c_attn.weight", "attn.c_proj.weight", "mlp.c_fc.weight", "mlp.c_proj.weight")
+
+NAMES = ["ROMEO", "JULIET", "HAMLET", "OPHELIA", "KING", "QUEEN"]
+WORDS = [
+    "the", "my", "thy", "love", "night", "day", "sweet", "fair", "death", "heart",
+    "lord", "lady", "crown", "sword", "moon", "star", "doth", "hath", "thou", "art",
+]  # fmt: skip
 
 
 def tiny_config(**overrides) -> PgGPT2Config:
@@ -84,3 +92,43 @@ def saved_small_model(root: Path, text: str, n_positions: int) -> Path:
     model.generation_config.pad_token_id = tokenizer.eos_token_id
     model.save_pretrained(root / "model")
     return root / "model"
+
+
+def write_corpus(folder: Path, documents: int = 30, speeches: int = 30, seed: int = 0) -> Path:
+    """A play-like corpus: speaker lines and short verse, one .txt file per document."""
+    rng = random.Random(seed)
+    folder.mkdir(parents=True)
+    for number in range(documents):
+        lines = []
+        for _ in range(speeches):
+            lines.append(rng.choice(NAMES) + ":")
+            for _ in range(rng.randint(1, 3)):
+                words = " ".join(rng.choice(WORDS) for _ in range(rng.randint(5, 9)))
+                lines.append(words.capitalize() + rng.choice([",", ".", ";", "!"]))
+            lines.append("")
+        (folder / f"act{number:02d}.txt").write_text("\n".join(lines), encoding="utf-8")
+    return folder
+
+
+@pytest.fixture(scope="module")
+def workspace(request, tmp_path_factory) -> Path:
+    """A folder for one test module's runs (named after the module: run_clm, streaming, prepared)."""
+    return tmp_path_factory.mktemp(request.module.__name__.removeprefix("test_"))
+
+
+@pytest.fixture(scope="module")
+def corpus(workspace) -> Path:
+    """The play-like corpus, written into each module's workspace (each keeps its own datasets cache)."""
+    return write_corpus(workspace / "corpus")
+
+
+@pytest.fixture(scope="session")
+def tokenizer_dir(tmp_path_factory) -> Path:
+    """A 400-token byte-level BPE trained once on the same corpus `corpus` writes (same seed, same text)."""
+    root = tmp_path_factory.mktemp("tokenizer")
+    out = root / "tokenizer"
+    train_tokenizer(
+        CorpusArguments(train_file=str(write_corpus(root / "corpus"))),
+        TokenizerArguments(output_dir=str(out), vocab_size=400),
+    )
+    return out

@@ -381,7 +381,7 @@ def test_training_sample_is_reproducible_and_leaves_the_random_state(model_dir):
 def test_run_clm_scores_eval_tasks_at_every_evaluation(model_dir, tmp_path):
     """Accuracies beside the loss at each evaluation, equal to evaluate_lm.py's on the saved model; in
     metrics.json, trainer_state.json, the plot and the model card's model-index; a sample in the log."""
-    from test_run_clm import write_corpus  # the play-like corpus of the run_clm.py tests
+    from conftest import write_corpus  # the play-like corpus of the run_clm.py tests
 
     corpus = write_corpus(tmp_path / "corpus", documents=10, speeches=20)
     rows = [

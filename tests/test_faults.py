@@ -32,8 +32,9 @@ from typing import Any
 
 import pytest
 import torch
+from conftest import write_corpus
 from safetensors.torch import load_file, save_file
-from test_run_clm import ENV, ROOT, write_corpus
+from test_run_clm import ENV, ROOT
 from tokenizers import Tokenizer, models
 from transformers import AutoTokenizer, PreTrainedTokenizerFast
 
@@ -41,9 +42,9 @@ from modeling_pg_gpt2 import PgGPT2Config, PgGPT2ForCausalLM
 from modeling_pg_gpt2.checkpoints import LOCK_FILE, checkpoint_problem
 from modeling_pg_gpt2.cli import first_line
 from modeling_pg_gpt2.corpus import CorpusArguments
+from modeling_pg_gpt2.hardware import SHARDING_ENGINES
 from modeling_pg_gpt2.model_card import write_model_card
 from modeling_pg_gpt2.tokenizer import TokenizerArguments, train_tokenizer
-from modeling_pg_gpt2.training import SHARDING_ENGINES
 
 pytestmark = pytest.mark.slow
 
@@ -169,14 +170,11 @@ def start_run(ctx: dict[str, Any], *extra: str) -> subprocess.Popen:
 
 
 @pytest.fixture(scope="module")
-def context(tmp_path_factory) -> dict[str, Any]:
+def context(tmp_path_factory, tokenizer_dir) -> dict[str, Any]:
     """corpus, tokenizer, recipe (the reference run as a YAML recipe), finished (that run, done), gpt2."""
     root = tmp_path_factory.mktemp("faults")
     corpus = write_corpus(root / "corpus")
-    tokenizer = root / "tokenizer"
-    train_tokenizer(
-        CorpusArguments(train_file=str(corpus)), TokenizerArguments(output_dir=str(tokenizer), vocab_size=400)
-    )
+    tokenizer = tokenizer_dir  # conftest's, trained on this same corpus
     recipe = root / "recipe.yaml"
     values = {
         "train_file": str(corpus), "validation_split_percentage": 10, "tokenizer_name": str(tokenizer),

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import tiny_config
-from test_run_clm import base_flags, run_clm, weights, write_corpus
+from conftest import tiny_config, write_corpus
+from test_run_clm import base_flags, run_clm, weights
 from transformers import Trainer
 
 from modeling_pg_gpt2 import PgGPT2ForCausalLM

@@ -16,33 +16,15 @@ from pathlib import Path
 
 import pytest
 import torch
-from test_run_clm import ENV, MODEL, ROOT, _free_port, base_flags, run_clm, weights, write_corpus
+from test_run_clm import ENV, MODEL, ROOT, _free_port, base_flags, run_clm, weights
 from transformers import AutoTokenizer, TrainingArguments
 
 from modeling_pg_gpt2.commands import prepare
 from modeling_pg_gpt2.corpus import CorpusArguments
 from modeling_pg_gpt2.data import DataTrainingArguments, prepare_datasets
 from modeling_pg_gpt2.prepared import PREPARED_FILE, load_prepared, tokenizer_fingerprint
-from modeling_pg_gpt2.tokenizer import TokenizerArguments, train_tokenizer
 
 BLOCK = 64
-
-
-@pytest.fixture(scope="module")
-def workspace(tmp_path_factory) -> Path:
-    return tmp_path_factory.mktemp("prepared")
-
-
-@pytest.fixture(scope="module")
-def corpus(workspace) -> Path:
-    return write_corpus(workspace / "corpus")
-
-
-@pytest.fixture(scope="module")
-def tokenizer_dir(workspace, corpus) -> Path:
-    out = workspace / "tokenizer"
-    train_tokenizer(CorpusArguments(train_file=str(corpus)), TokenizerArguments(output_dir=str(out), vocab_size=400))
-    return out
 
 
 def corpus_flags(corpus: Path) -> list[str]:

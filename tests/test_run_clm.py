@@ -11,7 +11,6 @@ import hashlib
 import json
 import math
 import os
-import random
 import re
 import shutil
 import signal
@@ -23,6 +22,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import write_corpus
 from safetensors.torch import load_file
 
 from modeling_pg_gpt2 import PgGPT2ForCausalLM
@@ -43,29 +43,8 @@ OFFLINE = {"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "HF_EVALUATE_OFFLI
 ENV = {**os.environ, **OFFLINE, "TOKENIZERS_PARALLELISM": "false", "OMP_NUM_THREADS": "1"}
 DATACLASSES = (ModelArguments, CorpusArguments, DataTrainingArguments, CLMTrainingArguments)
 MODEL = "n_layer=2,n_embd=32,n_head=2,n_positions=64"
-NAMES = ["ROMEO", "JULIET", "HAMLET", "OPHELIA", "KING", "QUEEN"]
-WORDS = [
-    "the", "my", "thy", "love", "night", "day", "sweet", "fair", "death", "heart",
-    "lord", "lady", "crown", "sword", "moon", "star", "doth", "hath", "thou", "art",
-]  # fmt: skip
 
 pytestmark = pytest.mark.slow
-
-
-def write_corpus(folder: Path, documents: int = 30, speeches: int = 30, seed: int = 0) -> Path:
-    """A play-like corpus: speaker lines and short verse, one .txt file per document."""
-    rng = random.Random(seed)
-    folder.mkdir(parents=True)
-    for number in range(documents):
-        lines = []
-        for _ in range(speeches):
-            lines.append(rng.choice(NAMES) + ":")
-            for _ in range(rng.randint(1, 3)):
-                words = " ".join(rng.choice(WORDS) for _ in range(rng.randint(5, 9)))
-                lines.append(words.capitalize() + rng.choice([",", ".", ";", "!"]))
-            lines.append("")
-        (folder / f"act{number:02d}.txt").write_text("\n".join(lines), encoding="utf-8")
-    return folder
 
 
 def run_clm(*args: str | Path, **kwargs) -> subprocess.CompletedProcess:
@@ -78,29 +57,35 @@ def weights(folder: Path) -> dict[str, torch.Tensor]:
     return load_file(folder / "model.safetensors")
 
 
+def kill_at_first_checkpoint(command: list[str], out: Path) -> None:
+    """Start the run `command` (output folder `out`) and SIGKILL it as soon as checkpoint-10 is complete."""
+    process = subprocess.Popen(command, cwd=ROOT, env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 600  # a hang guard: a loaded machine can be slow
+    try:
+        while not ((out / "checkpoint-10").is_dir() and checkpoint_problem(out / "checkpoint-10") is None):
+            assert process.poll() is None and time.monotonic() < deadline, "the run ended before its first checkpoint"
+            time.sleep(0.02)
+    finally:
+        process.send_signal(signal.SIGKILL)  # also when the wait failed: no run left behind
+    assert process.wait() == -signal.SIGKILL
+    assert not (out / "model.safetensors").exists()
+
+
+def assert_same_weights(reference_run: Path, run: Path) -> None:
+    """The final model and the last checkpoint (step 30) of `run` equal those of `reference_run`, bit for bit."""
+    for folder in ("", "checkpoint-30"):
+        reference, result = weights(reference_run / folder), weights(run / folder)
+        assert reference.keys() == result.keys()
+        for name in reference:
+            assert torch.equal(reference[name], result[name]), f"{folder or 'final model'}: {name} differs"
+
+
 def folder_digest(folder: Path) -> dict[str, str]:
     return {
         str(path.relative_to(folder)): hashlib.sha256(path.read_bytes()).hexdigest()
         for path in sorted(folder.rglob("*"))
         if path.is_file()
     }
-
-
-@pytest.fixture(scope="module")
-def workspace(tmp_path_factory) -> Path:
-    return tmp_path_factory.mktemp("run_clm")
-
-
-@pytest.fixture(scope="module")
-def corpus(workspace) -> Path:
-    return write_corpus(workspace / "corpus")
-
-
-@pytest.fixture(scope="module")
-def tokenizer_dir(workspace, corpus) -> Path:
-    out = workspace / "tokenizer"
-    train_tokenizer(CorpusArguments(train_file=str(corpus)), TokenizerArguments(output_dir=str(out), vocab_size=400))
-    return out
 
 
 def base_flags(corpus: Path, tokenizer_dir: Path) -> list[str]:
@@ -249,14 +234,7 @@ def test_model_card_snippet_runs_in_a_fresh_process_and_generate_py_works(traine
 def test_sigkill_then_rerun_gives_the_same_weights(trained, recipe, workspace):
     out = workspace / "killed"
     command = [sys.executable, "run_clm.py", str(recipe), "--output_dir", str(out)]
-    process = subprocess.Popen(command, cwd=ROOT, env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.monotonic() + 120
-    while not ((out / "checkpoint-10").is_dir() and checkpoint_problem(out / "checkpoint-10") is None):
-        assert process.poll() is None and time.monotonic() < deadline, "the run ended before its first checkpoint"
-        time.sleep(0.02)
-    process.send_signal(signal.SIGKILL)
-    assert process.wait() == -signal.SIGKILL
-    assert not (out / "model.safetensors").exists()
+    kill_at_first_checkpoint(command, out)
     assert all((out / plot).is_file() for plot in PLOTS)  # drawn at the first evaluation, before the end
     # A checkpoint a crash left half-written: truncated weights, no trainer_state.json. It must be skipped.
     complete = max(int(p.name.split("-")[1]) for p in out.glob("checkpoint-*") if checkpoint_problem(p) is None)
@@ -271,11 +249,7 @@ def test_sigkill_then_rerun_gives_the_same_weights(trained, recipe, workspace):
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert f"Skipping {torn}" in resumed.stderr
     assert f"Resuming from {out / f'checkpoint-{complete}'}" in resumed.stderr
-    for folder in ("", "checkpoint-30"):
-        reference, result = weights(trained / folder), weights(out / folder)
-        assert reference.keys() == result.keys()
-        for name in reference:
-            assert torch.equal(reference[name], result[name]), f"{folder or 'final model'}: {name} differs"
+    assert_same_weights(trained, out)
     logs = [json.loads((d / "trainer_state.json").read_text())["log_history"] for d in (trained, out)]
     assert [e["eval_loss"] for e in logs[0] if "eval_loss" in e] == [
         e["eval_loss"] for e in logs[1] if "eval_loss" in e

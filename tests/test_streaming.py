@@ -10,16 +10,14 @@ from __future__ import annotations
 
 import itertools
 import json
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
-import torch
-from test_run_clm import ENV, MODEL, ROOT, run_clm, weights, write_corpus
+from conftest import write_corpus
+from test_run_clm import ENV, MODEL, ROOT, assert_same_weights, kill_at_first_checkpoint, run_clm
 
 from modeling_pg_gpt2.checkpoints import checkpoint_problem
 from modeling_pg_gpt2.corpus import CorpusArguments
@@ -27,26 +25,8 @@ from modeling_pg_gpt2.data import DataTrainingArguments, streaming_datasets
 from modeling_pg_gpt2.model_init import ModelArguments, load_tokenizer
 from modeling_pg_gpt2.plots import PLOTS
 from modeling_pg_gpt2.streaming import STREAM_STATE_FILE
-from modeling_pg_gpt2.tokenizer import TokenizerArguments, train_tokenizer
 
 pytestmark = pytest.mark.slow
-
-
-@pytest.fixture(scope="module")
-def workspace(tmp_path_factory) -> Path:
-    return tmp_path_factory.mktemp("streaming")
-
-
-@pytest.fixture(scope="module")
-def corpus(workspace) -> Path:
-    return write_corpus(workspace / "corpus")
-
-
-@pytest.fixture(scope="module")
-def tokenizer_dir(workspace, corpus) -> Path:
-    out = workspace / "tokenizer"
-    train_tokenizer(CorpusArguments(train_file=str(corpus)), TokenizerArguments(output_dir=str(out), vocab_size=400))
-    return out
 
 
 def streamed_flags(corpus: Path, tokenizer_dir: Path) -> list[str]:
@@ -92,14 +72,7 @@ def test_a_streamed_run_writes_every_output_a_map_style_run_writes(streamed):
 def test_sigkill_then_rerun_resumes_the_stream_and_gives_the_same_weights(streamed, workspace, corpus, tokenizer_dir):
     out = workspace / "killed"
     command = [sys.executable, "run_clm.py", *streamed_flags(corpus, tokenizer_dir), "--output_dir", str(out)]
-    process = subprocess.Popen(command, cwd=ROOT, env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.monotonic() + 600  # a hang guard: a loaded machine can be slow
-    while not ((out / "checkpoint-10").is_dir() and checkpoint_problem(out / "checkpoint-10") is None):
-        assert process.poll() is None and time.monotonic() < deadline, "the run ended before its first checkpoint"
-        time.sleep(0.02)
-    process.send_signal(signal.SIGKILL)
-    assert process.wait() == -signal.SIGKILL
-    assert not (out / "model.safetensors").exists()
+    kill_at_first_checkpoint(command, out)
     complete = max(int(p.name.split("-")[1]) for p in out.glob("checkpoint-*") if checkpoint_problem(p) is None)
     assert complete < 30, "killed too late to test resuming"
 
@@ -107,11 +80,7 @@ def test_sigkill_then_rerun_resumes_the_stream_and_gives_the_same_weights(stream
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert f"Resuming from {out / f'checkpoint-{complete}'}" in resumed.stderr
     # A resume that restarted the stream (or skipped a wrong number of blocks) trains on other blocks.
-    for folder in ("", "checkpoint-30"):
-        reference, result = weights(streamed / folder), weights(out / folder)
-        assert reference.keys() == result.keys()
-        for name in reference:
-            assert torch.equal(reference[name], result[name]), f"{folder or 'final model'}: {name} differs"
+    assert_same_weights(streamed, out)
     logs = [json.loads((d / "trainer_state.json").read_text())["log_history"] for d in (streamed, out)]
     assert [e["loss"] for e in logs[0] if "loss" in e] == [e["loss"] for e in logs[1] if "loss" in e]
 
