@@ -154,7 +154,10 @@ def prepare_corpus(corpus_args: CorpusArguments, args: PrepareArguments) -> Prep
                 f"the train split holds fewer than one block of {args.block_size} tokens; "
                 "lower --block_size or give it more text."
             )
-        packed.save_to_disk(str(staging), num_proc=num_proc)
+        # One process: `save_to_disk(num_proc=N)` runs a "spawn" pool, whose workers start a new interpreter
+        # and import the main script again (torch, transformers): seconds and hundreds of MB each, to copy
+        # Arrow shards, which is disk-bound work one process does as fast.
+        packed.save_to_disk(str(staging))
         del packed  # its memory maps point into `work`
         shutil.rmtree(work)
         tokenizer.save_pretrained(staging / TOKENIZER_DIR)
