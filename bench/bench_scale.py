@@ -9,8 +9,10 @@ all its workers every 0.2 s:
 - `prepare`: `prepare_data.py`'s `prepare_corpus` (one map pass, blocks saved with `save_to_disk`);
 - `map`: `run_clm.py`'s map-style path, `data.prepare_datasets` (tokenized into the `datasets` cache,
   then packed into it, as before every run);
-- `stream`: `run_clm.py --streaming` comes with branch `stream`; its row stays "not measured" until that
-  branch is merged and this script measures it.
+- `stream`: `run_clm.py --streaming`'s data, `data.streaming_datasets` (documents read, tokenized and packed on
+  the fly, 1000 at a time), iterated once over the whole corpus without training: nothing is cached or
+  written, so its memory is that of the stream alone. The training stream repeats without end (the Trainer's
+  `--max_steps` stops it); the pass ends where the stream's `state_dict()` says it starts over.
 
 Peak memory is the proportional set size (PSS) summed over the processes: a page shared by several (a forked
 worker's copy-on-write pages) counts once, where a sum of RSS counts it in each. It includes clean pages of
@@ -18,7 +20,7 @@ memory-mapped Arrow files, which the kernel can drop at any time; the anonymous 
 really hold. The main process's own peak RSS is shown as well.
 Tokens/s counts the tokens in the blocks (train + validation) over the whole run, reading included.
 
-    .venv/bin/python bench/bench_scale.py --size_gb 2            # ~2 GB corpus, both paths, 2 workers
+    .venv/bin/python bench/bench_scale.py --size_gb 2            # ~2 GB corpus, the three paths, 2 workers
     .venv/bin/python bench/bench_scale.py --size_gb 0.2 --paths prepare --num_proc 1
 """
 
@@ -43,8 +45,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 import datasets  # noqa: E402
 import torch  # noqa: E402
 
-PATHS = ("prepare", "map")
-STREAM_ROW = "stream (run_clm.py --streaming): not measured here, filled in after merging branch stream"
+PATHS = ("prepare", "map", "stream")
 SHARD_BYTES = 256 * 2**20
 
 
@@ -85,6 +86,22 @@ def run_path(path: str, corpus: Path, tokenizer_dir: str, num_proc: int, block_s
             output_dir=str(work / "prepared"), tokenizer_name=tokenizer_dir, block_size=block_size
         )
         tokens = sum(prepare_corpus(corpus_args, arguments).tokens.values())
+    elif path == "stream":
+        from transformers import AutoTokenizer, TrainingArguments
+
+        from modeling_pg_gpt2.data import DataTrainingArguments, streaming_datasets
+
+        tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
+        # As run_clm.py --streaming --do_train --max_steps N calls it; max_steps only passes its check.
+        training = TrainingArguments(output_dir=str(work / "unused"), report_to="none", do_train=True, max_steps=1)
+        data = DataTrainingArguments(block_size=block_size, streaming=True)
+        streams = streaming_datasets(corpus_args, data, training, tokenizer, block_size)
+        blocks = len(streams["validation"])
+        for _ in streams["train"]:
+            if streams["train"].state_dict()["examples_iterable"]["repeat_index"] > 0:
+                break  # the first block of the second pass
+            blocks += 1
+        tokens = blocks * block_size
     else:
         from transformers import AutoTokenizer, TrainingArguments
 
@@ -140,7 +157,7 @@ def measure(path: str, corpus: Path, tokenizer_dir: str, num_proc: int, block_si
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--size_gb", type=float, default=2.0, help="corpus size in GB of UTF-8 text")
-    parser.add_argument("--paths", default="prepare,map", help=f"paths to measure, of {', '.join(PATHS)}")
+    parser.add_argument("--paths", default=",".join(PATHS), help=f"paths to measure, of {', '.join(PATHS)}")
     parser.add_argument("--num_proc", type=int, default=2, help="--preprocessing_num_workers (0: none)")
     parser.add_argument("--block_size", type=int, default=1024)
     parser.add_argument("--workdir", default="/tmp/pg-gpt2-bench-scale", help="scratch folder, deleted at the end")
@@ -155,7 +172,7 @@ def main() -> None:
         return
     paths = csv(args.paths)
     if unknown := set(paths) - set(PATHS):
-        parser.error(f"unknown path(s) {', '.join(sorted(unknown))}; {STREAM_ROW}")
+        parser.error(f"unknown path(s) {', '.join(sorted(unknown))}")
     workdir = Path(args.workdir)
     if workdir.exists():
         parser.error(f"--workdir {workdir} exists; remove it or choose another")
@@ -182,10 +199,9 @@ def main() -> None:
         shutil.rmtree(workdir, ignore_errors=True)
     headers = ["path", "s", "tokens/s", "MB/s", "peak memory GiB (PSS, all processes)", "of it anonymous GiB",
                "peak RSS main GiB", "disk GiB", "M tokens"]  # fmt: skip
-    rows.append(["stream", "not measured", "", "", "", "", "", "", ""])
     print()
     print_table(headers, rows)
-    print(f"\n{STREAM_ROW}.\nAfter: {machine_description(torch.device('cpu'))}")
+    print(f"\nAfter: {machine_description(torch.device('cpu'))}")
 
 
 if __name__ == "__main__":

@@ -1,8 +1,8 @@
 """Tokenize once, train many times: a corpus tokenized and packed into a folder that runs read memory-mapped.
 
 `prepare_data.py` (`pg-gpt2-prepare`) runs [`prepare_corpus`]: it loads the corpus (`corpus.py`, same
-train/validation split as run_clm.py), tokenizes it and packs it into `block_size` blocks with the very
-functions of the map-style path (`data._tokenize`, `data._group_texts`, in one `datasets.map` pass over
+train/validation split as run_clm.py), tokenizes it with the map-style path's `data._tokenize` and packs it
+into `block_size` blocks as its `data._group_texts` does (the same blocks, in numpy; one `datasets.map` pass over
 `--preprocessing_num_workers` processes), and saves the blocks with `DatasetDict.save_to_disk`: Arrow
 files that `load_from_disk` maps into memory instead of reading them. `run_clm.py --prepared_data DIR`
 (on any number of processes and nodes) trains on that folder without touching the corpus or the
@@ -33,12 +33,13 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 from datasets import DatasetDict, Features, Sequence, Value, load_from_disk
 from transformers import PreTrainedTokenizerBase, TrainingArguments
 
 from .cli import UserError, check_output_dir
 from .corpus import CorpusArguments, load_corpus
-from .data import DataTrainingArguments, _group_texts, _tokenize
+from .data import DataTrainingArguments, _tokenize
 from .outputs import staged
 
 logger = logging.getLogger(__name__)
@@ -47,6 +48,7 @@ PREPARED_FILE = "prepared.json"
 TOKENIZER_DIR = "tokenizer"
 FORMAT_VERSION = 1
 PACK_BATCH_SIZE = 1000  # documents per `map` batch: the map-style path packs 1000 tokenized documents at a time
+TOKENIZE_CHUNK = 100  # documents tokenized at once inside a batch: the blocks do not depend on it
 
 
 @dataclass
@@ -100,12 +102,22 @@ def tokenizer_fingerprint(tokenizer: PreTrainedTokenizerBase) -> str:
 
 
 def _tokenize_and_pack(
-    batch: dict[str, list[str]], tokenizer: PreTrainedTokenizerBase, eos_token_id: int, block_size: int
-) -> dict[str, list[list[int]]]:
+    batch: dict[str, list[str]], tokenizer: PreTrainedTokenizerBase, eos_token_id: int, block_size: int, dtype: str
+) -> dict[str, np.ndarray]:
     # The map-style path's two passes in one: tokenizing is one row per document, so packing each batch of
-    # PACK_BATCH_SIZE documents right away cuts the same blocks as packing a tokenized copy batch by batch.
-    blocks = _group_texts(_tokenize(batch, tokenizer, eos_token_id), block_size)["input_ids"]
-    return {"input_ids": blocks}
+    # PACK_BATCH_SIZE documents right away cuts the same blocks as `data._group_texts` packing a tokenized copy
+    # batch by batch (tests/test_prepared.py checks they are equal). Memory is what a worker holds, so the
+    # batch is tokenized TOKENIZE_CHUNK documents at a time (the tokenizer's encodings of a whole batch are
+    # several times its ids) and packed as one array of `dtype` (2 bytes a token instead of a Python int).
+    texts = batch["text"]
+    pieces = [
+        np.asarray(ids, dtype=dtype)
+        for start in range(0, len(texts), TOKENIZE_CHUNK)
+        for ids in _tokenize({"text": texts[start : start + TOKENIZE_CHUNK]}, tokenizer, eos_token_id)["input_ids"]
+    ]
+    stream = np.concatenate(pieces) if pieces else np.empty(0, dtype=dtype)
+    usable = len(stream) // block_size * block_size  # the tail shorter than a block is dropped, as there
+    return {"input_ids": stream[:usable].reshape(-1, block_size)}  # (blocks, block_size)
 
 
 def prepare_corpus(corpus_args: CorpusArguments, args: PrepareArguments) -> PreparedInfo:
@@ -129,7 +141,11 @@ def prepare_corpus(corpus_args: CorpusArguments, args: PrepareArguments) -> Prep
     token_dtype = "uint16" if len(tokenizer) <= 2**16 else "int32"
     features = Features({"input_ids": Sequence(Value(token_dtype))})
     pack = functools.partial(
-        _tokenize_and_pack, tokenizer=tokenizer, eos_token_id=tokenizer.eos_token_id, block_size=args.block_size
+        _tokenize_and_pack,
+        tokenizer=tokenizer,
+        eos_token_id=tokenizer.eos_token_id,
+        block_size=args.block_size,
+        dtype=token_dtype,
     )
     with staged(output_dir, "folder") as staging:
         work = staging / ".work"  # the map's own Arrow files: not the shared datasets cache, gone at the end
@@ -154,7 +170,10 @@ def prepare_corpus(corpus_args: CorpusArguments, args: PrepareArguments) -> Prep
                 f"the train split holds fewer than one block of {args.block_size} tokens; "
                 "lower --block_size or give it more text."
             )
-        packed.save_to_disk(str(staging), num_proc=num_proc)
+        # One process: `save_to_disk(num_proc=N)` runs a "spawn" pool, whose workers start a new interpreter
+        # and import the main script again (torch, transformers): seconds and hundreds of MB each, to copy
+        # Arrow shards, which is disk-bound work one process does as fast.
+        packed.save_to_disk(str(staging))
         del packed  # its memory maps point into `work`
         shutil.rmtree(work)
         tokenizer.save_pretrained(staging / TOKENIZER_DIR)
