@@ -116,7 +116,7 @@ def _tokenize_and_pack(
         for ids in _tokenize({"text": texts[start : start + TOKENIZE_CHUNK]}, tokenizer, eos_token_id)["input_ids"]
     ]
     stream = np.concatenate(pieces) if pieces else np.empty(0, dtype=dtype)
-    usable = len(stream) // block_size * block_size  # the tail shorter than a block is dropped, as there
+    usable = len(stream) // block_size * block_size  # the shorter tail is dropped, as in _group_texts
     return {"input_ids": stream[:usable].reshape(-1, block_size)}  # (blocks, block_size)
 
 
