@@ -39,7 +39,7 @@ import logging
 import os
 import re
 import threading
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -353,13 +353,28 @@ def _load_files(spec: str, flag: str, args: CorpusArguments) -> Dataset:
         raise UserError(f"cannot read {flag} {spec} as {fmt}: {_one_line(err)}") from None
     documents = _text_column(table, args.text_column, f"{flag} {spec}")
     # pyarrow's JSON reader accepts invalid UTF-8 and only fails when a value is read back.
-    for chunk in documents.data.column("text").chunks:
+    for chunk in _read_column(table, args.text_column):
         try:
             chunk.validate(full=True)
         except pa.ArrowInvalid:
             _raise_if_not_utf8(files)
             raise UserError(f"{flag} {spec} holds text that is not valid UTF-8") from None
     return documents
+
+
+def _read_column(table: Dataset, column: str) -> Iterator[pa.Array]:
+    """`column` of `table` batch by batch, read from its Arrow cache files rather than through its memory map.
+
+    Pages read through the map stay resident in this process until it ends: a pass over the whole corpus
+    would leave its RSS as large as the corpus (bench/RESULTS.md, "Preparing a corpus at scale").
+    """
+    if not table.cache_files:  # held in memory
+        yield from table.data.column(column).chunks
+        return
+    for cache in table.cache_files:
+        with pa.OSFile(cache["filename"]) as source:
+            for batch in pa.ipc.open_stream(source):  # (rows,) arrays of one batch, freed after use
+                yield batch.column(column)
 
 
 def _file_format(files: Sequence[Path], flag: str, spec: str) -> str:
