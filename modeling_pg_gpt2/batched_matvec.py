@@ -33,6 +33,10 @@ MARGIN = 0.9
 # of the weight totalling this much, beyond the per-core caches and the L3 of one core complex: timed on one
 # cache-hot weight, MKL's matrix-vector kernel wins on small matrices where it loses 1.4-2.6x in decoding.
 MEASURE_BYTES = 64 * 2**20
+# ...but never more copies than this: a model's weights of a few KB each (a test-sized model) would need tens of
+# thousands of calls, seconds of measurement alone and minutes beside other processes. 256 covers every weight of
+# the `tiny` preset (256 x 256) and of GPT-2 124M, so their measurement is the one bench/RESULTS.md describes.
+MAX_COPIES = 256
 
 # (out, in, rows, dtype, autocast dtype, bias, threads) -> whether the batched form was the faster here.
 _FASTER: dict[tuple, bool] = {}
@@ -63,16 +67,16 @@ def batched_is_faster(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor 
     """Whether `_batched_product` beats `F.linear` for this product here: measured once per shape, then cached.
 
     Both forms run on the real inputs (no random numbers drawn, so sampling stays reproducible) over copies of
-    the weight that do not fit in the caches (MEASURE_BYTES), interleaved over five rounds; the best round of
-    each is compared, which is what other processes' load distorts least. It takes a few tens of milliseconds
-    per shape, once per process.
+    the weight that do not fit in the caches (MEASURE_BYTES, at most MAX_COPIES of them), interleaved over five
+    rounds; the best round of each is compared, which is what other processes' load distorts least. It takes a
+    few tens of milliseconds per shape, once per process.
     """
     rows = x.shape[0]
     autocast = torch.get_autocast_dtype("cpu") if torch.is_autocast_enabled("cpu") else None
     key = (*weight.shape, rows, weight.dtype, autocast, bias is not None, torch.get_num_threads())
     if key not in _FASTER:
         x = x.detach()
-        copies = -(-MEASURE_BYTES // (weight.numel() * weight.element_size()))  # at least 1
+        copies = min(-(-MEASURE_BYTES // (weight.numel() * weight.element_size())), MAX_COPIES)  # at least 1
         with torch.no_grad():
             weights = [weight.detach(), *(weight.detach().clone() for _ in range(copies - 1))]
             forms = (
