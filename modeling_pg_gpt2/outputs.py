@@ -51,7 +51,6 @@ MODEL_CARD_FILE = "README.md"
 REPORT_PATTERNS = (METRICS_FILE, "*.png", MODEL_CARD_FILE)
 
 
-
 @contextlib.contextmanager
 def staged(dst: Path, kind: str) -> Iterator[Path]:
     """Yield a temporary path beside `dst` to write into; it replaces `dst` only when the block succeeds.

@@ -671,7 +671,6 @@ def run_in_process(argv: list[str]) -> tuple[int, str, str]:
     return code, out.getvalue(), err.getvalue()
 
 
-
 @pytest.mark.parametrize(
     ("error", "line"),
     [
