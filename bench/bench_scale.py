@@ -6,7 +6,7 @@ the bundled Shakespeare at random offsets, so the text tokenizes like real text.
 process with an empty `datasets` cache of its own, and the parent samples the memory of that process and
 all its workers every 0.2 s:
 
-- `prepare`: `prepare_data.py`'s `prepare_corpus` (one map pass, blocks saved with `save_to_disk`);
+- `prepare`: `prepare_data.py`'s `prepare_corpus` (one map pass, each worker writing its blocks into the folder);
 - `map`: `run_clm.py`'s map-style path, `data.prepare_datasets` (tokenized into the `datasets` cache,
   then packed into it, as before every run);
 - `stream`: `run_clm.py --streaming`'s data, `data.streaming_datasets` (documents read, tokenized and packed on
@@ -17,7 +17,7 @@ all its workers every 0.2 s:
 Peak memory is the proportional set size (PSS) summed over the processes: a page shared by several (a forked
 worker's copy-on-write pages) counts once, where a sum of RSS counts it in each. It includes clean pages of
 memory-mapped Arrow files, which the kernel can drop at any time; the anonymous part is what the processes
-really hold. The main process's own peak RSS is shown as well.
+really hold. The main process's own peak RSS is shown as well, and the largest RSS of any one process.
 Tokens/s counts the tokens in the blocks (train + validation) over the whole run, reading included.
 
     .venv/bin/python bench/bench_scale.py --size_gb 2            # ~2 GB corpus, the three paths, 2 workers
@@ -136,22 +136,23 @@ def measure(path: str, corpus: Path, tokenizer_dir: str, num_proc: int, block_si
     environment.pop("TOKENIZERS_PARALLELISM", None)  # as run_clm.py and prepare_data.py run
     child = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=environment)
     parent = psutil.Process(child.pid)
-    peak_pss = peak_anon = peak_main = 0
+    peak_pss = peak_anon = peak_main = peak_any = 0
     while child.poll() is None:
         try:
             tree = [parent, *parent.children(recursive=True)]
             pss, anon = (sum(values) for values in zip(*(_proportional_bytes(p) for p in tree), strict=True))
-            peak_main = max(peak_main, parent.memory_info().rss)
+            rss = [p.memory_info().rss for p in tree]
         except (psutil.NoSuchProcess, FileNotFoundError, ProcessLookupError):
             continue  # a worker ended between listing and reading
         peak_pss, peak_anon = max(peak_pss, pss), max(peak_anon, anon)
+        peak_main, peak_any = max(peak_main, rss[0]), max(peak_any, *rss)
         time.sleep(0.2)
     out, err = child.communicate()
     if child.returncode != 0:
         sys.exit(f"error: the {path} path failed:\n{err[-3000:]}")
     disk = sum(f.stat().st_size for f in work.rglob("*") if f.is_file())
     return {**json.loads(out.strip().splitlines()[-1]), "peak_pss": peak_pss, "peak_anon": peak_anon,
-            "peak_main": peak_main, "disk": disk}  # fmt: skip
+            "peak_main": peak_main, "peak_any": peak_any, "disk": disk}  # fmt: skip
 
 
 def main() -> None:
@@ -192,13 +193,15 @@ def main() -> None:
                 path, f"{result['seconds']:.0f}", rate(result["tokens"] / result["seconds"]),
                 f"{n_bytes / result['seconds'] / 1e6:.2f}", f"{result['peak_pss'] / 2**30:.2f}",
                 f"{result['peak_anon'] / 2**30:.2f}", f"{result['peak_main'] / 2**30:.2f}",
+                f"{result['peak_any'] / 2**30:.2f}",
                 f"{result['disk'] / 2**30:.2f}", f"{result['tokens'] / 1e6:.1f}",
             ])  # fmt: skip
             print(json.dumps({"path": path, **result}), flush=True)
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
     headers = ["path", "s", "tokens/s", "MB/s", "peak memory GiB (PSS, all processes)", "of it anonymous GiB",
-               "peak RSS main GiB", "disk GiB", "M tokens"]  # fmt: skip
+               "peak RSS main GiB",
+               "peak RSS of any process GiB", "disk GiB", "M tokens"]  # fmt: skip
     print()
     print_table(headers, rows)
     print(f"\nAfter: {machine_description(torch.device('cpu'))}")

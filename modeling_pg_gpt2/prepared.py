@@ -3,22 +3,26 @@
 `prepare_data.py` (`pg-gpt2-prepare`) runs [`prepare_corpus`]: it loads the corpus (`corpus.py`, same
 train/validation split as run_clm.py), tokenizes it with the map-style path's `data._tokenize` and packs it
 into `block_size` blocks as its `data._group_texts` does (the same blocks, in numpy; one `datasets.map` pass over
-`--preprocessing_num_workers` processes), and saves the blocks with `DatasetDict.save_to_disk`: Arrow
-files that `load_from_disk` maps into memory instead of reading them. `run_clm.py --prepared_data DIR`
-(on any number of processes and nodes) trains on that folder without touching the corpus or the
-`datasets` cache ([`load_prepared`]). Documents stay separated by `<|endoftext|>` inside the blocks,
-exactly as in the map-style path, so per-document masking can find their boundaries.
+`--preprocessing_num_workers` processes, each writing its Arrow file of blocks straight into the folder).
+`run_clm.py --prepared_data DIR` (on any number of processes and nodes) trains on that folder without touching
+the corpus or the `datasets` cache ([`load_prepared`]), mapping the files into memory instead of reading them.
+Documents stay separated by `<|endoftext|>` inside the blocks, exactly as in the map-style path, so
+per-document masking can find their boundaries.
 
 The folder:
 
-    DIR/prepared.json        what it was made with: tokenizer fingerprint, block size, corpus, counts
+    DIR/prepared.json        what it was made with: tokenizer fingerprint, block size, corpus, counts, files
     DIR/tokenizer/           a copy of that tokenizer (pass it as --tokenizer_name)
-    DIR/dataset_dict.json    DIR/train/ and DIR/validation/: `save_to_disk`'s Arrow shards and metadata
+    DIR/train/, DIR/validation/    the blocks: Arrow files, one per worker, in order
 
 Only `input_ids` is stored (`uint16` when the vocabulary fits, as nanoGPT and llm.c store GPT-2 tokens,
 `int32` otherwise): 2 bytes a token where the map-style cache holds `input_ids` and `labels` as int64, 16
 bytes a token. Reading adds `labels` (the same ids) on the fly. A run whose tokenizer or block size differs
 from the folder's is refused in one line: the blocks would be silently wrong for it.
+
+Memory is bounded by the batch, not the corpus: the workers read each batch's documents through memory maps
+opened for that batch alone (a map kept open keeps every page read through it resident), and the blocks are
+written once, where they stay (bench/bench_scale.py; bench/RESULTS.md, "Preparing a corpus at scale").
 """
 
 from __future__ import annotations
@@ -28,13 +32,13 @@ import hashlib
 import json
 import logging
 import os
-import shutil
+import pickle
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-from datasets import DatasetDict, Features, Sequence, Value, load_from_disk
+from datasets import Dataset, DatasetDict, Features, Sequence, Value, concatenate_datasets
 from transformers import PreTrainedTokenizerBase, TrainingArguments
 
 from .cli import UserError, check_output_dir
@@ -46,7 +50,7 @@ logger = logging.getLogger(__name__)
 
 PREPARED_FILE = "prepared.json"
 TOKENIZER_DIR = "tokenizer"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 1: one save_to_disk folder (copied after the map)
 PACK_BATCH_SIZE = 1000  # documents per `map` batch: the map-style path packs 1000 tokenized documents at a time
 TOKENIZE_CHUNK = 100  # documents tokenized at once inside a batch: the blocks do not depend on it
 
@@ -82,6 +86,7 @@ class PreparedInfo:
     blocks: dict[str, int]
     tokens: dict[str, int]  # in the blocks (the tail of each packing batch shorter than a block is dropped)
     token_dtype: str
+    files: dict[str, list[str]]  # per split, the Arrow files of its blocks in order, relative to the folder
     format_version: int = FORMAT_VERSION
 
 
@@ -101,15 +106,48 @@ def tokenizer_fingerprint(tokenizer: PreTrainedTokenizerBase) -> str:
     return hashlib.sha256(json.dumps(state, sort_keys=True).encode("utf-8")).hexdigest()
 
 
+def _document_rows(documents: Dataset) -> tuple[bytes, np.ndarray]:
+    """How workers read `documents`: its Arrow table pickled, and the table row of each document in order.
+
+    datasets pickles a memory-mapped table as its file paths (an in-memory one, the bundled corpus, by value).
+    Dropping empty documents and splitting off validation select rows through an index map rather than copy
+    them, so the rows are read from that map: `_indices` is private, and the only way to them without copying
+    the corpus.
+    """
+    indices = documents._indices
+    rows = np.arange(documents.num_rows) if indices is None else indices.column(0).to_numpy()
+    return pickle.dumps(documents.data), rows
+
+
+def _read_texts(table: bytes, rows: list[int]) -> list[str]:
+    """The `text` of `rows` of the pickled table, read through memory maps opened for this call alone.
+
+    A worker that kept one map open over its shard would keep every page it read resident, so its memory would
+    grow with the corpus; these maps close when the call returns.
+    """
+    column = pickle.loads(table).table.column("text")  # datasets maps the Arrow files again
+    ends = np.cumsum([len(chunk) for chunk in column.chunks])  # one chunk per record batch of the files
+    chunks = np.searchsorted(ends, rows, side="right")
+    return [
+        column.chunks[chunk][row - (ends[chunk] - len(column.chunks[chunk]))].as_py()
+        for row, chunk in zip(rows, chunks.tolist(), strict=True)
+    ]
+
+
 def _tokenize_and_pack(
-    batch: dict[str, list[str]], tokenizer: PreTrainedTokenizerBase, eos_token_id: int, block_size: int, dtype: str
+    batch: dict[str, list[int]],
+    table: bytes,
+    tokenizer: PreTrainedTokenizerBase,
+    eos_token_id: int,
+    block_size: int,
+    dtype: str,
 ) -> dict[str, np.ndarray]:
     # The map-style path's two passes in one: tokenizing is one row per document, so packing each batch of
     # PACK_BATCH_SIZE documents right away cuts the same blocks as `data._group_texts` packing a tokenized copy
     # batch by batch (tests/test_prepared.py checks they are equal). Memory is what a worker holds, so the
     # batch is tokenized TOKENIZE_CHUNK documents at a time (the tokenizer's encodings of a whole batch are
     # several times its ids) and packed as one array of `dtype` (2 bytes a token instead of a Python int).
-    texts = batch["text"]
+    texts = _read_texts(table, batch["row"])
     pieces = [
         np.asarray(ids, dtype=dtype)
         for start in range(0, len(texts), TOKENIZE_CHUNK)
@@ -118,6 +156,27 @@ def _tokenize_and_pack(
     stream = np.concatenate(pieces) if pieces else np.empty(0, dtype=dtype)
     usable = len(stream) // block_size * block_size  # the shorter tail is dropped, as in _group_texts
     return {"input_ids": stream[:usable].reshape(-1, block_size)}  # (blocks, block_size)
+
+
+def _pack_split(
+    documents: Dataset, folder: Path, num_proc: int | None, features: Features, description: str, **pack: Any
+) -> Dataset:
+    """`documents` tokenized and packed into blocks written to `folder` (one Arrow file per worker)."""
+    table, rows = _document_rows(documents)
+    # The map runs over the documents' row numbers, cut into shards and batches exactly as the map-style path
+    # cuts the documents themselves, so the batches (and the blocks) are the same.
+    positions = Dataset.from_dict({"row": rows})
+    folder.mkdir()
+    return positions.map(
+        functools.partial(_tokenize_and_pack, table=table, **pack),
+        batched=True,
+        batch_size=PACK_BATCH_SIZE,
+        num_proc=num_proc if num_proc and len(positions) > 0 else None,
+        remove_columns=["row"],
+        features=features,
+        cache_file_name=str(folder / "blocks.arrow"),
+        desc=description,
+    )
 
 
 def prepare_corpus(corpus_args: CorpusArguments, args: PrepareArguments) -> PreparedInfo:
@@ -140,46 +199,29 @@ def prepare_corpus(corpus_args: CorpusArguments, args: PrepareArguments) -> Prep
     num_proc = corpus_args.preprocessing_num_workers
     token_dtype = "uint16" if len(tokenizer) <= 2**16 else "int32"
     features = Features({"input_ids": Sequence(Value(token_dtype))})
-    pack = functools.partial(
-        _tokenize_and_pack,
-        tokenizer=tokenizer,
-        eos_token_id=tokenizer.eos_token_id,
-        block_size=args.block_size,
-        dtype=token_dtype,
+    pack = dict(
+        tokenizer=tokenizer, eos_token_id=tokenizer.eos_token_id, block_size=args.block_size, dtype=token_dtype
     )
     with staged(output_dir, "folder") as staging:
-        work = staging / ".work"  # the map's own Arrow files: not the shared datasets cache, gone at the end
-        work.mkdir()
-        packed = DatasetDict(
-            {
-                split: documents.map(
-                    pack,
-                    batched=True,
-                    batch_size=PACK_BATCH_SIZE,
-                    num_proc=num_proc,
-                    remove_columns=documents.column_names,
-                    features=features,
-                    cache_file_name=str(work / f"{split}.arrow"),
-                    desc=f"Tokenizing and packing {split} into blocks of {args.block_size}",
-                )
-                for split, documents in raw.items()
-            }
-        )
+        packed = {
+            split: _pack_split(
+                documents,
+                staging / split,
+                num_proc,
+                features,
+                f"Tokenizing and packing {split} into blocks of {args.block_size}",
+                **pack,
+            )
+            for split, documents in raw.items()
+        }
         if len(packed["train"]) == 0:
             raise UserError(
                 f"the train split holds fewer than one block of {args.block_size} tokens; "
                 "lower --block_size or give it more text."
             )
-        # One process: `save_to_disk(num_proc=N)` runs a "spawn" pool, whose workers start a new interpreter
-        # and import the main script again (torch, transformers): seconds and hundreds of MB each, to copy
-        # Arrow shards, which is disk-bound work one process does as fast.
-        packed.save_to_disk(str(staging))
-        del packed  # its memory maps point into `work`
-        shutil.rmtree(work)
         tokenizer.save_pretrained(staging / TOKENIZER_DIR)
         corpus = {key: value for key, value in asdict(corpus_args).items() if value is not None}
         corpus.pop("preprocessing_num_workers", None)
-        prepared = load_from_disk(str(staging))
         info = PreparedInfo(
             block_size=args.block_size,
             tokenizer=args.tokenizer_name,
@@ -188,11 +230,17 @@ def prepare_corpus(corpus_args: CorpusArguments, args: PrepareArguments) -> Prep
             vocab_size=len(tokenizer),
             corpus=corpus,
             documents={split: raw[split].num_rows for split in raw},
-            blocks={split: len(prepared[split]) for split in prepared},
-            tokens={split: len(prepared[split]) * args.block_size for split in prepared},
+            blocks={split: len(blocks) for split, blocks in packed.items()},
+            tokens={split: len(blocks) * args.block_size for split, blocks in packed.items()},
             token_dtype=token_dtype,
+            files={
+                split: [
+                    Path(f["filename"]).resolve().relative_to(staging.resolve()).as_posix() for f in blocks.cache_files
+                ]
+                for split, blocks in packed.items()
+            },
         )
-        del prepared
+        del packed  # memory maps of the files being renamed into place
         (staging / PREPARED_FILE).write_text(json.dumps(asdict(info), indent=2) + "\n", encoding="utf-8")
     return info
 
@@ -207,14 +255,14 @@ def read_prepared_info(path: str | os.PathLike) -> PreparedInfo:
         raise UserError(f"--prepared_data {folder} holds no {PREPARED_FILE}: it was not made by prepare_data.py")
     try:
         values = json.loads(record.read_text(encoding="utf-8"))
+        version = values.get("format_version")
+        if version != FORMAT_VERSION:
+            raise UserError(
+                f"--prepared_data {folder} has format {version}; this version reads {FORMAT_VERSION}: prepare it again"
+            )
         info = PreparedInfo(**values)
-    except (ValueError, TypeError) as err:
+    except (ValueError, TypeError, AttributeError) as err:
         raise UserError(f"--prepared_data {folder}: cannot read {PREPARED_FILE} ({err}); prepare it again") from None
-    if info.format_version != FORMAT_VERSION:
-        raise UserError(
-            f"--prepared_data {folder} has format {info.format_version}; this version reads {FORMAT_VERSION}: "
-            "prepare it again"
-        )
     return info
 
 
@@ -251,12 +299,21 @@ def load_prepared(
             f"--prepared_data {folder} has no validation blocks: prepare it with validation text, "
             "or pass --do_eval false"
         )
-    packed = load_from_disk(str(folder))  # memory-mapped: no rank reads the whole corpus into memory
+    packed = DatasetDict({split: _open_blocks(folder, files) for split, files in info.files.items()})
     limits = {"train": data_args.max_train_samples, "validation": data_args.max_eval_samples}
     for split, limit in limits.items():
         if limit is not None and len(packed[split]) > limit:
             packed[split] = packed[split].select(range(limit))
     return DatasetDict({split: dataset.with_transform(_with_labels) for split, dataset in packed.items()})
+
+
+def _open_blocks(folder: Path, files: list[str]) -> Dataset:
+    """A split's blocks from its Arrow files, memory-mapped: no rank reads the whole corpus into memory."""
+    try:
+        parts = [Dataset.from_file(str(folder / name)) for name in files]
+    except (OSError, ValueError) as err:
+        raise UserError(f"--prepared_data {folder}: cannot read its blocks ({err}); prepare it again") from None
+    return concatenate_datasets(parts) if len(parts) > 1 else parts[0]
 
 
 def format_report(info: PreparedInfo, output_dir: str | os.PathLike) -> str:

@@ -346,6 +346,13 @@ def prepared_folder(tokenizer: str) -> Callable[[dict[str, Any]], None]:
     return prepare
 
 
+def prepared_folder_of_format_1(ctx: dict[str, Any]) -> None:
+    """{tmp}/old-prepared as the first prepare_data.py left it: its record says format 1 (save_to_disk's layout)."""
+    folder = ctx["tmp"] / "old-prepared"
+    folder.mkdir()
+    (folder / "prepared.json").write_text(json.dumps({"format_version": 1, "block_size": 64}), encoding="utf-8")
+
+
 def disk_for_one_checkpoint(ctx: dict[str, Any]) -> str:
     """tmpfs options with room for the first checkpoint and the plots, not for a second checkpoint."""
     finished = ctx["finished"]
@@ -424,6 +431,11 @@ FAULTS = [
         "--prepared_data made with another tokenizer", (*RUN, "--prepared_data", "{tmp}/prepared"),
         "was tokenized with another tokenizer", 2, prepare=prepared_folder("ws"), unchanged=("{tmp}/prepared",),
         in_process=True,
+    ),
+    Fault(
+        "--prepared_data of an older format", (*RUN, "--prepared_data", "{tmp}/old-prepared"),
+        "has format 1; this version reads 2: prepare it again", 2, prepare=prepared_folder_of_format_1,
+        unchanged=("{tmp}/old-prepared",), in_process=True,
     ),
     Fault(
         "--prepared_data not made by prepare_data.py", (*RUN, "--prepared_data", "{ws}/corpus"),

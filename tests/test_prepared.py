@@ -78,13 +78,11 @@ def test_prepared_blocks_equal_the_map_style_blocks(prepared, workspace, corpus,
     assert info["blocks"] == {split: len(expected[split]) for split in ("train", "validation")}
     assert info["tokens"]["train"] == len(expected["train"]) * BLOCK
     assert info["documents"] == {"train": 27, "validation": 3}
-    assert sorted(p.name for p in folder.iterdir()) == [
-        "dataset_dict.json",
-        PREPARED_FILE,
-        "tokenizer",
-        "train",
-        "validation",
-    ]  # the map's work files are gone
+    assert sorted(p.name for p in folder.iterdir()) == [PREPARED_FILE, "tokenizer", "train", "validation"]
+    for split in ("train", "validation"):  # each worker's blocks written once, where they stay, and nothing else
+        assert sorted(p.name for p in (folder / split).iterdir()) == sorted(Path(f).name for f in info["files"][split])
+    shards = ["blocks.arrow"] if num_proc is None else [f"blocks_{rank:05d}_of_00002.arrow" for rank in range(2)]
+    assert [Path(f).name for f in info["files"]["train"]] == shards
 
 
 def short_run(corpus: Path, tokenizer_dir: Path) -> list[str]:
