@@ -126,7 +126,7 @@ def test_dataset_folder_by_name_keeps_its_own_validation_split(tmp_path):
         load_corpus(CorpusArguments(dataset_name=str(repo)))
 
 
-def test_document_split_is_deterministic_for_a_seed_and_disjoint(tmp_path):
+def test_document_split_is_deterministic_for_a_seed_disjoint_and_in_corpus_order(tmp_path):
     texts = [f"document number {i}\nwith its own text {i * i}\n" for i in range(40)]
     write_docs(tmp_path, texts)
 
@@ -140,6 +140,9 @@ def test_document_split_is_deterministic_for_a_seed_and_disjoint(tmp_path):
     assert len(validation) == 4
     assert not set(train) & set(validation)
     assert sorted(train + validation) == sorted(texts)
+    # each split keeps the files' order, so a batch of documents is one stretch of the corpus's Arrow files
+    assert train == [text for text in texts if text in train]
+    assert validation == [text for text in texts if text in validation]
     assert split(seed=42) == (train, validation)
     assert set(split(seed=7)[1]) != set(validation)
     # A small percentage still holds out one document; never all of them.
