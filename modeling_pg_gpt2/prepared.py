@@ -123,7 +123,9 @@ def _read_texts(table: bytes, rows: list[int]) -> list[str]:
     """The `text` of `rows` of the pickled table, read through memory maps opened for this call alone.
 
     A worker that kept one map open over its shard would keep every page it read resident, so its memory would
-    grow with the corpus; these maps close when the call returns.
+    grow with the corpus; these maps close when the call returns. The rows of a batch are one stretch of the
+    files (`corpus.split_documents` keeps the corpus's order): a page fault maps the page cache's whole folio
+    around the page, so rows from all over the files would map most of them (bench/RESULTS.md).
     """
     column = pickle.loads(table).table.column("text")  # datasets maps the Arrow files again
     ends = np.cumsum([len(chunk) for chunk in column.chunks])  # one chunk per record batch of the files
