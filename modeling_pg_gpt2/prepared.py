@@ -301,7 +301,7 @@ def load_prepared(
             f"--prepared_data {folder} has no validation blocks: prepare it with validation text, "
             "or pass --do_eval false"
         )
-    packed = DatasetDict({split: _open_blocks(folder, files) for split, files in info.files.items()})
+    packed = DatasetDict({split: _open_blocks(folder, files, info.token_dtype) for split, files in info.files.items()})
     limits = {"train": data_args.max_train_samples, "validation": data_args.max_eval_samples}
     for split, limit in limits.items():
         if limit is not None and len(packed[split]) > limit:
@@ -309,8 +309,10 @@ def load_prepared(
     return DatasetDict({split: dataset.with_transform(_with_labels) for split, dataset in packed.items()})
 
 
-def _open_blocks(folder: Path, files: list[str]) -> Dataset:
+def _open_blocks(folder: Path, files: list[str], token_dtype: str) -> Dataset:
     """A split's blocks from its Arrow files, memory-mapped: no rank reads the whole corpus into memory."""
+    if not files:  # an empty split (--validation_split_percentage 0): the map wrote nothing
+        return Dataset.from_dict({"input_ids": []}, features=Features({"input_ids": Sequence(Value(token_dtype))}))
     try:
         parts = [Dataset.from_file(str(folder / name)) for name in files]
     except (OSError, ValueError) as err:

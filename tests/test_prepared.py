@@ -85,6 +85,23 @@ def test_prepared_blocks_equal_the_map_style_blocks(prepared, workspace, corpus,
     assert [Path(f).name for f in info["files"]["train"]] == shards
 
 
+def test_a_folder_without_validation_serves_a_run_without_evaluation(workspace, corpus, tokenizer_dir):
+    """--validation_split_percentage 0: every document trains, and the empty validation split loads as such."""
+    folder = workspace / "prepared-no-validation"
+    prepare(["--train_file", str(corpus), "--validation_split_percentage", "0", "--tokenizer_name",
+             str(tokenizer_dir), "--block_size", str(BLOCK), "--output_dir", str(folder)])  # fmt: skip
+    tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
+    data_args = DataTrainingArguments(block_size=BLOCK)
+    training_args = TrainingArguments(output_dir=str(workspace / "unused"), use_cpu=True, report_to="none")
+    copy = shutil.copytree(corpus, workspace / "corpus-no-validation")
+    corpus_args = CorpusArguments(train_file=str(copy), validation_split_percentage=0)
+    expected = prepare_datasets(corpus_args, data_args, training_args, tokenizer, BLOCK)
+    result = load_prepared(folder, tokenizer, BLOCK, data_args, training_args)
+    assert len(result["validation"]) == len(expected["validation"]) == 0
+    assert result["train"][:]["input_ids"] == expected["train"]["input_ids"]
+    assert json.loads((folder / PREPARED_FILE).read_text())["documents"] == {"train": 30, "validation": 0}
+
+
 def short_run(corpus: Path, tokenizer_dir: Path) -> list[str]:
     """SGD without dropout (see test_run_clm.test_two_processes_match_one_process): 8 steps, evaluated at 4.
 
