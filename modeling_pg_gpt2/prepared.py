@@ -39,6 +39,7 @@ from typing import Any
 
 import numpy as np
 from datasets import Dataset, DatasetDict, Features, Sequence, Value, concatenate_datasets
+from datasets.table import ConcatenationTable
 from transformers import PreTrainedTokenizerBase, TrainingArguments
 
 from .cli import UserError, check_output_dir
@@ -106,39 +107,53 @@ def tokenizer_fingerprint(tokenizer: PreTrainedTokenizerBase) -> str:
     return hashlib.sha256(json.dumps(state, sort_keys=True).encode("utf-8")).hexdigest()
 
 
-def _document_rows(documents: Dataset) -> tuple[bytes, np.ndarray]:
-    """How workers read `documents`: its Arrow table pickled, and the table row of each document in order.
+@dataclass
+class _Documents:
+    """How workers read a split's documents: its Arrow table in parts (one per file, pickled), and the row of
+    the table each document is, in the split's order."""
 
-    datasets pickles a memory-mapped table as its file paths (an in-memory one, the bundled corpus, by value).
-    Dropping empty documents and splitting off validation select rows through an index map rather than copy
-    them, so the rows are read from that map: `_indices` is private, and the only way to them without copying
-    the corpus.
-    """
-    indices = documents._indices
-    rows = np.arange(documents.num_rows) if indices is None else indices.column(0).to_numpy()
-    return pickle.dumps(documents.data), rows
+    parts: list[bytes]  # datasets pickles a memory-mapped table as its path (an in-memory one, by value)
+    starts: np.ndarray  # (parts,) the first row of each part
+    rows: np.ndarray  # (documents,)
 
+    @classmethod
+    def of(cls, documents: Dataset) -> _Documents:
+        data = documents.data
+        blocks = data.blocks if isinstance(data, ConcatenationTable) else [[data]]  # one row of blocks per file
+        parts = [ConcatenationTable.from_blocks([row]) for row in blocks]
+        starts = np.cumsum([0] + [part.num_rows for part in parts[:-1]])
+        # Dropping empty documents and splitting off validation select rows through an index map rather than
+        # copy them: `_indices` is private, and the only way to the rows without copying the corpus.
+        indices = documents._indices
+        rows = np.arange(documents.num_rows) if indices is None else indices.column(0).to_numpy()
+        return cls([pickle.dumps(part) for part in parts], starts, rows)
 
-def _read_texts(table: bytes, rows: list[int]) -> list[str]:
-    """The `text` of `rows` of the pickled table, read through memory maps opened for this call alone.
+    def texts(self, rows: list[int]) -> list[str]:
+        """The `text` of `rows`, read through memory maps of the files that hold them, opened for this call alone.
 
-    A worker that kept one map open over its shard would keep every page it read resident, so its memory would
-    grow with the corpus; these maps close when the call returns. The rows of a batch are one stretch of the
-    files (`corpus.split_documents` keeps the corpus's order): a page fault maps the page cache's whole folio
-    around the page, so rows from all over the files would map most of them (bench/RESULTS.md).
-    """
-    column = pickle.loads(table).table.column("text")  # datasets maps the Arrow files again
-    ends = np.cumsum([len(chunk) for chunk in column.chunks])  # one chunk per record batch of the files
-    chunks = np.searchsorted(ends, rows, side="right")
-    return [
-        column.chunks[chunk][row - (ends[chunk] - len(column.chunks[chunk]))].as_py()
-        for row, chunk in zip(rows, chunks.tolist(), strict=True)
-    ]
+        A worker that kept one map open over its shard would keep every page it read resident, so its memory
+        would grow with the corpus; these maps close when the call returns, and opening a file walks its record
+        batches, so only the files that hold the rows are opened. The rows of a batch are one stretch of the
+        files (`corpus.split_documents` keeps the corpus's order): a page fault maps the page cache's whole
+        folio around the page, so rows from all over the files would map most of them (bench/RESULTS.md).
+        """
+        rows = np.asarray(rows, dtype=np.int64)
+        owners = np.searchsorted(self.starts, rows, side="right") - 1  # (rows,) the part that holds each row
+        texts: list[str] = [""] * len(rows)
+        for part in np.unique(owners).tolist():
+            chunks = pickle.loads(self.parts[part]).table.column("text").chunks  # one per record batch
+            ends = np.cumsum([len(chunk) for chunk in chunks])
+            picked = np.flatnonzero(owners == part)  # positions in `rows` of the rows this part holds
+            local = rows[picked] - self.starts[part]
+            in_chunk = np.searchsorted(ends, local, side="right")
+            for i, row, chunk in zip(picked.tolist(), local.tolist(), in_chunk.tolist(), strict=True):
+                texts[i] = chunks[chunk][row - (ends[chunk] - len(chunks[chunk]))].as_py()
+        return texts
 
 
 def _tokenize_and_pack(
     batch: dict[str, list[int]],
-    table: bytes,
+    documents: _Documents,
     tokenizer: PreTrainedTokenizerBase,
     eos_token_id: int,
     block_size: int,
@@ -149,7 +164,7 @@ def _tokenize_and_pack(
     # batch by batch (tests/test_prepared.py checks they are equal). Memory is what a worker holds, so the
     # batch is tokenized TOKENIZE_CHUNK documents at a time (the tokenizer's encodings of a whole batch are
     # several times its ids) and packed as one array of `dtype` (2 bytes a token instead of a Python int).
-    texts = _read_texts(table, batch["row"])
+    texts = documents.texts(batch["row"])
     pieces = [
         np.asarray(ids, dtype=dtype)
         for start in range(0, len(texts), TOKENIZE_CHUNK)
@@ -164,13 +179,13 @@ def _pack_split(
     documents: Dataset, folder: Path, num_proc: int | None, features: Features, description: str, **pack: Any
 ) -> Dataset:
     """`documents` tokenized and packed into blocks written to `folder` (one Arrow file per worker)."""
-    table, rows = _document_rows(documents)
+    source = _Documents.of(documents)
     # The map runs over the documents' row numbers, cut into shards and batches exactly as the map-style path
     # cuts the documents themselves, so the batches (and the blocks) are the same.
-    positions = Dataset.from_dict({"row": rows})
+    positions = Dataset.from_dict({"row": source.rows})
     folder.mkdir()
     return positions.map(
-        functools.partial(_tokenize_and_pack, table=table, **pack),
+        functools.partial(_tokenize_and_pack, documents=source, **pack),
         batched=True,
         batch_size=PACK_BATCH_SIZE,
         num_proc=num_proc if num_proc and len(positions) > 0 else None,
