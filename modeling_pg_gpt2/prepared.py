@@ -91,6 +91,11 @@ class PreparedInfo:
     format_version: int = FORMAT_VERSION
 
 
+def _block_features(token_dtype: str) -> Features:
+    """The one column a prepared folder stores: `input_ids`, one row a block."""
+    return Features({"input_ids": Sequence(Value(token_dtype))})
+
+
 def tokenizer_fingerprint(tokenizer: PreTrainedTokenizerBase) -> str:
     """sha256 of everything that decides the token ids of a text: vocabulary, merges, pre-tokenizer, added tokens.
 
@@ -215,7 +220,7 @@ def prepare_corpus(corpus_args: CorpusArguments, args: PrepareArguments) -> Prep
     raw = load_corpus(corpus_args)
     num_proc = corpus_args.preprocessing_num_workers
     token_dtype = "uint16" if len(tokenizer) <= 2**16 else "int32"
-    features = Features({"input_ids": Sequence(Value(token_dtype))})
+    features = _block_features(token_dtype)
     pack = dict(
         tokenizer=tokenizer, eos_token_id=tokenizer.eos_token_id, block_size=args.block_size, dtype=token_dtype
     )
@@ -272,13 +277,16 @@ def read_prepared_info(path: str | os.PathLike) -> PreparedInfo:
         raise UserError(f"--prepared_data {folder} holds no {PREPARED_FILE}: it was not made by prepare_data.py")
     try:
         values = json.loads(record.read_text(encoding="utf-8"))
-        version = values.get("format_version")
-        if version != FORMAT_VERSION:
-            raise UserError(
-                f"--prepared_data {folder} has format {version}; this version reads {FORMAT_VERSION}: prepare it again"
-            )
+    except ValueError as err:
+        raise UserError(f"--prepared_data {folder}: cannot read {PREPARED_FILE} ({err}); prepare it again") from None
+    version = values.get("format_version") if isinstance(values, dict) else None
+    if version != FORMAT_VERSION:  # checked first: an older record lacks the fields this version reads
+        raise UserError(
+            f"--prepared_data {folder} has format {version}; this version reads {FORMAT_VERSION}: prepare it again"
+        )
+    try:
         info = PreparedInfo(**values)
-    except (ValueError, TypeError, AttributeError) as err:
+    except TypeError as err:
         raise UserError(f"--prepared_data {folder}: cannot read {PREPARED_FILE} ({err}); prepare it again") from None
     return info
 
@@ -327,7 +335,7 @@ def load_prepared(
 def _open_blocks(folder: Path, files: list[str], token_dtype: str) -> Dataset:
     """A split's blocks from its Arrow files, memory-mapped: no rank reads the whole corpus into memory."""
     if not files:  # an empty split (--validation_split_percentage 0): the map wrote nothing
-        return Dataset.from_dict({"input_ids": []}, features=Features({"input_ids": Sequence(Value(token_dtype))}))
+        return Dataset.from_dict({"input_ids": []}, features=_block_features(token_dtype))
     try:
         parts = [Dataset.from_file(str(folder / name)) for name in files]
     except (OSError, ValueError) as err:

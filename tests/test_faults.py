@@ -346,6 +346,13 @@ def prepared_folder(tokenizer: str) -> Callable[[dict[str, Any]], None]:
     return prepare
 
 
+def prepared_folder_without_its_blocks(ctx: dict[str, Any]) -> None:
+    """{tmp}/prepared (see `prepared_folder`) whose train blocks were lost, e.g. by a partial copy to a node."""
+    prepared_folder("recipe")(ctx)
+    for blocks in (ctx["tmp"] / "prepared" / "train").iterdir():
+        blocks.unlink()
+
+
 def prepared_folder_of_format_1(ctx: dict[str, Any]) -> None:
     """{tmp}/old-prepared as the first prepare_data.py left it: its record says format 1 (save_to_disk's layout)."""
     folder = ctx["tmp"] / "old-prepared"
@@ -430,6 +437,11 @@ FAULTS = [
     Fault(
         "--prepared_data made with another tokenizer", (*RUN, "--prepared_data", "{tmp}/prepared"),
         "was tokenized with another tokenizer", 2, prepare=prepared_folder("ws"), unchanged=("{tmp}/prepared",),
+        in_process=True,
+    ),
+    Fault(
+        "--prepared_data whose block files are missing", (*RUN, "--prepared_data", "{tmp}/prepared"),
+        "cannot read its blocks", 2, prepare=prepared_folder_without_its_blocks, unchanged=("{tmp}/prepared",),
         in_process=True,
     ),
     Fault(
