@@ -31,6 +31,16 @@ WORDS = [
 ]  # fmt: skip
 
 
+class FakeClock:
+    """A clock the test advances by hand, so the callback's arithmetic is checked without sleeping."""
+
+    def __init__(self) -> None:
+        self.now = 100.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
 def tiny_config(**overrides) -> PgGPT2Config:
     """A model small enough that a forward pass takes milliseconds."""
     values = dict(vocab_size=211, n_positions=64, n_embd=32, n_layer=2, n_head=4)

@@ -58,17 +58,25 @@ def weights(folder: Path) -> dict[str, torch.Tensor]:
 
 
 def kill_at_first_checkpoint(command: list[str], out: Path) -> None:
-    """Start the run `command` (output folder `out`) and SIGKILL it as soon as checkpoint-10 is complete."""
-    process = subprocess.Popen(command, cwd=ROOT, env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    """Start the run `command` (`python SCRIPT ARGS`, output folder `out`) and SIGKILL it once checkpoint-10 is saved.
+
+    The run waits at that checkpoint (tests/gated_run.py) until it is killed, so the kill lands at the same step
+    on any machine: it can neither finish first nor be killed before its checkpoint.
+    """
+    gate = out.parent / f"{out.name}-gate"
+    gate.mkdir()
+    python, script, *args = command
+    gated = [python, str(ROOT / "tests" / "gated_run.py"), str(gate), "10", script, *args]
+    process = subprocess.Popen(gated, cwd=ROOT, env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 600  # a hang guard: a loaded machine can be slow
     try:
-        while not ((out / "checkpoint-10").is_dir() and checkpoint_problem(out / "checkpoint-10") is None):
+        while not (gate / "reached").exists():
             assert process.poll() is None and time.monotonic() < deadline, "the run ended before its first checkpoint"
             time.sleep(0.02)
     finally:
         process.send_signal(signal.SIGKILL)  # also when the wait failed: no run left behind
     assert process.wait() == -signal.SIGKILL
-    assert not (out / "model.safetensors").exists()
+    assert checkpoint_problem(out / "checkpoint-10") is None and not (out / "model.safetensors").exists()
 
 
 def assert_same_weights(reference_run: Path, run: Path) -> None:

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import FakeClock
 from transformers import GPT2Config, GPT2LMHeadModel, TrainerControl, TrainerState, TrainingArguments
 
 from modeling_pg_gpt2 import PgGPT2Config, throughput
@@ -77,16 +78,6 @@ def test_the_cpu_peak_is_measured_once_in_the_training_precision():
     assert 1e9 < fp32 < 1e14  # a CPU does a few GFLOP/s per core at the least, and no CPU does 100 TFLOP/s
     assert device_peak_flops(torch.device("cpu"), None) == fp32  # cached: the same figure, not a new measurement
     assert throughput._measured_cpu_peak.cache_info().currsize >= 1
-
-
-class FakeClock:
-    """A clock the test advances by hand, so the callback's arithmetic is checked without sleeping."""
-
-    def __init__(self) -> None:
-        self.now = 100.0
-
-    def __call__(self) -> float:
-        return self.now
 
 
 def test_the_clock_runs_during_training_steps_only(tmp_path: Path, monkeypatch):
