@@ -10,14 +10,11 @@ The `args` these functions take are run_clm.py's `CLMTrainingArguments`.
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import json
 import logging
 import os
 import re
 import shutil
-import socket
-import time
 import zipfile
 from pathlib import Path
 from typing import Any
@@ -27,13 +24,9 @@ from transformers import Trainer, TrainingArguments
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
 from .cli import CommandError, UserError, check_output_dir, disk_full_message, is_disk_full
-from .outputs import TRAINING_INFO_FILE
+from .outputs import LOCK_FILE, TRAINING_INFO_FILE
 
 logger = logging.getLogger(__name__)
-
-
-# Held (flock) by the run writing to the folder; records its pid and host for whoever finds it taken.
-LOCK_FILE = ".run.lock"
 
 
 def checkpoint_problem(checkpoint: str | os.PathLike) -> str | None:
@@ -94,13 +87,13 @@ def resolve_resume(args: TrainingArguments) -> str | None:
             raise UserError(f"cannot resume from {args.resume_from_checkpoint}: {problem}.")
         return args.resume_from_checkpoint
     output_dir = Path(args.output_dir)
-    if not args.do_train or args.overwrite_output_dir or not output_dir.is_dir():
+    if args.overwrite_output_dir or not output_dir.is_dir():
         return None
     checkpoint = find_resumable_checkpoint(output_dir)
     if checkpoint is not None:
         return checkpoint
     check_output_dir(output_dir, allowed=_is_run_artifact, ignore=(LOCK_FILE,))
-    if any(output_dir.iterdir()):
+    if any(path.name != LOCK_FILE for path in output_dir.iterdir()):  # this run's own lock is no leftover
         logger.warning("%s holds a run stopped before its first complete checkpoint: starting over.", output_dir)
     return None
 
@@ -138,58 +131,6 @@ def asks_for_more(info: dict[str, Any], args: TrainingArguments) -> bool:
         budget = info.get("max_train_minutes")
         more = more or args.max_train_minutes is None or (budget is not None and args.max_train_minutes > budget)
     return more
-
-
-@contextlib.contextmanager
-def output_lock(output_dir: str | os.PathLike):
-    """Hold `output_dir` for this run, so a second run on the same folder is refused at once.
-
-    The lock is an `flock` on `.run.lock` in the folder, which records the holder's pid and host. The
-    kernel releases it when its process dies, so the lock left by a killed run is taken over (with a
-    warning) and never needs deleting by hand. A folder this created and left empty is removed again.
-    """
-    folder = Path(output_dir)
-    created = not folder.exists()
-    folder.mkdir(parents=True, exist_ok=True)
-    path = folder / LOCK_FILE
-    while True:
-        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            holder = _lock_holder(fd)
-            os.close(fd)
-            raise UserError(
-                f"another run ({holder or 'unknown process'}) is writing to {folder}; wait for it to end or "
-                "choose another --output_dir"
-            ) from None
-        with contextlib.suppress(FileNotFoundError):
-            if os.fstat(fd).st_ino == os.stat(path).st_ino:
-                break  # the file we locked is still the lock (not one its holder removed meanwhile)
-        os.close(fd)
-    try:
-        previous = _lock_holder(fd)
-        if previous:
-            logger.warning("Taking over the lock of %s, a run that ended without releasing it.", previous)
-        record = {"pid": os.getpid(), "host": socket.gethostname(), "started": time.strftime("%Y-%m-%d %H:%M:%S")}
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, json.dumps(record).encode(), 0)
-        yield
-    finally:
-        path.unlink(missing_ok=True)
-        os.close(fd)
-        if created:
-            with contextlib.suppress(OSError):
-                folder.rmdir()  # only if empty: a bad input refused before anything was written
-
-
-def _lock_holder(fd: int) -> str | None:
-    """'pid N on HOST since T' from a lock file, or `None` if it records nothing readable."""
-    try:
-        record = json.loads(os.pread(fd, 4096, 0).decode())
-        return f"pid {record['pid']} on {record['host']} since {record['started']}"
-    except (OSError, ValueError, KeyError, TypeError):
-        return None
 
 
 def _is_run_artifact(path: Path) -> bool:
@@ -242,13 +183,11 @@ def divergence_message(what: str, args: TrainingArguments, output_dir: Path) -> 
 
 
 __all__ = [
-    "LOCK_FILE",
     "asks_for_more",
     "checkpoint_problem",
     "divergence_message",
     "find_resumable_checkpoint",
     "finished_run",
-    "output_lock",
     "resolve_resume",
     "resume_hint",
     "saving",

@@ -9,12 +9,13 @@ from __future__ import annotations
 
 import errno
 import functools
+import glob
 import logging
 import os
 import shutil
 import sys
 import tempfile
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, TypeVar
 
@@ -168,6 +169,29 @@ def check_output_dir(
     return out
 
 
+def check_not_an_input(
+    path: str | os.PathLike, flag: str, inputs: Mapping[str, str | os.PathLike | None], inside: bool = False
+) -> None:
+    """Refuse an output `path` that is one of the command's `inputs` or holds one (or, unless `inside`, lies
+    inside an input folder).
+
+    `inputs` maps a flag (`--train_file`) to its value: a file, a folder or a glob; values that name no
+    local path (a Hub id, `shakespeare`) are skipped. Replacing the output would delete such an input, and an
+    output inside a corpus folder would be read back as part of the corpus by the next run.
+    """
+    target = Path(path).expanduser().resolve()
+    for name, value in inputs.items():
+        if value is None:
+            continue
+        spec = os.path.expanduser(str(value))
+        sources = [Path(spec)] if os.path.exists(spec) else [Path(p) for p in glob.glob(spec, recursive=True)]
+        for source in (s.resolve() for s in sources):
+            if target == source or target in source.parents:
+                raise UserError(f"{flag} {path} would replace {name} {value}; choose another folder")
+            if not inside and source.is_dir() and source in target.parents:
+                raise UserError(f"{flag} {path} is inside {name} {value}; choose a folder outside it")
+
+
 def setup_logging(args: TrainingArguments) -> None:
     """Our INFO lines on stderr (main process); transformers and datasets at `--log_level` (warnings by default)."""
     import datasets
@@ -189,6 +213,7 @@ __all__ = [
     "CommandError",
     "Interrupted",
     "UserError",
+    "check_not_an_input",
     "check_output_dir",
     "command",
     "disk_full_message",

@@ -49,7 +49,16 @@ from transformers import (
 )
 from transformers.utils import logging as hf_logging
 
-from .cli import CommandError, UserError, check_output_dir, disk_full_message, few, first_line, is_disk_full
+from .cli import (
+    CommandError,
+    UserError,
+    check_not_an_input,
+    check_output_dir,
+    disk_full_message,
+    few,
+    first_line,
+    is_disk_full,
+)
 from .configuration_pg_gpt2 import PgGPT2Config
 from .modeling_pg_gpt2 import PgGPT2ForCausalLM, PgGPT2Model
 from .outputs import CONFIG_FILE, SIDE_FILES, TOKENIZER_FILES, WEIGHTS_FILES, staged
@@ -461,12 +470,6 @@ def _check_tokenizer(folder: Path) -> None:
         load_tokenizer(folder)
 
 
-def _check_not_source(dst: Path, folder: Path) -> None:
-    source, target = folder.resolve(), dst.resolve()
-    if target == source or target in source.parents:
-        raise UserError(f"DST {dst} would replace the source checkpoint {folder}; choose another folder")
-
-
 def _convert(
     load: Callable[[Path], PreTrainedModel],
     src: str | Path,
@@ -484,7 +487,7 @@ def _convert(
     dst = Path(dst)
     check_output_dir(dst, flag="DST", overwrite_flag=None if overwrite else "--overwrite")
     folder = resolve_checkpoint(src, revision, cache_dir, token)
-    _check_not_source(dst, folder)
+    check_not_an_input(dst, "DST", {"the source checkpoint": folder}, inside=True)
     _check_tokenizer(folder)
     model = load(folder)
     with staged(dst, "folder") as staging:

@@ -12,9 +12,8 @@ import json
 import shutil
 from pathlib import Path
 
-from .cli import UserError
+from .cli import UserError, check_not_an_input
 from .convert import (
-    _check_not_source,
     convert_gpt2_checkpoint,
     convert_pg_checkpoint,
     gpt2_config_to_pg,
@@ -78,7 +77,7 @@ def check_destination(dst: Path, folder: Path, overwrite: bool, kind: str) -> No
             raise UserError(f"{dst} is a folder; DST must be a file name")
         if not overwrite and (kind == "file" or any(dst.iterdir())):
             raise UserError(f"{dst} exists; choose another name or pass --overwrite to replace it")
-    _check_not_source(dst, folder)
+    check_not_an_input(dst, "DST", {"the source checkpoint": folder}, inside=True)
 
 
 def copy_side_files(folder: Path, target: Path) -> None:

@@ -9,11 +9,20 @@ disagree about it, and none of them has to import another just for a file name.
 from __future__ import annotations
 
 import contextlib
+import fcntl
+import json
+import logging
 import os
 import shutil
+import socket
 import tempfile
+import time
 from collections.abc import Iterator
 from pathlib import Path
+
+from .cli import UserError
+
+logger = logging.getLogger(__name__)
 
 CONFIG_FILE = "config.json"
 GENERATION_CONFIG_FILE = "generation_config.json"
@@ -50,6 +59,9 @@ TRAINING_INFO_FILE = "training_info.json"
 MODEL_CARD_FILE = "README.md"
 REPORT_PATTERNS = (METRICS_FILE, "*.png", MODEL_CARD_FILE)
 
+# Held (flock) by the run writing to the folder; records its pid and host for whoever finds it taken.
+LOCK_FILE = ".run.lock"
+
 
 @contextlib.contextmanager
 def staged(dst: Path, kind: str) -> Iterator[Path]:
@@ -80,7 +92,60 @@ def staged(dst: Path, kind: str) -> Iterator[Path]:
             staging.unlink(missing_ok=True)
 
 
+@contextlib.contextmanager
+def output_lock(output_dir: str | os.PathLike):
+    """Hold `output_dir` for one run (training, preparing data): a second one on the folder is refused at once.
+
+    The lock is an `flock` on `.run.lock` in the folder, which records the holder's pid and host. The
+    kernel releases it when its process dies, so the lock left by a killed run is taken over (with a
+    warning) and never needs deleting by hand. A folder this created and left empty is removed again.
+    """
+    folder = Path(output_dir)
+    created = not folder.exists()
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / LOCK_FILE
+    while True:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = _lock_holder(fd)
+            os.close(fd)
+            raise UserError(
+                f"another run ({holder or 'unknown process'}) is writing to {folder}; wait for it to end or "
+                "choose another --output_dir"
+            ) from None
+        with contextlib.suppress(FileNotFoundError):
+            if os.fstat(fd).st_ino == os.stat(path).st_ino:
+                break  # the file we locked is still the lock (not one its holder removed meanwhile)
+        os.close(fd)
+    try:
+        previous = _lock_holder(fd)
+        if previous:
+            logger.warning("Taking over the lock of %s, a run that ended without releasing it.", previous)
+        record = {"pid": os.getpid(), "host": socket.gethostname(), "started": time.strftime("%Y-%m-%d %H:%M:%S")}
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, json.dumps(record).encode(), 0)
+        yield
+    finally:
+        path.unlink(missing_ok=True)
+        os.close(fd)
+        if created:
+            with contextlib.suppress(OSError):
+                folder.rmdir()  # only if empty: a bad input refused before anything was written
+
+
+def _lock_holder(fd: int) -> str | None:
+    """'pid N on HOST since T' from a lock file, or `None` if it records nothing readable."""
+    try:
+        record = json.loads(os.pread(fd, 4096, 0).decode())
+        return f"pid {record['pid']} on {record['host']} since {record['started']}"
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
 __all__ = [
+    "LOCK_FILE",
     "CONFIG_FILE",
     "GENERATION_CONFIG_FILE",
     "METRICS_FILE",
@@ -92,5 +157,6 @@ __all__ = [
     "TRAINING_INFO_FILE",
     "WEIGHTS_FILES",
     "WEIGHT_PATTERNS",
+    "output_lock",
     "staged",
 ]

@@ -42,10 +42,10 @@ from datasets import Dataset, DatasetDict, Features, Sequence, Value, concatenat
 from datasets.table import ConcatenationTable
 from transformers import PreTrainedTokenizerBase, TrainingArguments
 
-from .cli import UserError, check_output_dir
+from .cli import UserError, check_not_an_input, check_output_dir
 from .corpus import CorpusArguments, load_corpus
 from .data import DataTrainingArguments, _tokenize
-from .outputs import staged
+from .outputs import LOCK_FILE, output_lock, staged
 
 logger = logging.getLogger(__name__)
 
@@ -206,13 +206,27 @@ def prepare_corpus(corpus_args: CorpusArguments, args: PrepareArguments) -> Prep
 
     The folder appears only once complete (written beside it, then renamed). The blocks equal those of
     `data.prepare_datasets` for the same corpus, tokenizer, block size and `preprocessing_num_workers`.
+    The folder is locked while it is written, and may not be (or hold, or lie inside) one of the inputs.
     """
-    from .tokenizer import load_tokenizer
-
     if args.block_size < 2:
         raise UserError(f"--block_size must be at least 2, got {args.block_size}.")
-    overwrite_flag = None if args.overwrite_output_dir else "--overwrite_output_dir"
-    output_dir = check_output_dir(args.output_dir, overwrite_flag=overwrite_flag)
+    output_dir = check_output_dir(args.output_dir, overwrite_flag=None)  # a file, or not writable
+    inputs = {
+        "--train_file": corpus_args.train_file,
+        "--validation_file": corpus_args.validation_file,
+        "--dataset_name": corpus_args.dataset_name,
+        "--tokenizer_name": args.tokenizer_name,
+    }
+    check_not_an_input(output_dir, "--output_dir", inputs)
+    with output_lock(output_dir):  # a second prepare_data.py on the folder is refused while this one writes
+        overwrite_flag = None if args.overwrite_output_dir else "--overwrite_output_dir"
+        check_output_dir(output_dir, overwrite_flag=overwrite_flag, ignore=(LOCK_FILE,))
+        return _prepare(corpus_args, args, output_dir)
+
+
+def _prepare(corpus_args: CorpusArguments, args: PrepareArguments, output_dir: Path) -> PreparedInfo:
+    from .tokenizer import load_tokenizer
+
     tokenizer = load_tokenizer(args.tokenizer_name)
     if tokenizer.eos_token_id is None:
         raise UserError(f"tokenizer {args.tokenizer_name!r} has no end-of-text token; use one from train_tokenizer.py")

@@ -49,8 +49,9 @@ from huggingface_hub.utils import tqdm
 from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import AutoTokenizer, GPT2Tokenizer, PreTrainedTokenizerBase
 
-from .cli import UserError, check_output_dir, first_line
+from .cli import UserError, check_not_an_input, check_output_dir, few, first_line
 from .corpus import CorpusArguments, corpus_bytes, load_corpus
+from .outputs import CONFIG_FILE, WEIGHTS_FILES
 from .sources import check_pretrained_source
 
 EOS_TOKEN = "<|endoftext|>"
@@ -111,6 +112,12 @@ def check_tokenizer_arguments(args: TokenizerArguments) -> None:
     if args.model_max_length < 1:
         raise UserError(f"--model_max_length must be positive, got {args.model_max_length}")
     check_output_dir(args.output_dir, overwrite_flag=None if args.overwrite_output_dir else "--overwrite_output_dir")
+    model_files = [name for name in (CONFIG_FILE, *WEIGHTS_FILES) if (Path(args.output_dir) / name).is_file()]
+    if model_files:  # even with --overwrite_output_dir: the model would be left with another tokenizer's ids
+        raise UserError(
+            f"--output_dir {args.output_dir} holds a model ({few(model_files)}) whose embeddings belong to its own "
+            "tokenizer; write the new tokenizer to another folder"
+        )
 
 
 def iter_text_batches(
@@ -274,6 +281,8 @@ def train_tokenizer(corpus_args: CorpusArguments, args: TokenizerArguments) -> d
     documents in bytes per token.
     """
     check_tokenizer_arguments(args)
+    inputs = {"--train_file": corpus_args.train_file, "--validation_file": corpus_args.validation_file}
+    check_not_an_input(args.output_dir, "--output_dir", {**inputs, "--dataset_name": corpus_args.dataset_name})
     corpus = load_corpus(corpus_args)
     train, validation = corpus["train"], corpus["validation"]
     train_bytes = corpus_bytes(train)

@@ -37,6 +37,7 @@ import json
 import logging
 import os
 import shutil
+import tempfile
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -60,13 +61,13 @@ from .callbacks import DivergenceCallback, InterruptCallback, PlotCallback, Time
 from .checkpoints import (
     asks_for_more,
     divergence_message,
+    find_resumable_checkpoint,
     finished_run,
-    output_lock,
     resolve_resume,
     resume_hint,
     saving,
 )
-from .cli import CommandError, Interrupted, UserError, check_output_dir, setup_logging
+from .cli import CommandError, Interrupted, UserError, check_not_an_input, check_output_dir, setup_logging
 from .collators import DocumentMaskingCollator
 from .corpus import CorpusArguments
 from .data import DataTrainingArguments, check_streaming_arguments, prepare_datasets, streaming_datasets
@@ -82,7 +83,7 @@ from .model_init import (
     set_generation_defaults,
 )
 from .optim import MUON, MuonAdamW, muon_adamw_kwargs
-from .outputs import METRICS_FILE
+from .outputs import METRICS_FILE, output_lock
 from .prepared import load_prepared, read_prepared_info
 from .run_info import finish_reason, tokens_per_step, training_info, write_run_outputs
 from .streaming import StreamingTrainer
@@ -258,6 +259,12 @@ def train(
     asked to train further (see [`asks_for_more`]). A second run on a folder in use is refused.
     """
     setup_logging(training_args)
+    if not training_args.do_train:
+        return evaluate_only(model_args, corpus_args, data_args, training_args)
+    inputs = {"--train_file": corpus_args.train_file, "--validation_file": corpus_args.validation_file}
+    check_not_an_input(
+        training_args.output_dir, "--output_dir", {**inputs, "--prepared_data": data_args.prepared_data}
+    )
     if data_args.streaming:  # before the output folder exists
         check_streaming_arguments(data_args, training_args)
     output_dir = check_output_dir(training_args.output_dir, overwrite_flag=None)  # a file, or not writable
@@ -276,7 +283,7 @@ def _train(
     eval_tasks = EvalTasksCallback(training_args.eval_tasks, training_args.seed)  # reads the files: fails early
     setup_cpu_training(training_args)
     on_cpu = training_args.device.type == "cpu"
-    if training_args.do_train and training_args.optim == MUON and on_cpu and not native_bf16("cpu"):
+    if training_args.optim == MUON and on_cpu and not native_bf16("cpu"):
         logger.warning(
             "--optim muon: torch.optim.Muon orthogonalises its updates in bf16, which this CPU emulates (no "
             "AVX512-BF16 or AMX): steps are about 10x slower than AdamW's here (bench/RESULTS.md)."
@@ -297,7 +304,7 @@ def _train(
     # Every input is checked by now (on a re-run the corpus comes from the datasets cache): a finished run
     # that is asked for nothing more is left as it is.
     output_dir = Path(training_args.output_dir)
-    if training_args.do_train and not (training_args.overwrite_output_dir or training_args.resume_from_checkpoint):
+    if not (training_args.overwrite_output_dir or training_args.resume_from_checkpoint):
         info = finished_run(output_dir)
         if info is not None and not asks_for_more(info, training_args):
             logger.info(
@@ -340,30 +347,80 @@ def _train(
             logger.warning("--overwrite_output_dir: deleting %s from the previous run.", stale)
             shutil.rmtree(stale)
 
-    metrics: dict[str, float] = {}
     with saving(trainer):
-        if training_args.do_train:
-            try:
-                result = trainer.train(resume_from_checkpoint=resume_from)
-            except KeyboardInterrupt:  # a second Ctrl-C, in the middle of a step
-                raise Interrupted(f"stopped by Ctrl-C; {resume_hint(output_dir)}") from None
-            if divergence.diverged is not None:
-                raise CommandError(divergence_message(divergence.diverged, training_args, output_dir))
-            if interrupt.stopped_at is not None:
-                raise Interrupted(f"stopped by Ctrl-C at step {interrupt.stopped_at}; {resume_hint(output_dir)}")
-            metrics.update(result.metrics)
-            metrics.update(throughput.summary())  # train_tokens_per_second (all processes) and train_mfu
+        try:
+            result = trainer.train(resume_from_checkpoint=resume_from)
+        except KeyboardInterrupt:  # a second Ctrl-C, in the middle of a step
+            raise Interrupted(f"stopped by Ctrl-C; {resume_hint(output_dir)}") from None
+        if divergence.diverged is not None:
+            raise CommandError(divergence_message(divergence.diverged, training_args, output_dir))
+        if interrupt.stopped_at is not None:
+            raise Interrupted(f"stopped by Ctrl-C at step {interrupt.stopped_at}; {resume_hint(output_dir)}")
+        metrics = {**result.metrics, **throughput.summary()}  # train_tokens_per_second (all processes), train_mfu
         if training_args.do_eval:
             metrics.update(final_eval_metrics(trainer))
         if not all(bool(torch.isfinite(p).all()) for p in trainer.model.parameters()):
             raise CommandError(divergence_message("the weights are not finite", training_args, output_dir))
 
         info = training_info(model_args, corpus_args, data_args, trainer, source, block_size, datasets)
-        info["finished"] = finish_reason(trainer, time_limit) if training_args.do_train else None
+        info["finished"] = finish_reason(trainer, time_limit)
         write_run_outputs(trainer, metrics, info)
     trainer.accelerator.wait_for_everyone()
     trainer.end()
     return metrics
+
+
+def evaluate_only(
+    model_args: ModelArguments,
+    corpus_args: CorpusArguments,
+    data_args: DataTrainingArguments,
+    training_args: CLMTrainingArguments,
+) -> dict[str, float]:
+    """`--do_train false`: evaluate a trained model on the validation split, writing no file anywhere.
+
+    The model is `--model_name_or_path`, or else the one in `--output_dir` (a finished run's model, or its
+    newest complete checkpoint). The metrics are logged and printed as one JSON line on stdout; the run
+    folder (model, history, card, plots) changes only by training.
+    """
+    if not training_args.do_eval:
+        raise UserError("--do_train false --do_eval false does nothing: drop one of them.")
+    source = model_args.model_name_or_path or _trained_model_in(Path(training_args.output_dir))
+    # A recipe's from-scratch fields describe the model the run built, not one to build now.
+    model_args = dataclasses.replace(model_args, model_name_or_path=source, config_name=None, config_overrides=None)
+    tokenizer = load_tokenizer(model_args)
+    model, source = build_model(model_args, tokenizer)
+    datasets, corpus_args, block_size = _training_data(
+        corpus_args, data_args, training_args, tokenizer, model.config.n_positions
+    )
+    eval_tasks = EvalTasksCallback(training_args.eval_tasks, training_args.seed)
+    with tempfile.TemporaryDirectory(prefix="pg-gpt2-eval-") as scratch:
+        # The Trainer creates its output_dir and loggers write there: give it a folder of its own.
+        training_args.output_dir, training_args.report_to = scratch, []
+        trainer = _make_trainer(model, tokenizer, datasets, training_args, data_args.streaming, [])
+        trainer.callback_handler.callbacks[:0] = [eval_tasks]
+        metrics = trainer.evaluate()
+    logger.info(
+        "Validation of %s (%d blocks of %d tokens): %s.",
+        source,
+        len(datasets["validation"]),
+        block_size,
+        ", ".join(f"{key} {value:.4g}" for key, value in metrics.items() if isinstance(value, float)),
+    )
+    print(json.dumps(metrics))
+    return metrics
+
+
+def _trained_model_in(output_dir: Path) -> str:
+    """The model `--do_train false` evaluates when no --model_name_or_path is given: the run's in `output_dir`."""
+    if finished_run(output_dir) is not None:
+        return str(output_dir)
+    checkpoint = find_resumable_checkpoint(output_dir)
+    if checkpoint is None:
+        raise UserError(
+            f"--do_train false evaluates a trained model, and {output_dir} holds none: pass --model_name_or_path "
+            "(a run_clm.py output folder or checkpoint), or the --output_dir of a run that saved one."
+        )
+    return checkpoint
 
 
 def _training_data(
@@ -428,4 +485,4 @@ def _make_trainer(
     )
 
 
-__all__ = ["CLMTrainingArguments", "DataTrainingArguments", "ModelArguments", "train"]
+__all__ = ["CLMTrainingArguments", "DataTrainingArguments", "ModelArguments", "evaluate_only", "train"]

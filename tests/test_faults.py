@@ -39,11 +39,12 @@ from tokenizers import Tokenizer, models
 from transformers import AutoTokenizer, PreTrainedTokenizerFast
 
 from modeling_pg_gpt2 import PgGPT2Config, PgGPT2ForCausalLM
-from modeling_pg_gpt2.checkpoints import LOCK_FILE, checkpoint_problem
+from modeling_pg_gpt2.checkpoints import checkpoint_problem
 from modeling_pg_gpt2.cli import first_line
 from modeling_pg_gpt2.corpus import CorpusArguments
 from modeling_pg_gpt2.hardware import SHARDING_ENGINES
 from modeling_pg_gpt2.model_card import write_model_card
+from modeling_pg_gpt2.outputs import LOCK_FILE, output_lock
 from modeling_pg_gpt2.tokenizer import TokenizerArguments, train_tokenizer
 
 pytestmark = pytest.mark.slow
@@ -187,6 +188,7 @@ def context(tmp_path_factory, tokenizer_dir) -> dict[str, Any]:
     finished = root / "finished"
     done = python("run_clm.py", str(recipe), "--output_dir", str(finished))
     assert done.returncode == 0, done.stderr[-3000:]
+    assert "starting over" not in done.stderr  # a fresh run's own lock file is no run stopped early
 
     from transformers import GPT2Config, GPT2LMHeadModel
 
@@ -249,6 +251,29 @@ def copy_finished(ctx: dict[str, Any]) -> None:
     shutil.copytree(ctx["finished"], ctx["out"])
 
 
+def copy_corpus(ctx: dict[str, Any]) -> None:
+    shutil.copytree(ctx["corpus"], ctx["tmp"] / "corpus")
+
+
+def copy_finished_to_model(ctx: dict[str, Any]) -> None:
+    shutil.copytree(ctx["finished"], ctx["tmp"] / "model")
+
+
+def evaluated_the_trained_model(ctx: dict[str, Any], stderr: str) -> None:
+    """What `--do_train false` printed (stdout's JSON line) is the finished run's own validation of its model."""
+    printed = json.loads((ctx["tmp"] / "stdout.txt").read_text().strip().splitlines()[-1])
+    recorded = json.loads((ctx["finished"] / "metrics.json").read_text())
+    assert printed["eval_loss"] == pytest.approx(recorded["eval_loss"], rel=1e-5)
+    assert printed["eval_bits_per_byte"] == pytest.approx(recorded["eval_bits_per_byte"], rel=1e-5)
+
+
+def another_prepare_holds_the_folder(ctx: dict[str, Any]) -> None:
+    """{tmp}/prepared locked as a prepare_data.py writing it holds it (the same lock, taken by this process)."""
+    lock = output_lock(ctx["tmp"] / "prepared")
+    lock.__enter__()
+    ctx["held"] = lock
+
+
 def write(name: str, text: str) -> Callable[[dict[str, Any]], None]:
     def prepare(ctx: dict[str, Any]) -> None:
         (ctx["tmp"] / name).write_text(text, encoding="utf-8")
@@ -296,10 +321,25 @@ def no_final_output_and_finite_checkpoints(ctx: dict[str, Any], stderr: str) -> 
         assert all(torch.isfinite(t).all() for t in weights(checkpoint).values()), checkpoint
 
 
-def ctrl_c_after_the_first_checkpoint(process: subprocess.Popen, ctx: dict[str, Any]) -> None:
-    first = ctx["out"] / f"checkpoint-{EVERY}"
-    wait_for(lambda: first.is_dir() and checkpoint_problem(first) is None, process)
-    process.send_signal(signal.SIGINT)
+def gated(*argv: str) -> tuple[str, ...]:
+    """`argv` held after its first checkpoint (step EVERY) until the row opens {tmp}/gate (see gated_run.py)."""
+    return ("tests/gated_run.py", "{tmp}/gate", str(EVERY), *argv)
+
+
+def signal_at_the_gate(signum: int) -> Callable[[subprocess.Popen, dict[str, Any]], None]:
+    """Send `signum` while the run waits after its first checkpoint, then let it go on."""
+
+    def during(process: subprocess.Popen, ctx: dict[str, Any]) -> None:
+        gate = ctx["tmp"] / "gate"
+        wait_for(lambda: (gate / "reached").exists(), process, seconds=600)
+        process.send_signal(signum)
+        (gate / "open").touch()
+
+    return during
+
+
+def make_gate(ctx: dict[str, Any]) -> None:
+    (ctx["tmp"] / "gate").mkdir()
 
 
 def resumes_from_the_ctrl_c_checkpoint(ctx: dict[str, Any], stderr: str) -> None:
@@ -379,6 +419,20 @@ FAULTS = [
         "--max_steps 0", (*RUN[:3], "{finished}", "--max_steps", "0"), "--max_steps 0 trains nothing", 2,
         unchanged=("{finished}",),
     ),
+    # -- evaluation only: a run folder changes only by training
+    Fault(
+        "--do_train false in a finished run's folder", (*RUN, "--do_train", "false"), "Validation of", 0,
+        prepare=copy_finished, unchanged=("{out}",), check=evaluated_the_trained_model,
+    ),
+    Fault(
+        "--do_train false --model_name_or_path of the run's own folder",
+        (*RUN, "--do_train", "false", "--model_name_or_path", "{out}"), "Validation of", 0, prepare=copy_finished,
+        unchanged=("{out}",), check=evaluated_the_trained_model,
+    ),
+    Fault(
+        "--do_train false in a folder without a model", (*RUN, "--do_train", "false"),
+        "--do_train false evaluates a trained model, and {out} holds none", 2, in_process=True,
+    ),
     # -- divergence: a huge learning rate (warmed up over 20 steps, so checkpoints come first)
     Fault(
         "non-finite gradients", (*RUN, "--learning_rate", "1e6", "--warmup_steps", "20", "--save_steps", "2",
@@ -396,8 +450,8 @@ FAULTS = [
     ),
     # -- Ctrl-C
     Fault(
-        "Ctrl-C during training", RUN, "stopped by Ctrl-C at step", 130, during=ctrl_c_after_the_first_checkpoint,
-        check=resumes_from_the_ctrl_c_checkpoint,
+        "Ctrl-C during training", gated(*RUN), "stopped by Ctrl-C at step", 130, prepare=make_gate,
+        during=signal_at_the_gate(signal.SIGINT), check=resumes_from_the_ctrl_c_checkpoint,
     ),
     # -- full disk and unusable output folders
     Fault(
@@ -461,6 +515,33 @@ FAULTS = [
         "prepare_data.py into a folder that holds something", ("prepare_data.py", "--train_file", "{corpus}",
         "--tokenizer_name", "{tokenizer}", "--output_dir", "{finished}"), "is not empty", 2,
         unchanged=("{finished}",), in_process=True,
+    ),
+    Fault(
+        "prepare_data.py into its own corpus folder", ("prepare_data.py", "--train_file", "{tmp}/corpus",
+        "--tokenizer_name", "{tokenizer}", "--output_dir", "{tmp}/corpus", "--overwrite_output_dir"),
+        "--output_dir {tmp}/corpus would replace --train_file {tmp}/corpus", 2, prepare=copy_corpus,
+        unchanged=("{tmp}/corpus",), in_process=True,
+    ),
+    Fault(
+        "prepare_data.py into a folder inside its corpus", ("prepare_data.py", "--train_file", "{tmp}/corpus",
+        "--tokenizer_name", "{tokenizer}", "--output_dir", "{tmp}/corpus/prepared"),
+        "is inside --train_file {tmp}/corpus", 2, prepare=copy_corpus, unchanged=("{tmp}/corpus",), in_process=True,
+    ),
+    Fault(
+        "second prepare_data.py on a folder in use", ("prepare_data.py", "--train_file", "{corpus}",
+        "--tokenizer_name", "{tokenizer}", "--output_dir", "{tmp}/prepared", "--overwrite_output_dir"),
+        "is writing to {tmp}/prepared", 2, prepare=another_prepare_holds_the_folder, unchanged=("{tmp}/prepared",),
+    ),
+    Fault(
+        "run_clm.py --output_dir inside its corpus folder", (*RUN[:3], "{tmp}/corpus/run", "--train_file",
+        "{tmp}/corpus"), "is inside --train_file {tmp}/corpus", 2, prepare=copy_corpus, unchanged=("{tmp}/corpus",),
+        in_process=True,
+    ),
+    Fault(
+        "train_tokenizer.py --overwrite_output_dir into a model folder", ("train_tokenizer.py", "--train_file",
+        "{corpus}", "--vocab_size", "300", "--output_dir", "{tmp}/model", "--overwrite_output_dir"),
+        "holds a model (config.json, model.safetensors) whose embeddings belong to its own tokenizer", 2,
+        prepare=copy_finished_to_model, unchanged=("{tmp}/model",), in_process=True,
     ),
     # -- sharding engines that accelerate only applies on GPUs (it would silently run plain DDP on a CPU)
     *(
@@ -611,11 +692,13 @@ def test_fault_ends_in_one_line_and_loses_nothing(
     ctx = {**context, "root": ROOT, "ws": workspace, "tmp": tmp_path, "out": tmp_path / "out"}
     try:
         run_row(fault, ctx, monkeypatch)
-    finally:  # runs a row started beside its command
-        for process in ctx.values():
-            if isinstance(process, subprocess.Popen):
-                process.kill()
-                process.wait()
+    finally:  # runs a row started beside its command, locks it took
+        for held in ctx.values():
+            if isinstance(held, subprocess.Popen):
+                held.kill()
+                held.wait()
+            elif isinstance(held, contextlib.AbstractContextManager):
+                held.__exit__(None, None, None)
 
 
 def run_row(fault: Fault, ctx: dict[str, Any], monkeypatch) -> None:
