@@ -33,16 +33,16 @@ test: lint test-oldest
 
 test-oldest: install $(OLDEST_VENV)/.installed
 	PG_GPT2_REMOTE_PYTHON=$(abspath $(OLDEST_VENV))/bin/python PG_GPT2_REMOTE_TRANSFORMERS=$(OLDEST_TRANSFORMERS) \
-		$(BIN)/python -m pytest -q tests/test_remote_code.py
+		$(BIN)/python -m pytest -q tests/model/test_remote_code.py
 
-# GGUF files run by llama.cpp itself (tests/test_export_gguf.py; `make test` skips those tests). Installing
+# GGUF files run by llama.cpp itself (tests/export/test_gguf.py; `make test` skips those tests). Installing
 # llama-cpp-python compiles llama.cpp: about 15 minutes on 2 cores (bench/RESULTS.md), hence not in `make test`.
 LLAMA_CPP_SPEC ?= llama-cpp-python>=0.3.36
 test-gguf: install
 	$(BIN)/python -c "import llama_cpp" 2>/dev/null || \
 		CMAKE_ARGS="-DLLAVA_BUILD=OFF -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_BUILD_SERVER=OFF -DLLAMA_BUILD_TOOLS=OFF -DLLAMA_OPENSSL=OFF -DGGML_OPENMP=OFF" \
 		$(BIN)/pip install "$(LLAMA_CPP_SPEC)"
-	$(BIN)/python -m pytest -q -rs -s tests/test_export_gguf.py
+	$(BIN)/python -m pytest -q -rs -s tests/export/test_gguf.py
 
 # The main job, offline on the bundled corpus: tokenizer, pre-training, evaluation, plots, a sample.
 demo: install
