@@ -19,6 +19,7 @@ from transformers import (
 )
 
 from ..common.errors import UserError
+from ..common.ranges import RANGE, at_least
 from .corpus import CorpusArguments, load_corpus, stream_corpus
 
 
@@ -30,14 +31,17 @@ class DataTrainingArguments:
         default=None,
         metadata={
             "help": "Tokens per training sequence; documents are packed into blocks of this size. "
-            "Default: the model's context (n_positions), at most 1024."
+            "Default: the model's context (n_positions), at most 1024.",
+            RANGE: at_least(2),
         },
     )
     max_train_samples: int | None = field(
-        default=None, metadata={"help": "Keep only the first N training blocks (debugging, quick runs)."}
+        default=None,
+        metadata={"help": "Keep only the first N training blocks (debugging, quick runs).", RANGE: at_least(1)},
     )
     max_eval_samples: int | None = field(
-        default=None, metadata={"help": "Keep only the first N validation blocks (faster evaluations)."}
+        default=None,
+        metadata={"help": "Keep only the first N validation blocks (faster evaluations).", RANGE: at_least(1)},
     )
     overwrite_cache: bool = field(
         default=False, metadata={"help": "Re-tokenize instead of reusing the datasets cache."}
@@ -61,7 +65,8 @@ class DataTrainingArguments:
         default=100,
         metadata={
             "help": "With --streaming: validate on the first N documents of --validation_file or the dataset's "
-            "validation split, or, without one, on the first N documents of the corpus, never trained on."
+            "validation split, or, without one, on the first N documents of the corpus, never trained on.",
+            RANGE: at_least(0),
         },
     )
 

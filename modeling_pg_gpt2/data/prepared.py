@@ -44,6 +44,7 @@ from transformers import PreTrainedTokenizerBase, TrainingArguments
 
 from ..common.errors import UserError
 from ..common.outputs import LOCK_FILE, check_not_an_input, check_output_dir, output_lock, staged
+from ..common.ranges import RANGE, at_least, check_ranges
 from .blocks import DataTrainingArguments, _tokenize
 from .corpus import CorpusArguments, load_corpus
 
@@ -66,7 +67,10 @@ class PrepareArguments:
     )
     block_size: int = field(
         default=1024,
-        metadata={"help": "Tokens per training sequence; runs on this folder use it (at most their n_positions)."},
+        metadata={
+            "help": "Tokens per training sequence; runs on this folder use it (at most their n_positions).",
+            RANGE: at_least(2),
+        },
     )
     overwrite_output_dir: bool = field(
         default=False, metadata={"help": "Replace --output_dir if it already holds something."}
@@ -208,8 +212,7 @@ def prepare_corpus(corpus_args: CorpusArguments, args: PrepareArguments) -> Prep
     `data.prepare_datasets` for the same corpus, tokenizer, block size and `preprocessing_num_workers`.
     The folder is locked while it is written, and may not be (or hold, or lie inside) one of the inputs.
     """
-    if args.block_size < 2:
-        raise UserError(f"--block_size must be at least 2, got {args.block_size}.")
+    check_ranges(args)
     output_dir = check_output_dir(args.output_dir, overwrite_flag=None)  # a file, or not writable
     inputs = {
         "--train_file": corpus_args.train_file,

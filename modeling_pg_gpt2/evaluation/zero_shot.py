@@ -39,6 +39,7 @@ from typing import Any, Literal, TextIO
 import torch
 
 from ..common.errors import UserError
+from ..common.ranges import RANGE, at_least, check_ranges
 from ..generation.sampling import context_length, load_for_generation
 from .scoring import encode_pair, pair_request, rolling_requests, score_requests
 
@@ -81,15 +82,21 @@ class EvaluationArguments:
         metadata={
             "help": "perplexity: tokens the window moves by, i.e. new tokens scored per window (default: half "
             "the window). Smaller is slower and gives each token more context; the window's length gives "
-            "lm-evaluation-harness' rolling windows."
+            "lm-evaluation-harness' rolling windows.",
+            RANGE: at_least(1),
         },
     )
     max_length: int | None = field(
-        default=None, metadata={"help": "Tokens the model sees at once (default and most: the model's context)."}
+        default=None,
+        metadata={
+            "help": "Tokens the model sees at once (default and most: the model's context).",
+            RANGE: at_least(2),
+        },
     )
-    batch_size: int = field(default=8, metadata={"help": "Sequences per forward pass."})
+    batch_size: int = field(default=8, metadata={"help": "Sequences per forward pass.", RANGE: at_least(1)})
     max_examples: int | None = field(
-        default=None, metadata={"help": "lambada, multiple_choice: evaluate only the first N examples."}
+        default=None,
+        metadata={"help": "lambada, multiple_choice: evaluate only the first N examples.", RANGE: at_least(1)},
     )
     output_file: str | None = field(
         default=None,
@@ -341,8 +348,7 @@ def evaluate_model(
     Returns what the JSON file holds: the model, task, data, settings, `metrics` and the speed.
     """
     stream = sys.stdout if stream is None else stream
-    if args.batch_size < 1:
-        raise UserError(f"--batch_size must be at least 1, got {args.batch_size}.")
+    check_ranges(args)
     if args.data_file and args.dataset_name:
         raise UserError("pass either --data_file or --dataset_name, not both.")
     # Read the data before loading the model: a wrong file name fails at once.

@@ -56,6 +56,7 @@ from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
 from ..common.errors import CommandError, Interrupted, UserError
 from ..common.outputs import METRICS_FILE, check_not_an_input, check_output_dir, output_lock
+from ..common.ranges import check_ranges
 from ..data.blocks import DataTrainingArguments, check_streaming_arguments, prepare_datasets, streaming_datasets
 from ..data.collators import DocumentMaskingCollator
 from ..data.corpus import CorpusArguments
@@ -101,6 +102,8 @@ def train(
     Re-run on the folder of a finished run, it changes nothing and returns that run's metrics, unless
     asked to train further (see [`asks_for_more`]). A second run on a folder in use is refused.
     """
+    for args in (model_args, corpus_args, data_args, training_args):  # arguments made in code, not parsed
+        check_ranges(args)
     setup_logging(training_args)
     if not training_args.do_train:
         return evaluate_only(model_args, corpus_args, data_args, training_args)

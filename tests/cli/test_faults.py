@@ -415,7 +415,7 @@ FAULTS = [
         prepare=copy_finished, check=continued_to_the_new_max_steps,
     ),
     Fault(
-        "--max_steps 0", (*RUN[:3], "{finished}", "--max_steps", "0"), "--max_steps 0 trains nothing", 2,
+        "--max_steps 0", (*RUN[:3], "{finished}", "--max_steps", "0"), "--max_steps must be an integer >= 1, or -1", 2,
         unchanged=("{finished}",),
     ),
     # -- evaluation only: a run folder changes only by training
@@ -629,13 +629,13 @@ WORKSPACE_FAULTS = [
     # 10: generate.py's options, device, tokenizer, weights and missing folders.
     ws_fault("generate: --temperature 0", generate("model", "x", "--temperature", "0"), "--temperature must be a"),
     ws_fault("generate: --temperature < 0", generate("model", "x", "--temperature", "-1"), "--temperature must be"),
-    ws_fault("generate: --top_k < 0", generate("model", "x", "--top_k", "-1"), "--top_k must be 0 (no limit) or more"),
-    ws_fault("generate: --top_p 0", generate("model", "x", "--top_p", "0"), "--top_p must be in (0, 1]"),
-    ws_fault("generate: --top_p > 1", generate("model", "x", "--top_p", "1.5"), "--top_p must be in (0, 1]"),
+    ws_fault("generate: --top_k < 0", generate("model", "x", "--top_k", "-1"), "--top_k must be an integer >= 0"),
+    ws_fault("generate: --top_p 0", generate("model", "x", "--top_p", "0"), "--top_p must be a number in (0, 1]"),
+    ws_fault("generate: --top_p > 1", generate("model", "x", "--top_p", "1.5"), "--top_p must be a number in (0, 1]"),
     ws_fault(
         "generate: --repetition_penalty 0",
         generate("model", "x", "--repetition_penalty", "0"),
-        "--repetition_penalty must be a positive number",
+        "--repetition_penalty must be a number > 0",
     ),
     ws_fault(
         "generate: --device cuda without CUDA",
