@@ -273,9 +273,9 @@ def another_prepare_holds_the_folder(ctx: dict[str, Any]) -> None:
     ctx["held"] = lock
 
 
-def write(name: str, text: str) -> Callable[[dict[str, Any]], None]:
+def write(name: str, text: str, encoding: str = "utf-8") -> Callable[[dict[str, Any]], None]:
     def prepare(ctx: dict[str, Any]) -> None:
-        (ctx["tmp"] / name).write_text(text, encoding="utf-8")
+        (ctx["tmp"] / name).write_text(text, encoding=encoding)
 
     return prepare
 
@@ -342,10 +342,13 @@ def make_gate(ctx: dict[str, Any]) -> None:
 
 
 def resumes_from_the_ctrl_c_checkpoint(ctx: dict[str, Any], stderr: str) -> None:
+    """Stopped by Ctrl-C or SIGTERM: a checkpoint of the step it was at, the lock released, and the same
+    command resumes from that checkpoint to the weights of an uninterrupted run."""
     out = ctx["out"]
     step = int(stderr.splitlines()[-1].split("at step ")[1].split(";")[0])
     assert EVERY <= step < STEPS and checkpoint_problem(out / f"checkpoint-{step}") is None
-    assert not (out / "model.safetensors").exists()
+    assert f"saving a checkpoint of step {step}, then stopping" in stderr
+    assert not (out / "model.safetensors").exists() and not (out / LOCK_FILE).exists()
     resumed = python(*(a.format(**ctx) for a in RUN))
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert f"Resuming from {out / f'checkpoint-{step}'}" in resumed.stderr
@@ -447,10 +450,30 @@ FAULTS = [
         "lock left by a killed run", RUN, "Taking over the lock of pid", 0, prepare=a_killed_run_left_its_lock,
         check=finished_like_the_reference,
     ),
-    # -- Ctrl-C
+    # -- Ctrl-C, and SIGTERM (a cluster preempting the job) handled alike
     Fault(
         "Ctrl-C during training", gated(*RUN), "stopped by Ctrl-C at step", 130, prepare=make_gate,
         during=signal_at_the_gate(signal.SIGINT), check=resumes_from_the_ctrl_c_checkpoint,
+    ),
+    Fault(
+        "SIGTERM during training", gated(*RUN), "stopped by SIGTERM at step", 143, prepare=make_gate,
+        during=signal_at_the_gate(signal.SIGTERM), check=resumes_from_the_ctrl_c_checkpoint,
+    ),
+    # -- resuming: the checkpoint must fit the run
+    Fault(
+        "resuming with another n_layer", (*RUN, "--max_steps", str(STEPS + EVERY), "--config_overrides",
+                                          "n_layer=3,n_embd=32,n_head=2,n_positions=64"),
+        f"checkpoint-{STEPS} holds a model with n_layer=2 (this run: 3)", 2, prepare=copy_finished,
+        unchanged=("{out}",), in_process=True,
+    ),
+    Fault(
+        "--metric_for_best_model that no evaluation logs", (*RUN, "--metric_for_best_model", "eval_bogus"),
+        "--metric_for_best_model eval_bogus is not a metric of the evaluation; choose one of eval_loss", 2,
+        unchanged=("{out}",), in_process=True, check=before_any_data_work,
+    ),
+    Fault(
+        "--streaming --max_train_samples 0", (*RUN, "--streaming", "--max_train_samples", "0"),
+        "--max_train_samples must be an integer >= 1, got 0", 2, unchanged=("{out}",), in_process=True,
     ),
     # -- full disk and unusable output folders
     Fault(
@@ -475,6 +498,19 @@ FAULTS = [
     Fault(
         "recipe value of the wrong type", ("run_clm.py", "{tmp}/bad.yaml"), "line 2: max_steps must be an integer", 2,
         prepare=write("bad.yaml", "dataset_name: shakespeare\nmax_steps: 2.5\n"), unchanged=("{tmp}/bad.yaml",),
+    ),
+    Fault(
+        "run_clm: a recipe that is not UTF-8", ("run_clm.py", "{tmp}/latin1.yaml"), "latin1.yaml is not UTF-8 text", 2,
+        prepare=write("latin1.yaml", "dataset_name: caf\u00e9\n", encoding="latin-1"), in_process=True,
+    ),
+    Fault(
+        "train_tokenizer: a recipe that is not UTF-8", ("train_tokenizer.py", "{tmp}/latin1.yaml"),
+        "latin1.yaml is not UTF-8 text", 2,
+        prepare=write("latin1.yaml", "train_file: caf\u00e9\n", encoding="latin-1"), in_process=True,
+    ),
+    Fault(
+        "an abbreviated flag after a recipe", (*RUN, "--train_fil", "{corpus}"),
+        "unrecognized arguments: --train_fil", 2, unchanged=("{out}",), in_process=True,
     ),
     Fault(
         "recipe with a YAML syntax error", ("run_clm.py", "{tmp}/bad.yaml"), "bad.yaml, line 3, column 7", 2,

@@ -363,6 +363,13 @@ def test_recipe_value_of_the_wrong_type_names_the_field(tmp_path, text, message)
         parse_arguments(make_parser(DATACLASSES), [str(recipe)])
 
 
+def test_a_recipe_string_for_a_list_flag_is_a_list_of_one(tmp_path):
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text("dataset_name: shakespeare\neval_tasks: mc.jsonl\n")  # not ["m", "c", ".", ...]
+    *_, args = parse_arguments(make_parser(DATACLASSES), [str(recipe), "--output_dir", str(tmp_path)])
+    assert args.eval_tasks == ["mc.jsonl"]
+
+
 def test_recipe_values_of_the_right_type_are_kept(tmp_path):
     recipe = tmp_path / "recipe.yaml"
     recipe.write_text(
