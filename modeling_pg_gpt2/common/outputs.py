@@ -69,13 +69,17 @@ def staged(dst: Path, kind: str) -> Iterator[Path]:
     """Yield a temporary path beside `dst` to write into; it replaces `dst` only when the block succeeds.
 
     kind: "folder" (the path is an empty folder) or "file". The temporary path is in `dst`'s folder, so
-    the final rename stays on one file system and is atomic for a file.
+    the final rename stays on one file system and is atomic for a file. It gets the permissions of a
+    folder or file made the ordinary way (the umask's), not the owner-only ones of mkdtemp and mkstemp: a
+    prepared folder on shared storage must be readable by the other nodes' users, as the umask says.
     """
     dst.parent.mkdir(parents=True, exist_ok=True)
     if kind == "folder":
         staging = Path(tempfile.mkdtemp(prefix=f".{dst.name}.", dir=dst.parent))
+        os.chmod(staging, 0o777 & ~current_umask())
     else:
         handle, name = tempfile.mkstemp(prefix=f".{dst.name}.", dir=dst.parent)
+        os.fchmod(handle, 0o666 & ~current_umask())
         os.close(handle)
         staging = Path(name)
     try:
@@ -91,6 +95,20 @@ def staged(dst: Path, kind: str) -> Iterator[Path]:
             shutil.rmtree(staging, ignore_errors=True)
         else:
             staging.unlink(missing_ok=True)
+
+
+def current_umask() -> int:
+    """The process's umask, read without changing it (Linux's /proc), or by setting and restoring it elsewhere."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as status:
+            for line in status:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
 
 
 @contextlib.contextmanager
@@ -210,6 +228,7 @@ def check_not_an_input(
 __all__ = [
     "check_not_an_input",
     "check_output_dir",
+    "current_umask",
     "LOCK_FILE",
     "CONFIG_FILE",
     "GENERATION_CONFIG_FILE",
