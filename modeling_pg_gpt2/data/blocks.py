@@ -53,6 +53,13 @@ class DataTrainingArguments:
             "instead of a corpus; its block size is the default --block_size."
         },
     )
+    verify_prepared_data: bool = field(
+        default=True,
+        metadata={
+            "help": "With --prepared_data: check every block file against the checksum prepare_data.py recorded "
+            "before training (one read of the folder, once per node). Sizes and block counts are always checked.",
+        },
+    )
     streaming: bool = field(
         default=False,
         metadata={

@@ -30,8 +30,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import pyarrow as pa
 import pytest
 import torch
+from datasets import Dataset
 from helpers import ENV, ROOT, write_corpus
 from safetensors.torch import load_file, save_file
 from tokenizers import Tokenizer, models
@@ -402,6 +404,46 @@ def prepared_folder_of_format_1(ctx: dict[str, Any]) -> None:
     (folder / "prepared.json").write_text(json.dumps({"format_version": 1, "block_size": 64}), encoding="utf-8")
 
 
+def damaged_prepared_folder(damage: Callable[[Path], None]) -> Callable[[dict[str, Any]], None]:
+    """{tmp}/prepared (see `prepared_folder`), then `damage` done to it."""
+
+    def prepare(ctx: dict[str, Any]) -> None:
+        prepared_folder("recipe")(ctx)
+        damage(ctx["tmp"] / "prepared")
+
+    return prepare
+
+
+def cut_at_a_record_batch_boundary(folder: Path) -> None:
+    """The train blocks file without its last record batch (as a copy cut there leaves it): Arrow reads the
+    shorter file without a word, so only prepared.json's record tells."""
+    path = next((folder / "train").iterdir())
+    rows = Dataset.from_file(str(path)).num_rows
+    with pa.memory_map(str(path)) as source:
+        reader = pa.ipc.open_stream(source)
+        ends = [source.tell(), *(source.tell() for _ in reader)]  # after the schema, after each batch
+    path.write_bytes(path.read_bytes()[: ends[-2]])
+    assert Dataset.from_file(str(path)).num_rows < rows
+
+
+def bytes_changed_in_place(folder: Path) -> None:
+    """Token ids in the middle of the train blocks overwritten with 65535 (0xFFFF, past any vocabulary here)."""
+    path = next((folder / "train").iterdir())
+    data = bytearray(path.read_bytes())
+    middle = len(data) // 2
+    data[middle : middle + 16] = b"\xff" * 16
+    path.write_bytes(bytes(data))
+
+
+def edit_record(change: Callable[[dict[str, Any]], None]) -> Callable[[Path], None]:
+    def damage(folder: Path) -> None:
+        record = json.loads((folder / "prepared.json").read_text(encoding="utf-8"))
+        change(record)
+        (folder / "prepared.json").write_text(json.dumps(record), encoding="utf-8")
+
+    return damage
+
+
 def disk_for_one_checkpoint(ctx: dict[str, Any]) -> str:
     """tmpfs options with room for the first checkpoint and the plots, not for a second checkpoint."""
     finished = ctx["finished"]
@@ -534,8 +576,32 @@ FAULTS = [
         in_process=True,
     ),
     Fault(
+        "--prepared_data whose block file was cut at a record-batch boundary",
+        (*RUN, "--prepared_data", "{tmp}/prepared"), "the file was cut or changed (an interrupted copy?)", 2,
+        prepare=damaged_prepared_folder(cut_at_a_record_batch_boundary), unchanged=("{tmp}/prepared",),
+        in_process=True, check=before_any_data_work,
+    ),
+    Fault(
+        "--prepared_data whose block file has bytes changed", (*RUN, "--prepared_data", "{tmp}/prepared"),
+        "does not match its checksum in prepared.json", 2, prepare=damaged_prepared_folder(bytes_changed_in_place),
+        unchanged=("{tmp}/prepared",), in_process=True, check=before_any_data_work,
+    ),
+    Fault(
+        "--prepared_data whose prepared.json has an edited block size",
+        (*RUN, "--prepared_data", "{tmp}/prepared", "--block_size", "32"),
+        "holds blocks of 64 tokens, prepared.json says 32: the record was edited", 2,
+        prepare=damaged_prepared_folder(edit_record(lambda record: record.update(block_size=32))),
+        unchanged=("{tmp}/prepared",), in_process=True,
+    ),
+    Fault(
+        "--prepared_data whose prepared.json lacks files.validation", (*RUN, "--prepared_data", "{tmp}/prepared"),
+        "prepared.json is damaged (no files.validation); prepare it again", 2,
+        prepare=damaged_prepared_folder(edit_record(lambda record: record["files"].pop("validation"))),
+        unchanged=("{tmp}/prepared",), in_process=True,
+    ),
+    Fault(
         "--prepared_data of an older format", (*RUN, "--prepared_data", "{tmp}/old-prepared"),
-        "has format 1; this version reads 2: prepare it again", 2, prepare=prepared_folder_of_format_1,
+        "has format 1; this version reads 3: prepare it again", 2, prepare=prepared_folder_of_format_1,
         unchanged=("{tmp}/old-prepared",), in_process=True,
     ),
     Fault(
