@@ -46,7 +46,7 @@ def _help(entry: tuple[str, ...]) -> str:
 def test_python_snippets_run(tmp_path):
     code = "\n\n".join(_blocks("python"))
     assert "from_pretrained" in code and "PgGPT2ForCausalLM" in code
-    result = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    result = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, timeout=900)
     assert result.returncode == 0, result.stderr[-3000:]
 
 

@@ -97,7 +97,7 @@ def push(folder: Path, repo_id: str, env: dict[str, str], *flags: str) -> subpro
         env=env,
         capture_output=True,
         text=True,
-        timeout=300,
+        timeout=900,
     )
 
 
@@ -283,7 +283,7 @@ def test_fresh_process_loads_the_same_model_from_the_hub(hub, model_dir, publish
         env=env,
         capture_output=True,
         text=True,
-        timeout=300,
+        timeout=900,
     )
     assert proc.returncode == 0, proc.stderr
     loaded = torch.load(out)
@@ -307,7 +307,7 @@ def test_generate_loads_a_hub_id_and_names_a_missing_one_at_once(hub, published,
 
     def generate(model: str) -> subprocess.CompletedProcess[str]:
         command = [sys.executable, str(ROOT / "generate.py"), model, PROMPT, "--max_new_tokens", "4", "--seed", "0"]
-        return subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+        return subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=900)
 
     found, missing = run_all((generate, REPO), (generate, f"{USER}/no-such-model"))
     assert found.returncode == 0, found.stderr

@@ -171,7 +171,7 @@ def test_fresh_process_loads_with_trust_remote_code_and_generates_the_same(saved
         env=env,
         capture_output=True,
         text=True,
-        timeout=300,
+        timeout=900,
     )
     assert result.returncode == 0, result.stderr[-3000:]
     child = json.loads(result.stdout.strip().splitlines()[-1])
