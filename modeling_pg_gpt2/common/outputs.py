@@ -21,7 +21,7 @@ import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from pathlib import Path
 
-from .errors import UserError, few
+from .errors import CommandError, UserError, disk_full_message, few, is_disk_full
 
 logger = logging.getLogger(__name__)
 
@@ -72,6 +72,8 @@ def staged(dst: Path, kind: str) -> Iterator[Path]:
     the final rename stays on one file system and is atomic for a file. It gets the permissions of a
     folder or file made the ordinary way (the umask's), not the owner-only ones of mkdtemp and mkstemp: a
     prepared folder on shared storage must be readable by the other nodes' users, as the umask says.
+    A full disk while the block writes is one line (a `CommandError` that names `dst`); `dst` is left as it
+    was and the partial copy removed.
     """
     dst.parent.mkdir(parents=True, exist_ok=True)
     if kind == "folder":
@@ -83,7 +85,12 @@ def staged(dst: Path, kind: str) -> Iterator[Path]:
         os.close(handle)
         staging = Path(name)
     try:
-        yield staging
+        try:
+            yield staging
+        except Exception as err:  # numpy's tofile, for one, reports a full disk without an errno
+            if isinstance(err, CommandError) or not is_disk_full(err, dst.parent):
+                raise
+            raise CommandError(disk_full_message(dst)) from None
         if kind == "folder":
             if dst.exists():
                 shutil.rmtree(dst)

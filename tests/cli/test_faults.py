@@ -528,6 +528,11 @@ FAULTS = [
         check=nothing_left_on_the_disk,
     ),
     Fault(
+        "full disk while exporting GGUF", ("convert.py", "{ws}/model", "{tmp}/disk/model.gguf", "--to", "gguf"),
+        "no space left on device while writing", 1, unchanged=("{ws}/model",), disk="size=64k",
+        check=nothing_left_on_the_disk,
+    ),
+    Fault(
         "--output_dir is a file", RUN, "is a file, not a folder", 2, prepare=write("out", "mine"),
         unchanged=("{out}",),
         check=before_any_data_work,
