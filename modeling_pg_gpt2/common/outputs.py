@@ -64,6 +64,20 @@ REPORT_PATTERNS = (METRICS_FILE, "*.png", MODEL_CARD_FILE)
 LOCK_FILE = ".run.lock"
 
 
+def weights_problem(folder: str | os.PathLike) -> str | None:
+    """Why the safetensors weights in `folder` cannot be read (`model.safetensors is truncated or corrupt`:
+    a copy or a save cut off), or `None`. Reads only each file's header, which names the bytes it needs."""
+    from safetensors import safe_open
+
+    for path in sorted(Path(folder).rglob("*.safetensors")):
+        try:
+            with safe_open(path, framework="pt"):
+                pass
+        except Exception:  # safetensors raises its own SafetensorError, or OSError
+            return f"{path.relative_to(folder).as_posix()} is truncated or corrupt"
+    return None
+
+
 @contextlib.contextmanager
 def staged(dst: Path, kind: str) -> Iterator[Path]:
     """Yield a temporary path beside `dst` to write into; it replaces `dst` only when the block succeeds.
@@ -186,17 +200,7 @@ def check_output_dir(
     out = Path(path)
     if out.exists() and not out.is_dir():
         raise UserError(f"{flag} {out} is a file, not a folder; choose a folder")
-    existing = out
-    while not existing.exists() and existing != existing.parent:
-        existing = existing.parent
-    if not existing.is_dir():
-        raise UserError(f"{flag} {out} cannot be created: {existing} is a file")
-    try:  # a real write: access() says yes to root on a read-only file system or an immutable folder
-        with tempfile.TemporaryFile(dir=existing, prefix=".write-test-"):
-            pass
-    except OSError as err:
-        reason = err.strerror or type(err).__name__
-        raise UserError(f"{flag} {out} is not writable ({existing}: {reason}); choose another folder") from None
+    _check_writable(out, out, flag, "choose another folder")
     if overwrite_flag is None or not out.is_dir():
         return out
     ignored = set(ignore)
@@ -207,6 +211,31 @@ def check_output_dir(
             "to write there anyway"
         )
     return out
+
+
+def check_output_file(path: str | os.PathLike, flag: str) -> Path:
+    """Check before any work that `path` can be written as a file: not a folder, in a folder that can be
+    created and written to. Returns it as a `Path`; a one-line `UserError` otherwise."""
+    out = Path(path)
+    if out.is_dir():
+        raise UserError(f"{flag} {out} is a folder; name a file (e.g. {out / 'results.json'})")
+    _check_writable(out, out.parent, flag, "choose another place")
+    return out
+
+
+def _check_writable(out: Path, folder: Path, flag: str, hint: str) -> None:
+    """Refuse `out` when `folder` (its own or its parent) cannot be created (below a file) or written to."""
+    existing = folder
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        raise UserError(f"{flag} {out} cannot be created: {existing} is a file")
+    try:  # a real write: access() says yes to root on a read-only file system or an immutable folder
+        with tempfile.TemporaryFile(dir=existing, prefix=".write-test-"):
+            pass
+    except OSError as err:
+        reason = err.strerror or type(err).__name__
+        raise UserError(f"{flag} {out} is not writable ({existing}: {reason}); {hint}") from None
 
 
 def check_not_an_input(
@@ -235,6 +264,7 @@ def check_not_an_input(
 __all__ = [
     "check_not_an_input",
     "check_output_dir",
+    "check_output_file",
     "current_umask",
     "LOCK_FILE",
     "CONFIG_FILE",
@@ -250,4 +280,5 @@ __all__ = [
     "WEIGHT_PATTERNS",
     "output_lock",
     "staged",
+    "weights_problem",
 ]

@@ -39,8 +39,9 @@ from typing import Any, Literal, TextIO
 import torch
 
 from ..common.errors import UserError
+from ..common.outputs import check_output_file
 from ..common.ranges import RANGE, at_least, check_ranges
-from ..generation.sampling import context_length, load_for_generation
+from ..generation.sampling import check_device, context_length, load_for_generation
 from .scoring import encode_pair, pair_request, rolling_requests, score_requests
 
 TASKS = ("perplexity", "lambada", "multiple_choice")
@@ -194,8 +195,16 @@ def load_text(args: EvaluationArguments) -> tuple[str, str]:
         except (OSError, UnicodeDecodeError) as err:
             raise UserError(f"cannot read --data_file {path} as UTF-8 text: {err}") from None
     examples, name = load_examples(args)
+    texts = []
+    for number, example in enumerate(examples, 1):
+        text = _field(example, args.text_field, "--text_field", f"example {number}")
+        if not isinstance(text, str):
+            raise UserError(
+                f"{args.data_file or args.dataset_name}, example {number}: the text field {args.text_field!r} holds "
+                f"{json.dumps(text)}, not text; name the field that holds it with --text_field."
+            )
+        texts.append(text)
     # Records are joined by a blank line, as HF's perplexity guide joins WikiText's lines.
-    texts = [_field(e, args.text_field, "--text_field", f"example {i}") for i, e in enumerate(examples, 1)]
     return "\n\n".join(texts), name
 
 
@@ -349,8 +358,11 @@ def evaluate_model(
     """
     stream = sys.stdout if stream is None else stream
     check_ranges(args)
+    check_device(args.device)
     if args.data_file and args.dataset_name:
         raise UserError("pass either --data_file or --dataset_name, not both.")
+    if args.output_file:  # before the evaluation, not after it
+        check_output_file(args.output_file, "--output_file")
     # Read the data before loading the model: a wrong file name fails at once.
     if args.task == "perplexity":
         text, data_name = load_text(args)

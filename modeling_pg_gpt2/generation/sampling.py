@@ -24,6 +24,7 @@ from transformers import AutoModelForCausalLM, PreTrainedModel, TextStreamer, se
 from transformers.utils import logging as hf_logging
 
 from ..common.errors import UserError, few, first_line
+from ..common.outputs import weights_problem
 from ..common.ranges import RANGE, SEED, Range, at_least, check_ranges
 from ..common.sources import check_pretrained_source
 from ..data.tokenizer import load_tokenizer
@@ -117,10 +118,15 @@ def read_prompts(prompts: Sequence[str], prompts_file: str | None) -> list[str]:
 def check_generation_arguments(args: GenerationArguments) -> None:
     """Refuse, before the model is loaded, sampling options `generate()` would reject deep inside or misuse."""
     check_ranges(args)
-    _device(args.device)
+    if not args.do_sample and args.num_return_sequences > 1:
+        raise UserError(
+            f"--num_return_sequences {args.num_return_sequences} needs --do_sample true: greedy decoding gives one "
+            "text per prompt"
+        )
+    check_device(args.device)
 
 
-def _device(requested: str | None) -> torch.device:
+def check_device(requested: str | None) -> torch.device:
     """The device `--device` names, checked to exist on this machine; by default the best one available."""
     if requested:
         try:
@@ -137,6 +143,14 @@ def _device(requested: str | None) -> torch.device:
             raise UserError(f"--device {requested}: this machine has {torch.cuda.device_count()} CUDA device(s).")
         if device.type == "mps" and not torch.backends.mps.is_available():
             raise UserError(f"--device {requested}: MPS (Apple GPU) is not available here; pass --device cpu.")
+        if device.type == "meta":
+            raise UserError(f"--device {requested} holds no weights (shapes only): use cuda, cuda:N, mps or cpu.")
+        backend = getattr(torch, device.type, None)  # torch.xpu, ...: the other accelerators torch knows
+        if device.type not in ("cpu", "cuda", "mps") and not getattr(backend, "is_available", lambda: False)():
+            raise UserError(
+                f"--device {requested}: {device.type.upper()} is not available here (torch {torch.__version__}); "
+                "leave out --device or pass --device cpu."
+            )
         return device
     if torch.cuda.is_available():
         return torch.device("cuda")
@@ -155,6 +169,9 @@ def load_for_generation(model_name_or_path: str | os.PathLike, args: GenerationA
 
     model_name_or_path = os.fspath(model_name_or_path)
     check_pretrained_source(model_name_or_path, "model", args.revision, args.token)
+    problem = weights_problem(model_name_or_path) if Path(model_name_or_path).is_dir() else None
+    if problem is not None:  # safetensors' own error is a traceback
+        raise UserError(f"cannot load the model {model_name_or_path!r}: {problem}; copy it again")
     hub = {"revision": args.revision, "token": args.token, "trust_remote_code": args.trust_remote_code}
     progress_bars = hf_logging.is_progress_bar_enabled()
     hf_logging.disable_progress_bar()  # loading a small model is instant: keep the terminal for the text
@@ -167,7 +184,8 @@ def load_for_generation(model_name_or_path: str | os.PathLike, args: GenerationA
         if progress_bars:
             hf_logging.enable_progress_bar()
     check_finite_weights(model, model_name_or_path)
-    return tokenizer, model.to(_device(args.device)).eval()
+    check_vocabulary(tokenizer, model.config.vocab_size, model_name_or_path)
+    return tokenizer, model.to(check_device(args.device)).eval()
 
 
 def check_finite_weights(model: PreTrainedModel, model_name: str) -> None:
@@ -177,6 +195,15 @@ def check_finite_weights(model: PreTrainedModel, model_name: str) -> None:
         raise UserError(
             f"the model {model_name!r} has NaN or infinite weights ({few(bad, 1)}): its training diverged; use an "
             "earlier checkpoint or train again with a lower learning rate"
+        )
+
+
+def check_vocabulary(tokenizer, vocab_size: int, name: str) -> None:
+    """Refuse a tokenizer with more tokens than the model has embeddings: its last ids would index past them."""
+    if len(tokenizer) > vocab_size:
+        raise UserError(
+            f"the tokenizer of {name!r} has {len(tokenizer)} tokens but the model only {vocab_size} "
+            "(config.vocab_size); use the tokenizer the model was trained with"
         )
 
 
@@ -282,7 +309,9 @@ class _Streamer(TextStreamer):
 __all__ = [
     "GenerationArguments",
     "check_finite_weights",
+    "check_device",
     "check_generation_arguments",
+    "check_vocabulary",
     "context_length",
     "generate_text",
     "read_prompts",

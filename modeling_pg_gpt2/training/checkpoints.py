@@ -24,7 +24,7 @@ from transformers import Trainer, TrainingArguments
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
 from ..common.errors import CommandError, UserError, disk_full_message, is_disk_full
-from ..common.outputs import CONFIG_FILE, LOCK_FILE, TRAINING_INFO_FILE, check_output_dir
+from ..common.outputs import CONFIG_FILE, LOCK_FILE, TRAINING_INFO_FILE, check_output_dir, weights_problem
 from .streaming import STREAM_STATE_FILE
 
 logger = logging.getLogger(__name__)
@@ -45,12 +45,9 @@ def checkpoint_problem(checkpoint: str | os.PathLike) -> str | None:
     weights = list(path.glob("*.safetensors")) + list(path.glob("pytorch_model*.bin"))
     if not weights and not any(path.glob("global_step*")) and not any(path.glob("pytorch_model_fsdp*")):
         return "no model weights"
-    for file in path.rglob("*.safetensors"):
-        try:
-            with safe_open(file, framework="pt"):
-                pass
-        except Exception:
-            return f"{file.name} is truncated or corrupt"
+    problem = weights_problem(path)
+    if problem is not None:
+        return problem
     for file in [*path.glob("*.pt"), *path.glob("*.pth"), *path.glob("*.bin")]:
         if not zipfile.is_zipfile(file):
             return f"{file.name} is truncated or corrupt"

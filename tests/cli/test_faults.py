@@ -60,6 +60,7 @@ TEXT = "ROMEO:\nBut soft, what light through yonder window breaks?\nIt is the ea
 LONG_RUN_CHARS = 1_500_000
 NO_CUDA = None if not torch.cuda.is_available() else "this machine has CUDA"
 NO_SYS = None if os.path.isdir("/sys") else "needs /sys (read-only even for root) to make an unwritable folder"
+NO_XPU = None if not (hasattr(torch, "xpu") and torch.xpu.is_available()) else "this machine has an XPU"
 
 
 def _namespaces_work() -> bool:
@@ -239,10 +240,40 @@ def workspace(tmp_path_factory) -> Path:
     weights[name] = torch.full_like(weights[name], float("nan"))  # as a diverged run would save them
     save_file(weights, ws / "model-nan" / "model.safetensors", metadata={"format": "pt"})
 
+    broken_variants(ws, model, config)
     (ws / "outputs").mkdir()
     (ws / "a-file").write_text("not a folder")
     (ws / "long-run.txt").write_text("ACGT" * 10 + "a" * LONG_RUN_CHARS + "\n", encoding="utf-8")
     return ws
+
+
+def broken_variants(ws: Path, model: Path, config: PgGPT2Config) -> None:
+    """More broken copies of {ws}/model: cut-off weights, a vocabulary smaller than the tokenizer's, ONNX exports
+    without pieces; and evaluation data whose text is a number or null."""
+    shutil.copytree(model, ws / "model-truncated")
+    weights_file = ws / "model-truncated" / "model.safetensors"
+    weights_file.write_bytes(weights_file.read_bytes()[: weights_file.stat().st_size // 2])  # a copy cut off
+    small = PgGPT2Config(**{**config.to_dict(), "vocab_size": config.vocab_size - 20})
+    PgGPT2ForCausalLM(small).save_pretrained(ws / "model-small-vocab")
+    for name in os.listdir(model):
+        if name.startswith(("tokenizer", "special_tokens")):
+            shutil.copy(model / name, ws / "model-small-vocab" / name)
+    for text in ("3", "null"):
+        (ws / f"text-{text}.jsonl").write_text(f'{{"text": "It is the east."}}\n{{"text": {text}}}\n')
+    from modeling_pg_gpt2.export.onnx import export_onnx
+
+    export_onnx(model, ws / "onnx")
+    for variant, damage in (
+        ("truncated", "model.onnx"),
+        ("no-tokenizer", "tokenizer.json"),
+        ("no-config", "config.json"),
+    ):
+        shutil.copytree(ws / "onnx", ws / f"onnx-{variant}")
+        path = ws / f"onnx-{variant}" / damage
+        if variant == "truncated":
+            path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+        else:
+            path.unlink()
 
 
 # -- what the rows prepare, do and check ------------------------------------------------------------------------
@@ -781,6 +812,74 @@ WORKSPACE_FAULTS = [
     ),
 ]  # fmt: skip
 
+ONNX = ("--backend", "onnxruntime")
+EVALUATE = ("evaluate_lm.py", "model", "--task", "perplexity", "--data_file")
+
+WORKSPACE_FAULTS += [
+    # generate.py: options that cannot work together, devices this machine lacks, broken model folders
+    ws_fault(
+        "generate: --do_sample false --num_return_sequences 3",
+        generate("model", "x", "--do_sample", "false", "--num_return_sequences", "3"),
+        "--num_return_sequences 3 needs --do_sample true: greedy decoding gives one text per prompt",
+    ),
+    ws_fault("generate: --device meta", generate("model", "x", "--device", "meta"), "--device meta holds no weights"),
+    ws_fault(
+        "generate: --device xpu without one",
+        generate("model", "x", "--device", "xpu"),
+        "--device xpu: XPU is not available here",
+        skip=NO_XPU,
+    ),
+    ws_fault(
+        "generate: weights cut off by a copy",
+        generate("model-truncated", "x"),
+        "cannot load the model 'model-truncated': model.safetensors is truncated or corrupt",
+    ),
+    ws_fault(
+        "generate: a tokenizer larger than the model's vocabulary",
+        generate("model-small-vocab", "x"),
+        "has 300 tokens but the model only 280",
+    ),
+    ws_fault(
+        "generate --backend onnxruntime: a truncated model.onnx",
+        generate("onnx-truncated", "x", *ONNX),
+        "onnx-truncated/model.onnx is not a complete ONNX model",
+    ),
+    ws_fault(
+        "generate --backend onnxruntime: no tokenizer.json",
+        generate("onnx-no-tokenizer", "x", *ONNX),
+        "onnx-no-tokenizer has no tokenizer.json",
+    ),
+    ws_fault(
+        "generate --backend onnxruntime: no config.json",
+        generate("onnx-no-config", "x", *ONNX),
+        "onnx-no-config has no config.json",
+    ),
+    # evaluate_lm.py: the output file and the data are checked before the model is loaded
+    ws_fault(
+        "evaluate: --output_file that is a folder",
+        (*EVALUATE, "corpus/0.txt", "--output_file", "outputs"),
+        "--output_file outputs is a folder",
+        unchanged=("outputs",),
+    ),
+    *(
+        ws_fault(
+            f"evaluate: JSONL text that is {text}",
+            (*EVALUATE, f"text-{text}.jsonl"),
+            f"text-{text}.jsonl, example 2: the text field 'text' holds {text}, not text",
+        )
+        for text in ("3", "null")
+    ),
+    ws_fault(
+        "evaluate: --device meta", (*EVALUATE, "corpus/0.txt", "--device", "meta"), "--device meta holds no weights"
+    ),
+    # convert: the destination is checked before the model is read
+    ws_fault(
+        "convert --to onnx into a read-only folder",
+        ("convert.py", "model", "/sys/pg-gpt2-onnx", "--to", "onnx"),
+        "DST /sys/pg-gpt2-onnx is not writable",
+        skip=NO_SYS,
+    ),
+]
 FAULTS += WORKSPACE_FAULTS
 
 
