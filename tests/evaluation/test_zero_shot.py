@@ -254,6 +254,7 @@ def test_bad_input_is_one_clear_error(model_dir, tmp_path):
     )
 
 
+@pytest.mark.slow
 def test_command_line_error_is_one_line(tmp_path):
     """A model path that does not exist fails at once (no Hub round trip), in one line, with status 2."""
     (tmp_path / "text.txt").write_text(TEXT)
