@@ -24,6 +24,7 @@ from modeling_pg_gpt2.generation.sampling import GenerationArguments, generate_t
 
 pytest.importorskip("onnxruntime")
 pytest.importorskip("onnxscript")
+pytestmark = pytest.mark.slow  # every test exports through torch.onnx (torch.export + onnxscript)
 
 ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
 TEXT = "ROMEO:\nBut soft, what light through yonder window breaks?\nIt is the east, and Juliet is the sun.\n\n"
