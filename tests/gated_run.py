@@ -12,6 +12,7 @@ before its checkpoint on a slow one. Nothing else about the run changes.
 from __future__ import annotations
 
 import runpy
+import signal
 import sys
 import time
 from pathlib import Path
@@ -35,6 +36,9 @@ class Gate(TrainerCallback):
 
 
 def main() -> None:
+    # As in a terminal, whatever the test runner inherited: a suite started in the background (`make test &`)
+    # ignores SIGINT, and Python keeps an ignored SIGINT ignored, so the run would never see the Ctrl-C.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     folder, step, script, *argv = sys.argv[1:]
     gate = Gate(Path(folder), int(step))
     init = Trainer.__init__

@@ -145,7 +145,7 @@ def evaluate(argv: Sequence[str] | None = None) -> dict[str, Any]:
     `pg-gpt2-evaluate` is the same command once the package is installed. MODEL is a run_clm.py output
     folder, a Hub id, or a transformers GPT-2 checkpoint (the converter's other direction): the numbers are
     the same. Each figure is printed with its name, and all of them go to a JSON file (--output_file). The
-    README ("Zero-shot evaluation") gives the file formats and public sources of the data. See
+    file formats and public sources of the data: docs/evaluation.md. See
     `modeling_pg_gpt2.evaluation.zero_shot`.
     """
     from ..evaluation.zero_shot import evaluate_model

@@ -1,8 +1,8 @@
 """What `run_clm.py` measures at each evaluation besides the loss: zero-shot multiple choice, and a sample.
 
-`--eval_tasks FILE [FILE ...]` names multiple-choice JSONL files in `evaluate_lm.py`'s format (README,
-"Zero-shot evaluation"). At every evaluation each is scored as `evaluate_lm.py --task multiple_choice`
-scores it, and `eval_<name>_accuracy` and `eval_<name>_accuracy_norm` (`<name>`: the file's stem) join the
+`--eval_tasks FILE [FILE ...]` names multiple-choice JSONL files in `evaluate_lm.py`'s format
+(docs/evaluation.md). At every evaluation each is scored as `evaluate_lm.py --task multiple_choice` scores
+it, and `eval_<name>_accuracy` and `eval_<name>_accuracy_norm` (`<name>`: the file's stem) join the
 evaluation's log beside `eval_loss`: the printed log, TensorBoard, `trainer_state.json`, `metrics.json`,
 the plots and the model card, as llm.c logs HellaSwag while it trains. They can also pick the best
 checkpoint: `--metric_for_best_model eval_<name>_accuracy_norm --greater_is_better true`.

@@ -304,6 +304,7 @@ def test_hub_name_in_offline_mode_fails_at_once_naming_the_alternatives(monkeypa
     assert "\n" not in str(err.value)
 
 
+@pytest.mark.slow
 def test_hub_name_without_network_fails_in_seconds(tmp_path):
     """No offline flag and a Hub that never answers (a local socket that accepts and stays silent)."""
     with socket.socket() as silent:

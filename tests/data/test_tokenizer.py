@@ -92,6 +92,7 @@ def tokenizer(trained):
     return AutoTokenizer.from_pretrained(trained[1])
 
 
+@pytest.mark.slow
 def test_saved_tokenizer_loads_in_a_fresh_process(trained, tmp_path):
     out = trained[1]
     samples = ["Hello, world!  How are you?\n", "naïve café 日本 😀", f"one{EOS_TOKEN}two", ""]

@@ -299,6 +299,7 @@ def hub(gpt2_sources: Path):
     server.stop()
 
 
+@pytest.mark.slow
 def test_cli_converts_a_hub_id(hub, gpt2_sources: Path, tmp_path: Path) -> None:
     """The command line end to end, in a fresh process: huggingface_hub reads HF_ENDPOINT when imported."""
     env = {**os.environ, "HF_ENDPOINT": hub.url, "HF_HOME": str(tmp_path / "hf-home"), "HF_HUB_DISABLE_XET": "1"}

@@ -24,6 +24,7 @@ from modeling_pg_gpt2.generation.sampling import GenerationArguments, generate_t
 
 pytest.importorskip("onnxruntime")
 pytest.importorskip("onnxscript")
+pytestmark = pytest.mark.slow  # every test exports through torch.onnx (torch.export + onnxscript)
 
 ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
 TEXT = "ROMEO:\nBut soft, what light through yonder window breaks?\nIt is the east, and Juliet is the sun.\n\n"
@@ -168,8 +169,8 @@ def test_gpt2_source_and_refusals(tmp_path, checkpoint, torch_model):
 
 @pytest.mark.slow
 def test_command_line(exported, tmp_path):
-    """`generate.py --backend onnxruntime` as the README shows (the export's command line is the one
-    test_export_gguf.py runs: `convert` hands both formats to `export_main`); bad input is one line."""
+    """`generate.py --backend onnxruntime` as docs/exports.md shows (the export's command line is the one
+    tests/export/test_gguf.py runs: `convert` hands both formats to `export_main`); bad input is one line."""
     sample = subprocess.run(
         [sys.executable, "generate.py", str(exported), "ROMEO:", "--backend", "onnxruntime", "--max_new_tokens", "5"],
         cwd=ROOT, env=ENV, capture_output=True, text=True,

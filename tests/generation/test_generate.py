@@ -110,6 +110,7 @@ def test_context_limits(model_dir, caplog):
         generate_text(str(model_dir.parent / "missing"), ["x"], GenerationArguments(), stream=io.StringIO())
 
 
+@pytest.mark.slow
 def test_command_line_error_is_one_line(model_dir):
     """(The command line's success path runs in test_run_clm.py, on a trained model.)"""
     bad = subprocess.run(

@@ -34,6 +34,8 @@ from modeling_pg_gpt2.hub.push import human_size
 from modeling_pg_gpt2.reports.model_card import write_model_card
 from modeling_pg_gpt2.reports.plots import PLOTS
 
+pytestmark = pytest.mark.slow  # every test pushes or loads through push_to_hub.py and transformers in subprocesses
+
 SCRIPT = ROOT / "push_to_hub.py"
 REPO = f"{USER}/tiny-pg-gpt2"
 GPT2_REPO = f"{USER}/tiny-pg-gpt2-native"

@@ -115,6 +115,7 @@ def test_no_cache_is_built_in_training(tiny_model):
     assert getattr(out, "cache", None) is None and getattr(out, "past_key_values", None) is None
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("implementation", IMPLEMENTATIONS)
 def test_compiled_training_step_is_one_graph_and_two_with_the_logits(implementation):
     """Compiled, a training step is one graph, the fused loss traced in as a single chunk (a loop over
@@ -157,6 +158,7 @@ def test_compiled_training_step_is_one_graph_and_two_with_the_logits(implementat
         assert (compiled_grads[name] - grad).abs().max().item() <= 1e-6 * max(1.0, grad.abs().max().item()), name
 
 
+@pytest.mark.slow
 def test_static_cache_decoding_step_compiles_to_one_graph(tiny_model):
     """generate() compiles the decoding step when the cache is static; a graph break there costs every token."""
     twin = gpt2_twin(tiny_model)

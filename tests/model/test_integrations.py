@@ -39,6 +39,7 @@ def test_set_attn_implementation_dispatches_through_the_attention_interface(tiny
     assert len(calls) == tiny_model.config.n_layer
 
 
+@pytest.mark.slow
 def test_flex_attention_equals_gpt2_with_left_padding(tiny_model):
     twin = gpt2_twin(tiny_model)
     ids, mask = left_padded(random_ids(), [5, 0, 2])

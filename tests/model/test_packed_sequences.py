@@ -12,7 +12,7 @@ from transformers import DataCollatorForLanguageModeling, DataCollatorWithFlatte
 
 from modeling_pg_gpt2 import PgGPT2ForCausalLM
 
-IMPLEMENTATIONS = ["eager", "sdpa", "flex_attention"]
+IMPLEMENTATIONS = ["eager", "sdpa", pytest.param("flex_attention", marks=pytest.mark.slow)]  # flex compiles
 
 
 def _documents(lengths: list[int], seed: int = 3) -> list[torch.Tensor]:

@@ -226,7 +226,7 @@ TOKENIZER_CHILD = textwrap.dedent(
 
 @pytest.mark.slow
 def test_tokenizer_alone_loads_in_a_terminal_without_a_question_or_a_warning(saved_folder, tmp_path):
-    """The README's two ways to load only the tokenizer of a model folder, run with a pseudo-terminal as stdin
+    """docs/using.md's two ways to load only the tokenizer of a model folder, run with a pseudo-terminal as stdin
     (where transformers would ask "Do you wish to run the custom code?" and wait): nothing is asked or warned."""
     import pty
 

@@ -31,6 +31,7 @@ print(default, page_faults())
 """
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="mallopt is glibc's")
 def test_reuse_freed_memory_keeps_large_blocks_mapped():
     """After reuse_freed_memory(), a 64 MB block freed and allocated again no longer faults in page by page."""
@@ -53,6 +54,7 @@ def test_threads_are_the_cores_others_leave_free(busy: float, cores: int, thread
     assert threads_for_load(busy, cores) == threads
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not Path("/proc/stat").exists(), reason="reads /proc")
 def test_a_busy_neighbour_is_seen_and_this_process_is_not() -> None:
     from modeling_pg_gpt2.training.hardware import busy_cores
