@@ -40,14 +40,17 @@ WEIGHTS_FILES = (
     "pytorch_model.bin.index.json",
 )
 
-# Every file a transformers tokenizer may be saved as.
+# A tokenizer's vocabulary: `tokenizer.json` (what save_pretrained writes), or GPT-2's original two files.
+TOKENIZER_FILE = "tokenizer.json"
+VOCAB_FILES = ("vocab.json", "merges.txt")
+TOKENIZER_CONFIG_FILE = "tokenizer_config.json"
+# Every file a transformers tokenizer may be saved as (without the vocabulary above, they make no tokenizer).
 TOKENIZER_FILES = (
-    "tokenizer.json",
-    "tokenizer_config.json",
+    TOKENIZER_FILE,
+    TOKENIZER_CONFIG_FILE,
     "special_tokens_map.json",
     "added_tokens.json",
-    "vocab.json",
-    "merges.txt",
+    *VOCAB_FILES,
     "chat_template.jinja",
     "chat_template.json",
 )
@@ -218,8 +221,11 @@ __all__ = [
     "MODEL_FILES",
     "REPORT_PATTERNS",
     "SIDE_FILES",
+    "TOKENIZER_CONFIG_FILE",
+    "TOKENIZER_FILE",
     "TOKENIZER_FILES",
     "TRAINING_INFO_FILE",
+    "VOCAB_FILES",
     "WEIGHTS_FILES",
     "WEIGHT_PATTERNS",
     "output_lock",

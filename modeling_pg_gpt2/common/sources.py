@@ -10,9 +10,10 @@ import os
 from pathlib import Path
 
 from .errors import UserError, first_line
+from .outputs import CONFIG_FILE, TOKENIZER_CONFIG_FILE, TOKENIZER_FILE
 
 # Files one of which a model or tokenizer repository already in the Hub cache holds.
-_CACHED_MARKERS = ("config.json", "tokenizer_config.json", "tokenizer.json")
+_CACHED_MARKERS = (CONFIG_FILE, TOKENIZER_CONFIG_FILE, TOKENIZER_FILE)
 
 
 def looks_like_local_path(name: str) -> bool:

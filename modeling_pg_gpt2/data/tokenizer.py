@@ -50,7 +50,15 @@ from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, pre_token
 from transformers import AutoTokenizer, GPT2Tokenizer, PreTrainedTokenizerBase
 
 from ..common.errors import UserError, few, first_line
-from ..common.outputs import CONFIG_FILE, WEIGHTS_FILES, check_not_an_input, check_output_dir
+from ..common.outputs import (
+    CONFIG_FILE,
+    TOKENIZER_FILE,
+    TOKENIZER_FILES,
+    VOCAB_FILES,
+    WEIGHTS_FILES,
+    check_not_an_input,
+    check_output_dir,
+)
 from ..common.sources import check_pretrained_source
 from .corpus import CorpusArguments, corpus_bytes, load_corpus
 
@@ -66,12 +74,6 @@ MAX_PIECE_CHARS = 1 << 20
 # regex gives longer ones only for runs of 256 letters, digits, punctuation or spaces.
 MAX_PRE_TOKEN_CHARS = 256
 
-# What a folder needs to hold a tokenizer: `tokenizer.json` (what save_pretrained writes), or GPT-2's
-# original `vocab.json` and `merges.txt`.
-TOKENIZER_FILE = "tokenizer.json"
-VOCAB_FILES = ("vocab.json", "merges.txt")
-# The other files save_pretrained writes: without the two above they make a tokenizer with no vocabulary.
-TOKENIZER_SIDE_FILES = ("tokenizer_config.json", "special_tokens_map.json", "added_tokens.json")
 # Any real tokenizer encodes this to at least one token.
 PROBE_TEXT = "Hello, world"
 
@@ -217,11 +219,15 @@ def to_transformers(tokenizer: Tokenizer, model_max_length: int = 1024) -> PreTr
 
 
 def check_tokenizer_files(folder: str | os.PathLike) -> None:
-    """Refuse, naming the missing file, a local folder that lacks a tokenizer's vocabulary."""
+    """Refuse, naming the missing file, a local folder that lacks a tokenizer's vocabulary.
+
+    A folder needs `tokenizer.json` or GPT-2's original `vocab.json` and `merges.txt`: the other files
+    save_pretrained writes make a tokenizer with no vocabulary on their own.
+    """
     folder = Path(folder)
     if (folder / TOKENIZER_FILE).is_file() or all((folder / name).is_file() for name in VOCAB_FILES):
         return
-    held = [name for name in TOKENIZER_SIDE_FILES if (folder / name).is_file()]
+    held = [name for name in TOKENIZER_FILES if (folder / name).is_file()]
     found = f"it holds only {', '.join(held)}" if held else "it holds no tokenizer file"
     raise UserError(
         f"{folder} has no {TOKENIZER_FILE} ({found}): save a tokenizer there with train_tokenizer.py "

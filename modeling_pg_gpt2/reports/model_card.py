@@ -26,7 +26,7 @@ from huggingface_hub import EvalResult, ModelCard, ModelCardData
 from safetensors import safe_open
 
 from ..common.errors import UserError, first_line
-from ..common.outputs import CONFIG_FILE, METRICS_FILE, MODEL_CARD_FILE, TRAINING_INFO_FILE
+from ..common.outputs import CONFIG_FILE, METRICS_FILE, MODEL_CARD_FILE, TOKENIZER_CONFIG_FILE, TRAINING_INFO_FILE
 from .plots import PLOTS, TASKS_PLOT, task_names
 
 # Corpus names that are bundled with pg-gpt2 rather than Hub datasets.
@@ -199,7 +199,7 @@ def build_model_card(output_dir: str | Path, *, repo_id: str | None = None, **in
         ("Training time (s)", metrics.get("train_runtime")),
         ("Training throughput (tokens/s)", metrics.get("train_tokens_per_second")),
     ]
-    tokenizer_config = _read_json(folder / "tokenizer_config.json")
+    tokenizer_config = _read_json(folder / TOKENIZER_CONFIG_FILE)
     tokenizer_rows = [
         ("Source", f"`{training['tokenizer']}`" if training.get("tokenizer") else None),
         ("Kind", tokenizer_config.get("tokenizer_class")),
