@@ -141,25 +141,15 @@ def read_jsonl(path: str | os.PathLike) -> list[dict[str, Any]]:
 def load_examples(args: EvaluationArguments) -> tuple[list[dict[str, Any]], str]:
     """The examples of `--data_file` (JSONL) or of a Hub dataset, and a name for them."""
     if args.dataset_name:
-        from datasets import load_dataset
+        from ..data.corpus import load_hub_dataset
 
-        from ..data.corpus import _hub_offline, _hub_reachable
-
-        if not Path(args.dataset_name).exists() and not _hub_offline() and not _hub_reachable():
-            raise UserError(
-                f"cannot reach the Hugging Face Hub to load the dataset {args.dataset_name!r}; offline, pass a "
-                "local --data_file, or set HF_HUB_OFFLINE=1 to use a copy already in your cache."
-            )
-        try:
-            dataset = load_dataset(
-                args.dataset_name, args.dataset_config_name, split=args.dataset_split, token=args.token
-            )
-        except (ConnectionError, FileNotFoundError, ValueError) as err:
-            message = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-            raise UserError(
-                f"cannot load the dataset {args.dataset_name!r} (split {args.dataset_split!r}): {message}. "
-                "Offline, pass a local --data_file instead."
-            ) from None
+        dataset = load_hub_dataset(
+            args.dataset_name,
+            args.dataset_config_name,
+            "offline, pass a local --data_file",
+            split=args.dataset_split,
+            token=args.token,
+        )
         name = args.dataset_name.split("/")[-1] + (f"-{args.dataset_config_name}" if args.dataset_config_name else "")
         return [dict(example) for example in dataset], name
     if not args.data_file:

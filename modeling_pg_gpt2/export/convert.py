@@ -58,6 +58,7 @@ from ..common.outputs import (
     check_output_dir,
     staged,
 )
+from ..common.sources import check_pretrained_source, hub_errors
 from ..configuration_pg_gpt2 import PgGPT2Config
 from ..modeling_pg_gpt2 import PgGPT2ForCausalLM
 from .layout import (
@@ -79,58 +80,25 @@ def resolve_checkpoint(
 ) -> Path:
     """The local folder of `src`: the folder itself, or the Hub snapshot of a repo id (config, weights, tokenizer).
 
-    Downloads respect `HF_HUB_OFFLINE` and the Hub cache; when the Hub is unreachable and the snapshot is
-    not cached, raises a `UserError` that says so. `revision`, `cache_dir` and `token` apply to Hub ids.
+    Downloads respect `HF_HUB_OFFLINE` and the Hub cache; a source that is neither a folder nor a Hub
+    repository, or a Hub that cannot provide it, is a one-line `UserError` (`common.sources`). `revision`,
+    `cache_dir` and `token` apply to Hub ids.
     """
     path = Path(src).expanduser()
     if path.is_dir():
         return path
-    if path.exists():
-        raise UserError(f"{src} is a file; pass a checkpoint folder (holding config.json) or a Hub model id")
+    check_pretrained_source(src, "checkpoint", revision, token, cache_dir)
 
-    from huggingface_hub import constants, snapshot_download
-    from huggingface_hub.errors import (
-        GatedRepoError,
-        HfHubHTTPError,
-        HFValidationError,
-        LocalEntryNotFoundError,
-        RepositoryNotFoundError,
-        RevisionNotFoundError,
-    )
-    from huggingface_hub.utils import validate_repo_id
+    from huggingface_hub import snapshot_download
 
     repo_id = str(src)
-    try:
-        validate_repo_id(repo_id)
-    except HFValidationError:
-        raise UserError(f"no such folder: {src}") from None
-    at = f" at revision {revision!r}" if revision else ""
     hub = {"revision": revision, "cache_dir": cache_dir, "token": token}
-    try:
+    with hub_errors(repo_id, revision=revision, not_a_folder=True, instead="pass an existing checkpoint folder"):
         # One weights format only: the safetensors files, else the PyTorch pickles.
         patterns = [*SIDE_FILES, CONFIG_FILE, "model*.safetensors*"]
         folder = Path(snapshot_download(repo_id, allow_patterns=patterns, **hub))
         if _weights_file(folder) is None:
             folder = Path(snapshot_download(repo_id, allow_patterns=["pytorch_model*.bin*"], **hub))
-    except GatedRepoError:
-        raise UserError(
-            f"{repo_id} is a gated repository: accept its conditions on the Hub, then log in with `hf auth login`"
-        ) from None
-    except RepositoryNotFoundError:
-        raise UserError(
-            f"{src!r} is neither a local folder nor a model repository on the Hub (or your token cannot see it)"
-        ) from None
-    except RevisionNotFoundError:
-        raise UserError(f"the Hub repository {repo_id} has no revision {revision!r}") from None
-    except LocalEntryNotFoundError as err:
-        cause = err.__cause__
-        reason = "HF_HUB_OFFLINE is set" if constants.HF_HUB_OFFLINE else first_line(cause or err, named=True)
-        raise UserError(
-            f"{src!r} is not a local folder, and the Hugging Face Hub is unreachable ({reason}) and has no cached "
-            f"copy{at}; download it where the Hub is reachable and pass the local folder"
-        ) from None
-    except HfHubHTTPError as err:
-        raise UserError(f"downloading {repo_id}{at} from the Hub failed: {first_line(err, named=True)}") from None
     return folder
 
 
