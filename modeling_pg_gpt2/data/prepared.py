@@ -43,9 +43,10 @@ from datasets.table import ConcatenationTable
 from transformers import PreTrainedTokenizerBase, TrainingArguments
 
 from ..common.errors import UserError
-from ..common.outputs import LOCK_FILE, check_not_an_input, check_output_dir, output_lock, staged
+from ..common.outputs import LOCK_FILE, TOKENIZER_FILE, check_not_an_input, check_output_dir, output_lock, staged
 from .blocks import DataTrainingArguments, _tokenize
 from .corpus import CorpusArguments, load_corpus
+from .tokenizer import GPT2_CONTEXT, eos_token_id, load_tokenizer
 
 logger = logging.getLogger(__name__)
 
@@ -65,7 +66,7 @@ class PrepareArguments:
         metadata={"help": "The tokenizer: a folder made by train_tokenizer.py or a Hub id. Runs must use the same."}
     )
     block_size: int = field(
-        default=1024,
+        default=GPT2_CONTEXT,
         metadata={"help": "Tokens per training sequence; runs on this folder use it (at most their n_positions)."},
     )
     overwrite_output_dir: bool = field(
@@ -104,7 +105,7 @@ def tokenizer_fingerprint(tokenizer: PreTrainedTokenizerBase) -> str:
     """
     backend = getattr(tokenizer, "backend_tokenizer", None)
     if backend is None:
-        raise UserError(f"{type(tokenizer).__name__} is not a fast tokenizer; prepared data needs a tokenizer.json")
+        raise UserError(f"{type(tokenizer).__name__} is not a fast tokenizer; prepared data needs a {TOKENIZER_FILE}")
     state = json.loads(backend.to_str())
     state.pop("padding", None)
     state.pop("truncation", None)
@@ -225,11 +226,8 @@ def prepare_corpus(corpus_args: CorpusArguments, args: PrepareArguments) -> Prep
 
 
 def _prepare(corpus_args: CorpusArguments, args: PrepareArguments, output_dir: Path) -> PreparedInfo:
-    from .tokenizer import load_tokenizer
-
     tokenizer = load_tokenizer(args.tokenizer_name)
-    if tokenizer.eos_token_id is None:
-        raise UserError(f"tokenizer {args.tokenizer_name!r} has no end-of-text token; use one from train_tokenizer.py")
+    eos_token_id(tokenizer, args.tokenizer_name)
     fingerprint = tokenizer_fingerprint(tokenizer)  # before any encoding
     raw = load_corpus(corpus_args)
     num_proc = corpus_args.preprocessing_num_workers

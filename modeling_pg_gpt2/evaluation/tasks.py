@@ -23,6 +23,7 @@ import torch
 from transformers import TrainerCallback
 
 from ..common.errors import UserError
+from ..data.tokenizer import pad_token_id, start_token_id
 from ..generation.sampling import context_length
 from ..reports.plots import NORM_SUFFIX
 from .zero_shot import EvaluationArguments, load_examples, multiple_choice_examples, score_multiple_choice
@@ -100,7 +101,7 @@ class EvalTasksCallback(TrainerCallback):
 
     def sample(self, model: torch.nn.Module, tokenizer) -> str:
         """A text sampled from <|endoftext|> with `self.seed`, leaving the global random state untouched."""
-        start = tokenizer.bos_token_id if tokenizer.bos_token_id is not None else tokenizer.eos_token_id
+        start = start_token_id(tokenizer)
         device = next(model.parameters()).device
         max_new_tokens = min(self.sample_tokens, (context_length(model.config) or 1024) - 1)
         input_ids = torch.tensor([[start]], device=device)
@@ -112,7 +113,7 @@ class EvalTasksCallback(TrainerCallback):
                 attention_mask=torch.ones_like(input_ids),
                 max_new_tokens=max_new_tokens,
                 do_sample=True,
-                pad_token_id=start,
+                pad_token_id=pad_token_id(tokenizer),
             )
         return tokenizer.decode(output[0, 1:], skip_special_tokens=True)
 

@@ -39,6 +39,7 @@ from typing import Any, Literal, TextIO
 import torch
 
 from ..common.errors import UserError
+from ..data.tokenizer import pad_token_id, start_token_id
 from ..generation.sampling import context_length, load_for_generation
 from .scoring import encode_pair, pair_request, rolling_requests, score_requests
 
@@ -211,13 +212,6 @@ def multiple_choice_examples(
 # Tasks
 
 
-def _start_id(tokenizer) -> int:
-    start = tokenizer.bos_token_id if tokenizer.bos_token_id is not None else tokenizer.eos_token_id
-    if start is None:
-        raise UserError("the tokenizer has neither a bos nor an eos token to start the text with.")
-    return start
-
-
 def evaluate_perplexity(
     model, tokenizer, text: str, max_length: int, stride: int, batch_size: int
 ) -> tuple[dict[str, float], int]:
@@ -226,8 +220,8 @@ def evaluate_perplexity(
     if not text.strip():
         raise UserError("the text to evaluate is empty.")
     token_ids = torch.tensor(tokenizer(text, add_special_tokens=False)["input_ids"], dtype=torch.long)
-    requests = rolling_requests(token_ids, _start_id(tokenizer), max_length, stride)
-    scores = score_requests(model, requests, batch_size, _pad_id(tokenizer), desc="perplexity")
+    requests = rolling_requests(token_ids, start_token_id(tokenizer), max_length, stride)
+    scores = score_requests(model, requests, batch_size, pad_token_id(tokenizer), desc="perplexity")
     loss = -math.fsum(scores.logprobs)  # nats, over all tokens
     words, n_bytes = len(text.split()), len(text.encode("utf-8"))
     metrics = {
@@ -253,8 +247,10 @@ def evaluate_lambada(
         if not isinstance(passage, str) or " " not in passage.strip():
             raise UserError(f"example {number}: a passage must be a text of two or more words.")
         context, word = passage.strip().rsplit(" ", 1)  # lambada_openai's split of the target word
-        requests.append(pair_request(*encode_pair(tokenizer, context, " " + word, _start_id(tokenizer)), max_length))
-    scores = score_requests(model, requests, batch_size, _pad_id(tokenizer), desc="lambada")
+        requests.append(
+            pair_request(*encode_pair(tokenizer, context, " " + word, start_token_id(tokenizer)), max_length)
+        )
+    scores = score_requests(model, requests, batch_size, pad_token_id(tokenizer), desc="lambada")
     metrics = {
         "accuracy": sum(scores.greedy) / len(requests),
         "perplexity": math.exp(-math.fsum(scores.logprobs) / len(requests)),
@@ -274,13 +270,13 @@ def score_multiple_choice(
 ) -> tuple[dict[str, float], int]:
     """Accuracy of picking the candidate of highest log-likelihood: raw (`accuracy`) and per character
     (`accuracy_norm`), over `(context, candidates, answer index)` examples; and the tokens the model read."""
-    start_id = _start_id(tokenizer)
+    start_id = start_token_id(tokenizer)
     requests = [
         pair_request(*encode_pair(tokenizer, context, delimiter + choice, start_id), max_length)
         for context, choices, _ in examples
         for choice in choices
     ]
-    scored = score_requests(model, requests, batch_size, _pad_id(tokenizer), desc=desc)
+    scored = score_requests(model, requests, batch_size, pad_token_id(tokenizer), desc=desc)
     correct = correct_norm = 0
     offset = 0
     for _, choices, answer in examples:
@@ -295,12 +291,6 @@ def score_multiple_choice(
         "examples": len(examples),
     }
     return metrics, scored.input_tokens
-
-
-def _pad_id(tokenizer) -> int:
-    # Pads only follow the scored tokens (right padding), so any id does; <|endoftext|> is always in range.
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-    return 0 if pad is None else pad
 
 
 # --------------------------------------------------------------------------------------------------

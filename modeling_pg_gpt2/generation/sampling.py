@@ -26,7 +26,7 @@ from transformers.utils import logging as hf_logging
 
 from ..common.errors import UserError, few, first_line
 from ..common.sources import check_pretrained_source
-from ..data.tokenizer import load_tokenizer
+from ..data.tokenizer import load_tokenizer, pad_token_id, start_token_id
 
 logger = logging.getLogger(__name__)
 
@@ -199,10 +199,9 @@ def generate_text(
     else:
         tokenizer, model = load_for_generation(model_name_or_path, args)
     context = context_length(model.config)
-    start_id = tokenizer.bos_token_id if tokenizer.bos_token_id is not None else tokenizer.eos_token_id
     encoded = []
     for prompt in prompts:
-        ids = tokenizer(prompt, add_special_tokens=False)["input_ids"] if prompt else [start_id]
+        ids = tokenizer(prompt, add_special_tokens=False)["input_ids"] if prompt else [start_token_id(tokenizer)]
         if context is not None and len(ids) >= context:
             raise UserError(
                 f"the prompt {_preview(prompt)} is {len(ids)} tokens long, but the model's context is {context} "
@@ -238,7 +237,7 @@ def generate_text(
                 **(sampling if args.do_sample else {}),
                 repetition_penalty=args.repetition_penalty,
                 num_return_sequences=args.num_return_sequences,
-                pad_token_id=tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id,
+                pad_token_id=pad_token_id(tokenizer),
                 streamer=streamer,
             )
         texts = tokenizer.batch_decode(output, skip_special_tokens=True)

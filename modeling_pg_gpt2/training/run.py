@@ -60,6 +60,7 @@ from ..data.blocks import DataTrainingArguments, check_streaming_arguments, prep
 from ..data.collators import DocumentMaskingCollator
 from ..data.corpus import CorpusArguments
 from ..data.prepared import load_prepared, read_prepared_info
+from ..data.tokenizer import GPT2_CONTEXT
 from ..evaluation.metrics import ComputeLMMetrics, final_eval_metrics, preprocess_logits_for_metrics
 from ..evaluation.tasks import EvalTasksCallback
 from .arguments import CLMTrainingArguments
@@ -79,7 +80,7 @@ from .model_init import (
     build_model,
     count_parameters,
     hide_tied_weight_warning,
-    load_tokenizer,
+    run_tokenizer,
     set_generation_defaults,
 )
 from .optim import MUON, MuonAdamW, muon_adamw_kwargs
@@ -136,7 +137,7 @@ def _train(
         logger.info("--auto_bf16: training in %s on %s.", precision, training_args.device.type)
 
     set_seed(training_args.seed)  # before the model exists: Trainer seeds only after
-    tokenizer = load_tokenizer(model_args)
+    tokenizer = run_tokenizer(model_args)
     model, source = build_model(model_args, tokenizer)
     set_generation_defaults(model, tokenizer)
     if model.config.tie_word_embeddings:
@@ -230,7 +231,7 @@ def evaluate_only(
     source = model_args.model_name_or_path or _trained_model_in(Path(training_args.output_dir))
     # A recipe's from-scratch fields describe the model the run built, not one to build now.
     model_args = dataclasses.replace(model_args, model_name_or_path=source, config_name=None, config_overrides=None)
-    tokenizer = load_tokenizer(model_args)
+    tokenizer = run_tokenizer(model_args)
     model, source = build_model(model_args, tokenizer)
     datasets, corpus_args, block_size = _training_data(
         corpus_args, data_args, training_args, tokenizer, model.config.n_positions
@@ -288,7 +289,7 @@ def _training_data(
             )
         prepared = read_prepared_info(data_args.prepared_data)
         corpus_args = dataclasses.replace(corpus_args, **prepared.corpus)  # recorded in training_info.json
-    block_size = data_args.block_size or (prepared.block_size if prepared else min(n_positions, 1024))
+    block_size = data_args.block_size or (prepared.block_size if prepared else min(n_positions, GPT2_CONTEXT))
     if block_size > n_positions:
         raise UserError(
             f"--block_size {block_size} is larger than the model's context n_positions={n_positions}; "
