@@ -24,8 +24,8 @@ from transformers import TrainerCallback
 
 from ..common.errors import UserError
 from ..data.tokenizer import pad_token_id, start_token_id
-from ..generation.sampling import context_length
 from ..reports.plots import NORM_SUFFIX
+from .scoring import scoring_window
 from .zero_shot import EvaluationArguments, load_examples, multiple_choice_examples, score_multiple_choice
 
 logger = logging.getLogger(__name__)
@@ -70,10 +70,10 @@ class EvalTasksCallback(TrainerCallback):
         model.eval()
         figures = {}
         try:
-            context = context_length(model.config) or 1024
+            window = scoring_window(model.config)
             for name, examples in self.tasks.items():  # on every process: best-model selection reads them
                 metrics, _ = score_multiple_choice(
-                    model, processing_class, examples, context, args.per_device_eval_batch_size, desc=None
+                    model, processing_class, examples, window, args.per_device_eval_batch_size, desc=None
                 )
                 figures[f"eval_{name}_accuracy"] = metrics["accuracy"]
                 figures[f"eval_{name}{NORM_SUFFIX}"] = metrics["accuracy_norm"]
@@ -103,7 +103,7 @@ class EvalTasksCallback(TrainerCallback):
         """A text sampled from <|endoftext|> with `self.seed`, leaving the global random state untouched."""
         start = start_token_id(tokenizer)
         device = next(model.parameters()).device
-        max_new_tokens = min(self.sample_tokens, (context_length(model.config) or 1024) - 1)
+        max_new_tokens = min(self.sample_tokens, scoring_window(model.config) - 1)
         input_ids = torch.tensor([[start]], device=device)
         devices = [] if device.type == "cpu" else [device]
         with torch.random.fork_rng(devices=devices, device_type=device.type), torch.inference_mode():

@@ -40,8 +40,8 @@ import torch
 
 from ..common.errors import UserError
 from ..data.tokenizer import pad_token_id, start_token_id
-from ..generation.sampling import context_length, load_for_generation
-from .scoring import encode_pair, pair_request, rolling_requests, score_requests
+from ..generation.loader import load_model
+from .scoring import encode_pair, pair_request, rolling_requests, score_requests, scoring_window
 
 TASKS = ("perplexity", "lambada", "multiple_choice")
 
@@ -335,10 +335,15 @@ def evaluate_model(
         if args.task == "multiple_choice":
             examples = multiple_choice_examples(examples, args)
 
-    tokenizer, model = load_for_generation(model_name_or_path, args)
-    model.to(getattr(torch, args.dtype))
-    context = context_length(model.config) or 1024
-    max_length = min(args.max_length or context, context)
+    tokenizer, model = load_model(
+        model_name_or_path,
+        device=args.device,
+        dtype=getattr(torch, args.dtype),
+        revision=args.revision,
+        token=args.token,
+        trust_remote_code=args.trust_remote_code,
+    )
+    max_length = scoring_window(model.config, args.max_length)
     if max_length < 2:
         raise UserError(f"--max_length must be at least 2, got {max_length}.")
 

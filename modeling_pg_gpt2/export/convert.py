@@ -45,6 +45,7 @@ from transformers import (
     GPT2LMHeadModel,
     PreTrainedConfig,
     PreTrainedModel,
+    PreTrainedTokenizerBase,
 )
 from transformers.utils import logging as hf_logging
 
@@ -272,12 +273,16 @@ def convert_pg_checkpoint(
 # -- writing checkpoints -------------------------------------------------------------------------------------
 
 
-def _check_tokenizer(folder: Path) -> None:
-    """A checkpoint's tokenizer files travel with it: refuse them unless they make a working tokenizer."""
-    if any((folder / name).is_file() for name in TOKENIZER_FILES):
-        from ..data.tokenizer import load_tokenizer
+def checkpoint_tokenizer(folder: Path) -> PreTrainedTokenizerBase | None:
+    """The tokenizer of checkpoint `folder`, which travels with it, or `None` when it has no tokenizer files.
 
-        load_tokenizer(folder)
+    Files that do not make a working tokenizer are refused (`data.tokenizer.load_tokenizer`).
+    """
+    if not any((folder / name).is_file() for name in TOKENIZER_FILES):
+        return None
+    from ..data.tokenizer import load_tokenizer
+
+    return load_tokenizer(folder)
 
 
 def _convert(
@@ -298,7 +303,7 @@ def _convert(
     check_output_dir(dst, flag="DST", overwrite_flag=None if overwrite else "--overwrite")
     folder = resolve_checkpoint(src, revision, cache_dir, token)
     check_not_an_input(dst, "DST", {"the source checkpoint": folder}, inside=True)
-    _check_tokenizer(folder)
+    checkpoint_tokenizer(folder)
     model = load(folder)
     with staged(dst, "folder") as staging:
         try:
@@ -349,6 +354,7 @@ def convert_pg_to_gpt2(
 
 
 __all__ = [
+    "checkpoint_tokenizer",
     "convert_gpt2_checkpoint",
     "convert_gpt2_to_pg",
     "convert_pg_checkpoint",

@@ -1,7 +1,9 @@
 """What the ONNX and GGUF exports share: reading the source checkpoint and writing DST all at once.
 
 Both exports take a pg_gpt2 checkpoint (a `run_clm.py` output folder, a Hub id) or a transformers GPT-2
-one (converted on the fly, see `convert.py`) and refuse anything else in one line. Their output appears
+one (converted on the fly, see `convert.py`) and refuse anything else in one line, including what the
+loader of a model for use refuses (`generation.loader.check_model`: NaN weights, a tokenizer larger than
+the vocabulary): an export is a model for use elsewhere. Their output appears
 under its final name only once complete, so an interrupted or failed export never leaves a half-written
 DST behind (nor destroys the one it was asked to replace before the new one is ready).
 """
@@ -14,8 +16,9 @@ from pathlib import Path
 
 from ..common.errors import UserError
 from ..common.outputs import SIDE_FILES, check_not_an_input
+from ..generation.loader import check_model
 from ..modeling_pg_gpt2 import PgGPT2ForCausalLM
-from .convert import convert_gpt2_checkpoint, convert_pg_checkpoint, resolve_checkpoint
+from .convert import checkpoint_tokenizer, convert_gpt2_checkpoint, convert_pg_checkpoint, resolve_checkpoint
 from .layout import gpt2_config_to_pg, gpt2_state_dict_to_pg
 
 # The checkpoints the exports read: pg_gpt2's own, and transformers' GPT-2 (same function, other layout).
@@ -44,10 +47,12 @@ def load_source(src: str | Path, what: str, revision: str | None = None) -> tupl
     """(the model of `src` as a `PgGPT2ForCausalLM` in eval mode and fp32, the local checkpoint folder).
 
     `src` is a pg_gpt2 or a GPT-2 checkpoint, a folder or a Hub id; `what` names the export in errors.
-    Both kinds go through the converter's checks (config and weights belong together), so a broken
-    checkpoint is a `UserError` here rather than a failure halfway through the export.
+    Both kinds go through the converter's checks (config and weights belong together) and the loader's
+    (`generation.loader.check_model`), so a broken checkpoint is a `UserError` here rather than a failure
+    halfway through the export or in the runtime that reads it.
     """
     folder = resolve_checkpoint(src, revision)
+    tokenizer = checkpoint_tokenizer(folder)
     if source_model_type(folder, what) == "gpt2":
         model = convert_gpt2_checkpoint(folder)
     else:
@@ -57,6 +62,7 @@ def load_source(src: str | Path, what: str, revision: str | None = None) -> tupl
         config = gpt2_config_to_pg(gpt2.config)
         model = PgGPT2ForCausalLM(config)
         model.load_state_dict(gpt2_state_dict_to_pg(gpt2.state_dict(), config), strict=True)
+    check_model(model, tokenizer, str(src))
     return model.float().eval(), folder
 
 
