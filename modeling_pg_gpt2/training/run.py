@@ -155,8 +155,8 @@ def _train(
                 "The run in %s is complete (step %d, ended by %s): nothing to do. Pass a larger --max_steps to "
                 "train it further, or --overwrite_output_dir to start over.",
                 output_dir,
-                info.get("global_step", 0),
-                info["finished"],
+                info.global_step or 0,
+                info.finished,
             )
             return json.loads((output_dir / METRICS_FILE).read_text(encoding="utf-8"))
     if resume_from is not None:
@@ -206,8 +206,8 @@ def _train(
         if not all(bool(torch.isfinite(p).all()) for p in trainer.model.parameters()):
             raise CommandError(divergence_message("the weights are not finite", training_args, output_dir))
 
-        info = training_info(model_args, corpus_args, data_args, trainer, source, block_size, datasets)
-        info["finished"] = finish_reason(trainer, time_limit)
+        finished = finish_reason(trainer, time_limit)
+        info = training_info(model_args, corpus_args, data_args, trainer, source, block_size, datasets, finished)
         write_run_outputs(trainer, metrics, info)
     trainer.accelerator.wait_for_everyone()
     trainer.end()
