@@ -20,8 +20,9 @@ import tempfile
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from pathlib import Path
+from typing import Any
 
-from .errors import UserError, few
+from .errors import UserError, few, first_line
 
 logger = logging.getLogger(__name__)
 
@@ -65,6 +66,21 @@ REPORT_PATTERNS = (METRICS_FILE, "*.png", MODEL_CARD_FILE)
 
 # Held (flock) by the run writing to the folder; records its pid and host for whoever finds it taken.
 LOCK_FILE = ".run.lock"
+
+
+def read_config(folder: str | os.PathLike) -> dict[str, Any]:
+    """The `config.json` of model folder `folder` as it is written; a `UserError` if it has none or it is no JSON
+    object."""
+    path = Path(folder) / CONFIG_FILE
+    try:
+        config = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise UserError(f"{folder} has no {CONFIG_FILE}: it is not a saved transformers model") from None
+    except (OSError, ValueError) as err:
+        raise UserError(f"cannot read {path}: {first_line(err)}") from None
+    if not isinstance(config, dict):
+        raise UserError(f"{path} holds no JSON object, so it is no model config")
+    return config
 
 
 @contextlib.contextmanager
@@ -229,5 +245,6 @@ __all__ = [
     "WEIGHTS_FILES",
     "WEIGHT_PATTERNS",
     "output_lock",
+    "read_config",
     "staged",
 ]

@@ -57,6 +57,7 @@ from ..common.outputs import (
     WEIGHTS_FILES,
     check_not_an_input,
     check_output_dir,
+    read_config,
     staged,
 )
 from ..common.sources import check_pretrained_source, hub_errors
@@ -152,14 +153,8 @@ def read_state_dict(folder: str | Path) -> dict[str, torch.Tensor]:
 
 def _load_config(folder: Path, model_type: str, config_class: type[PreTrainedConfig]) -> PreTrainedConfig:
     """config.json of `folder` as `config_class`, after checking it describes a `model_type` model."""
-    path = folder / CONFIG_FILE
-    if not path.is_file():
-        raise UserError(f"{folder} has no config.json: it is not a transformers checkpoint")
-    try:
-        raw = json.loads(path.read_text())
-    except ValueError as err:
-        raise UserError(f"{path} is not valid JSON: {err}") from None
-    found = raw.get("model_type") if isinstance(raw, dict) else None
+    raw = read_config(folder)
+    found = raw.get("model_type")
     if found != model_type:
         hint = ""
         if found == "pg_gpt2":
@@ -170,7 +165,7 @@ def _load_config(folder: Path, model_type: str, config_class: type[PreTrainedCon
     try:
         return config_class.from_dict(raw)
     except (ValueError, TypeError) as err:
-        raise UserError(f"{path} is not a valid {model_type} config: {first_line(err)}") from None
+        raise UserError(f"{folder / CONFIG_FILE} is not a valid {model_type} config: {first_line(err)}") from None
 
 
 def _build(
@@ -359,10 +354,6 @@ __all__ = [
     "convert_gpt2_to_pg",
     "convert_pg_checkpoint",
     "convert_pg_to_gpt2",
-    "gpt2_config_to_pg",
-    "gpt2_state_dict_to_pg",
-    "pg_config_to_gpt2",
-    "pg_state_dict_to_gpt2",
     "read_state_dict",
     "resolve_checkpoint",
 ]

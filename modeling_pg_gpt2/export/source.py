@@ -10,12 +10,11 @@ DST behind (nor destroys the one it was asked to replace before the new one is r
 
 from __future__ import annotations
 
-import json
 import shutil
 from pathlib import Path
 
 from ..common.errors import UserError
-from ..common.outputs import SIDE_FILES, check_not_an_input
+from ..common.outputs import SIDE_FILES, check_not_an_input, read_config
 from ..generation.loader import check_model
 from ..modeling_pg_gpt2 import PgGPT2ForCausalLM
 from .convert import checkpoint_tokenizer, convert_gpt2_checkpoint, convert_pg_checkpoint, resolve_checkpoint
@@ -27,14 +26,7 @@ SOURCE_TYPES = ("pg_gpt2", "gpt2")
 
 def source_model_type(folder: Path, what: str) -> str:
     """The `model_type` of checkpoint `folder`; a `UserError` unless it is one of `SOURCE_TYPES`."""
-    path = folder / "config.json"
-    try:
-        raw = json.loads(path.read_text())
-    except FileNotFoundError:
-        raise UserError(f"{folder} has no config.json: it is not a transformers checkpoint") from None
-    except (OSError, ValueError) as err:
-        raise UserError(f"cannot read {path}: {err}") from None
-    found = raw.get("model_type") if isinstance(raw, dict) else None
+    found = read_config(folder).get("model_type")
     if found not in SOURCE_TYPES:
         raise UserError(
             f"{folder} holds a {found!r} model; {what} exports pg_gpt2 checkpoints (run_clm.py outputs) "

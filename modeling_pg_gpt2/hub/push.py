@@ -33,12 +33,12 @@ from typing import Any
 
 from ..common.errors import UserError, first_line
 from ..common.outputs import (
-    CONFIG_FILE,
     MODEL_CARD_FILE,
     MODEL_FILES,
     REPORT_PATTERNS,
     TOKENIZER_FILES,
     WEIGHT_PATTERNS,
+    read_config,
 )
 from ..common.sources import hub_errors
 from ..reports.model_card import check_model_card, gpt2_model_card, prepare_model_card
@@ -135,17 +135,6 @@ def remote_code_files(config: dict[str, Any], folder: Path | None = None) -> lis
     return sorted(files)
 
 
-def read_config_json(folder: Path) -> dict[str, Any]:
-    """The raw `config.json` of a model folder, as a dict (a missing or broken file is a `UserError`)."""
-    path = folder / CONFIG_FILE
-    if not path.is_file():
-        raise UserError(f"{folder} has no config.json: pass the --output_dir of run_clm.py (a saved model folder)")
-    try:
-        return json.loads(path.read_text())
-    except json.JSONDecodeError as err:
-        raise UserError(f"{path} is not valid JSON ({err})") from None
-
-
 def plan_upload(folder: Path, include: list[str] | tuple[str, ...] = (), remote_code: bool = True) -> UploadPlan:
     """Choose the files to upload from a saved model folder, or explain with a `UserError` what is missing.
 
@@ -155,7 +144,7 @@ def plan_upload(folder: Path, include: list[str] | tuple[str, ...] = (), remote_
     """
     from ..data.tokenizer import check_tokenizer_files
 
-    config = read_config_json(folder)
+    config = read_config(folder)
     top_level = {p.name for p in folder.iterdir() if p.is_file()}
     chosen = {name for name in top_level if any(fnmatch.fnmatch(name, p) for p in WEIGHT_PATTERNS)}
     if not any(name.endswith(".safetensors") for name in chosen):
