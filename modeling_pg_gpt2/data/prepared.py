@@ -44,7 +44,7 @@ from transformers import PreTrainedTokenizerBase, TrainingArguments
 
 from ..common.errors import UserError
 from ..common.outputs import LOCK_FILE, TOKENIZER_FILE, check_not_an_input, check_output_dir, output_lock, staged
-from .blocks import DataTrainingArguments, _tokenize
+from .blocks import DataTrainingArguments, _tokenize, first_blocks, sample_limits
 from .corpus import CorpusArguments, load_corpus
 from .tokenizer import GPT2_CONTEXT, eos_token_id, load_tokenizer
 
@@ -337,10 +337,8 @@ def load_prepared(
             "or pass --do_eval false"
         )
     packed = DatasetDict({split: _open_blocks(folder, files, info.token_dtype) for split, files in info.files.items()})
-    limits = {"train": data_args.max_train_samples, "validation": data_args.max_eval_samples}
-    for split, limit in limits.items():
-        if limit is not None and len(packed[split]) > limit:
-            packed[split] = packed[split].select(range(limit))
+    for split, limit in sample_limits(data_args).items():
+        packed[split] = first_blocks(packed[split], limit)
     return DatasetDict({split: dataset.with_transform(_with_labels) for split, dataset in packed.items()})
 
 
