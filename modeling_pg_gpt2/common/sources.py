@@ -15,6 +15,7 @@ import os
 import threading
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 from .errors import UserError, first_line
 from .outputs import CONFIG_FILE, TOKENIZER_CONFIG_FILE, TOKENIZER_FILE
@@ -72,22 +73,15 @@ def check_pretrained_source(
 
 
 @contextlib.contextmanager
-def hub_errors(
-    repo_id: str,
-    *,
-    revision: str | None = None,
-    not_a_folder: bool = False,
-    instead: str | None = None,
-    writing: bool = False,
-) -> Iterator[None]:
-    """Turn what reaching the Hub for `repo_id` raises into one `UserError` line (see [`hub_error`]).
+def hub_errors(repo_id: str, **options: Any) -> Iterator[None]:
+    """Turn what reaching the Hub for `repo_id` raises into one `UserError` line: [`hub_error`], with its `options`.
 
     Anything that is not about the Hub is raised as it is.
     """
     try:
         yield
     except Exception as err:
-        error = hub_error(err, repo_id, revision=revision, not_a_folder=not_a_folder, instead=instead, writing=writing)
+        error = hub_error(err, repo_id, **options)
         if error is None:
             raise
         raise error from None

@@ -40,15 +40,16 @@ import torch
 
 from ..common.errors import UserError
 from ..data.tokenizer import pad_token_id, start_token_id
-from ..generation.loader import load_model
+from ..generation.loader import LoadArguments
 from .scoring import encode_pair, pair_request, rolling_requests, score_requests, scoring_window
 
 TASKS = ("perplexity", "lambada", "multiple_choice")
 
 
 @dataclass
-class EvaluationArguments:
-    """What to evaluate on and how. The model is the positional argument of evaluate_lm.py."""
+class EvaluationArguments(LoadArguments):
+    """What to evaluate on and how (and where the model comes from and runs). The model is the positional
+    argument of evaluate_lm.py."""
 
     task: Literal["perplexity", "lambada", "multiple_choice"] = field(
         metadata={"help": "perplexity of a text, lambada (last word of passages) or multiple_choice."}
@@ -96,16 +97,9 @@ class EvaluationArguments:
         default=None,
         metadata={"help": "JSON file for the results (default: eval_results/<model>/<task>-<data>.json)."},
     )
-    device: str | None = field(default=None, metadata={"help": "cuda, mps or cpu (default: the best available)."})
     dtype: Literal["float32", "bfloat16", "float16"] = field(
         default="float32", metadata={"help": "Precision of the weights (bfloat16 or float16 on a GPU: faster)."}
     )
-    trust_remote_code: bool = field(
-        default=False,
-        metadata={"help": "Run the model code of a Hub repository (pg_gpt2 models need no flag: the code is here)."},
-    )
-    revision: str = field(default="main", metadata={"help": "Branch, tag or commit of a Hub model."})
-    token: str | None = field(default=None, metadata={"help": "Hub token for private models or datasets."})
 
 
 # --------------------------------------------------------------------------------------------------
@@ -335,14 +329,7 @@ def evaluate_model(
         if args.task == "multiple_choice":
             examples = multiple_choice_examples(examples, args)
 
-    tokenizer, model = load_model(
-        model_name_or_path,
-        device=args.device,
-        dtype=getattr(torch, args.dtype),
-        revision=args.revision,
-        token=args.token,
-        trust_remote_code=args.trust_remote_code,
-    )
+    tokenizer, model = args.load(model_name_or_path, dtype=getattr(torch, args.dtype))
     max_length = scoring_window(model.config, args.max_length)
     if max_length < 2:
         raise UserError(f"--max_length must be at least 2, got {max_length}.")

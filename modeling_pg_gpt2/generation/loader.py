@@ -18,6 +18,7 @@ weights, a device this machine does not have.
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -31,6 +32,31 @@ from ..data.tokenizer import load_tokenizer
 from .onnx import ONNX_FILE
 
 BACKENDS = ("torch", "onnxruntime")
+
+
+@dataclass(kw_only=True)
+class LoadArguments:
+    """Where a model comes from and where it runs: the options of every command that loads one for use
+    (generate.py, evaluate_lm.py), whose arguments extend this class."""
+
+    device: str | None = field(default=None, metadata={"help": "cuda, mps or cpu (default: the best available)."})
+    trust_remote_code: bool = field(
+        default=False,
+        metadata={"help": "Run the model code of a Hub repository (pg_gpt2 models need no flag: the code is here)."},
+    )
+    revision: str = field(default="main", metadata={"help": "Branch, tag or commit of a Hub model."})
+    token: str | None = field(default=None, metadata={"help": "Hub token for private models (and datasets)."})
+
+    def load(self, name_or_path: str | os.PathLike, **options):
+        """[`load_model`] of `name_or_path` with these arguments; `options`: its others (`backend`, `dtype`)."""
+        return load_model(
+            name_or_path,
+            device=self.device,
+            revision=self.revision,
+            token=self.token,
+            trust_remote_code=self.trust_remote_code,
+            **options,
+        )
 
 
 def load_model(
@@ -157,6 +183,7 @@ def context_length(config) -> int | None:
 
 __all__ = [
     "BACKENDS",
+    "LoadArguments",
     "check_finite_weights",
     "check_model",
     "check_vocabulary",

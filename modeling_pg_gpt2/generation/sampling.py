@@ -25,14 +25,15 @@ from transformers import TextStreamer, set_seed
 
 from ..common.errors import UserError
 from ..data.tokenizer import pad_token_id, start_token_id
-from .loader import BACKENDS, context_length, load_model, resolve_device
+from .loader import BACKENDS, LoadArguments, context_length, resolve_device
 
 logger = logging.getLogger(__name__)
 
 
 @dataclass
-class GenerationArguments:
-    """How to sample. The model and the prompts are the positional arguments of generate.py."""
+class GenerationArguments(LoadArguments):
+    """How to sample (and where the model comes from and runs). The model and the prompts are the positional
+    arguments of generate.py."""
 
     prompts_file: str | None = field(
         default=None,
@@ -49,7 +50,6 @@ class GenerationArguments:
     repetition_penalty: float = field(default=1.0, metadata={"help": "Penalty > 1 discourages repeating tokens."})
     num_return_sequences: int = field(default=1, metadata={"help": "Samples per prompt (streamed only when 1)."})
     seed: int | None = field(default=None, metadata={"help": "Random seed, for reproducible samples."})
-    device: str | None = field(default=None, metadata={"help": "cuda, mps or cpu (default: the best available)."})
     backend: str = field(
         default="torch",
         metadata={
@@ -58,12 +58,6 @@ class GenerationArguments:
             "choices": list(BACKENDS),
         },
     )
-    trust_remote_code: bool = field(
-        default=False,
-        metadata={"help": "Run the model code of a Hub repository (pg_gpt2 models need no flag: the code is here)."},
-    )
-    revision: str = field(default="main", metadata={"help": "Branch, tag or commit of a Hub model."})
-    token: str | None = field(default=None, metadata={"help": "Hub token for private models."})
 
 
 def read_prompts(prompts: Sequence[str], prompts_file: str | None) -> list[str]:
@@ -122,14 +116,7 @@ def generate_text(
     """
     stream = sys.stdout if stream is None else stream
     check_generation_arguments(args)
-    tokenizer, model = load_model(
-        model_name_or_path,
-        backend=args.backend,
-        device=args.device,
-        revision=args.revision,
-        token=args.token,
-        trust_remote_code=args.trust_remote_code,
-    )
+    tokenizer, model = args.load(model_name_or_path, backend=args.backend)
     context = context_length(model.config)
     encoded = []
     for prompt in prompts:
