@@ -20,6 +20,7 @@ from transformers import (
 
 from ..common.errors import UserError
 from .corpus import CorpusArguments, load_corpus, stream_corpus
+from .tokenizer import GPT2_CONTEXT
 
 
 @dataclass
@@ -30,7 +31,7 @@ class DataTrainingArguments:
         default=None,
         metadata={
             "help": "Tokens per training sequence; documents are packed into blocks of this size. "
-            "Default: the model's context (n_positions), at most 1024."
+            f"Default: the model's context (n_positions), at most {GPT2_CONTEXT}."
         },
     )
     max_train_samples: int | None = field(
@@ -68,6 +69,11 @@ class DataTrainingArguments:
 
 # Module-level functions bound with functools.partial: `datasets` pickles them by reference for its worker
 # processes. Closures defined in this module were pickled by value and gained nothing from a second worker.
+def default_block_size(n_positions: int) -> int:
+    """`--block_size` when none is given: the model's context, at most GPT-2's (as transformers' run_clm.py)."""
+    return min(n_positions, GPT2_CONTEXT)
+
+
 def _tokenize(batch: dict[str, list[str]], tokenizer: PreTrainedTokenizerBase, eos_token_id: int) -> dict:
     encoded = tokenizer(batch["text"], add_special_tokens=False, verbose=False)["input_ids"]
     return {"input_ids": [ids + [eos_token_id] for ids in encoded]}
@@ -231,6 +237,7 @@ def _not_held_out(texts: list[str], held_out: frozenset[bytes]) -> list[bool]:
 __all__ = [
     "DataTrainingArguments",
     "check_streaming_arguments",
+    "default_block_size",
     "first_blocks",
     "prepare_datasets",
     "sample_limits",

@@ -56,11 +56,16 @@ from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
 from ..common.errors import CommandError, Interrupted, UserError
 from ..common.outputs import METRICS_FILE, check_not_an_input, check_output_dir, output_lock
-from ..data.blocks import DataTrainingArguments, check_streaming_arguments, prepare_datasets, streaming_datasets
+from ..data.blocks import (
+    DataTrainingArguments,
+    check_streaming_arguments,
+    default_block_size,
+    prepare_datasets,
+    streaming_datasets,
+)
 from ..data.collators import DocumentMaskingCollator
 from ..data.corpus import CorpusArguments
 from ..data.prepared import load_prepared, read_prepared_info
-from ..data.tokenizer import GPT2_CONTEXT
 from ..evaluation.metrics import ComputeLMMetrics, final_eval_metrics, preprocess_logits_for_metrics
 from ..evaluation.tasks import EvalTasksCallback
 from .arguments import CLMTrainingArguments
@@ -289,7 +294,7 @@ def _training_data(
             )
         prepared = read_prepared_info(data_args.prepared_data)
         corpus_args = dataclasses.replace(corpus_args, **prepared.corpus)  # recorded in training_info.json
-    block_size = data_args.block_size or (prepared.block_size if prepared else min(n_positions, GPT2_CONTEXT))
+    block_size = data_args.block_size or (prepared.block_size if prepared else default_block_size(n_positions))
     if block_size > n_positions:
         raise UserError(
             f"--block_size {block_size} is larger than the model's context n_positions={n_positions}; "

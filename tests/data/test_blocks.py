@@ -6,7 +6,13 @@ from datasets import Dataset
 from hypothesis import given
 from hypothesis import strategies as st
 
-from modeling_pg_gpt2.data.blocks import DataTrainingArguments, _group_texts, first_blocks, sample_limits
+from modeling_pg_gpt2.data.blocks import (
+    DataTrainingArguments,
+    _group_texts,
+    default_block_size,
+    first_blocks,
+    sample_limits,
+)
 
 EOS = 0
 
@@ -46,3 +52,7 @@ def test_max_samples_keep_the_first_blocks_of_each_split():
     assert [row["input_ids"] for row in first_blocks(stream, 4)] == [[0, 0], [1, 1], [2, 2], [3, 3]]
     limits = sample_limits(DataTrainingArguments(max_train_samples=7, max_eval_samples=2))
     assert limits == {"train": 7, "validation": 2}
+
+
+def test_the_default_block_is_the_context_at_most_gpt2s():
+    assert default_block_size(64) == 64 and default_block_size(1024) == 1024 and default_block_size(4096) == 1024
