@@ -20,6 +20,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import torch
 from transformers import AutoModelForCausalLM, PreTrainedModel, PreTrainedTokenizerBase
@@ -29,9 +30,11 @@ from ..common.errors import UserError, few, first_line
 from ..common.outputs import WEIGHTS_FILES
 from ..common.sources import check_pretrained_source
 from ..data.tokenizer import load_tokenizer
-from .onnx import ONNX_FILE
+from .onnx import ONNX_FILE, OnnxCausalLM
 
 BACKENDS = ("torch", "onnxruntime")
+# What `load_model` returns: a transformers model, or an ONNX export run by onnxruntime (same `generate`).
+UsableModel = PreTrainedModel | OnnxCausalLM
 
 
 @dataclass(kw_only=True)
@@ -47,7 +50,7 @@ class LoadArguments:
     revision: str = field(default="main", metadata={"help": "Branch, tag or commit of a Hub model."})
     token: str | None = field(default=None, metadata={"help": "Hub token for private models (and datasets)."})
 
-    def load(self, name_or_path: str | os.PathLike, **options):
+    def load(self, name_or_path: str | os.PathLike, **options: Any) -> tuple[PreTrainedTokenizerBase, UsableModel]:
         """[`load_model`] of `name_or_path` with these arguments; `options`: its others (`backend`, `dtype`)."""
         return load_model(
             name_or_path,
@@ -68,7 +71,7 @@ def load_model(
     revision: str | None = None,
     token: str | None = None,
     trust_remote_code: bool = False,
-):
+) -> tuple[PreTrainedTokenizerBase, UsableModel]:
     """(tokenizer, model) of a model folder or Hub id, checked and ready to run (see the module docstring).
 
     backend: "torch" (a transformers model on `device`, default the best one available, in `dtype` when
@@ -106,9 +109,7 @@ def load_model(
     return tokenizer, model.to(target).eval()
 
 
-def _load_onnx(name: str, device: str | None):
-    from .onnx import OnnxCausalLM
-
+def _load_onnx(name: str, device: str | None) -> tuple[PreTrainedTokenizerBase, OnnxCausalLM]:
     if not Path(name).expanduser().is_dir():
         raise UserError(
             f"no such folder: {name}; --backend onnxruntime runs a folder written by "
