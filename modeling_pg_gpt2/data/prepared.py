@@ -46,11 +46,12 @@ from datasets.table import ConcatenationTable
 from transformers import PreTrainedTokenizerBase, TrainingArguments
 
 from ..common.errors import UserError
-from ..common.outputs import LOCK_FILE, check_not_an_input, check_output_dir, output_lock, staged
+from ..common.outputs import LOCK_FILE, TOKENIZER_FILE, check_not_an_input, check_output_dir, output_lock, staged
 from ..common.ranges import RANGE, at_least, check_ranges
-from .blocks import DataTrainingArguments, _tokenize
+from .blocks import DataTrainingArguments, _tokenize, first_blocks, sample_limits
 from .corpus import CorpusArguments, load_corpus
 from .integrity import check_blocks, check_file, file_record, record_problem
+from .tokenizer import GPT2_CONTEXT, eos_token_id, load_tokenizer
 
 logger = logging.getLogger(__name__)
 
@@ -70,7 +71,7 @@ class PrepareArguments:
         metadata={"help": "The tokenizer: a folder made by train_tokenizer.py or a Hub id. Runs must use the same."}
     )
     block_size: int = field(
-        default=1024,
+        default=GPT2_CONTEXT,
         metadata={
             "help": "Tokens per training sequence; runs on this folder use it (at most their n_positions).",
             RANGE: at_least(2),
@@ -113,7 +114,7 @@ def tokenizer_fingerprint(tokenizer: PreTrainedTokenizerBase) -> str:
     """
     backend = getattr(tokenizer, "backend_tokenizer", None)
     if backend is None:
-        raise UserError(f"{type(tokenizer).__name__} is not a fast tokenizer; prepared data needs a tokenizer.json")
+        raise UserError(f"{type(tokenizer).__name__} is not a fast tokenizer; prepared data needs a {TOKENIZER_FILE}")
     state = json.loads(backend.to_str())
     state.pop("padding", None)
     state.pop("truncation", None)
@@ -233,11 +234,8 @@ def prepare_corpus(corpus_args: CorpusArguments, args: PrepareArguments) -> Prep
 
 
 def _prepare(corpus_args: CorpusArguments, args: PrepareArguments, output_dir: Path) -> PreparedInfo:
-    from .tokenizer import load_tokenizer
-
     tokenizer = load_tokenizer(args.tokenizer_name)
-    if tokenizer.eos_token_id is None:
-        raise UserError(f"tokenizer {args.tokenizer_name!r} has no end-of-text token; use one from train_tokenizer.py")
+    eos_token_id(tokenizer, args.tokenizer_name)
     fingerprint = tokenizer_fingerprint(tokenizer)  # before any encoding
     raw = load_corpus(corpus_args)
     num_proc = corpus_args.preprocessing_num_workers
@@ -365,10 +363,8 @@ def load_prepared(
     verify = data_args.verify_prepared_data and training_args.local_process_index == 0
     with training_args.main_process_first(local=True, desc="checking the prepared blocks"):
         packed = DatasetDict({split: _open_blocks(folder, info, split, verify) for split in info.files})
-    limits = {"train": data_args.max_train_samples, "validation": data_args.max_eval_samples}
-    for split, limit in limits.items():
-        if limit is not None and len(packed[split]) > limit:
-            packed[split] = packed[split].select(range(limit))
+    for split, limit in sample_limits(data_args).items():
+        packed[split] = first_blocks(packed[split], limit)
     return DatasetDict({split: dataset.with_transform(_with_labels) for split, dataset in packed.items()})
 
 

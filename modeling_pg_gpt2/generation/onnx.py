@@ -192,16 +192,4 @@ class OnnxCausalLM:
         return ids
 
 
-def load_onnx_for_generation(folder: str | os.PathLike, device: str | None = None):
-    """(tokenizer, `OnnxCausalLM`) of an ONNX export folder; device "cuda" picks onnxruntime's CUDA provider."""
-    from ..data.tokenizer import load_tokenizer
-    from .sampling import check_vocabulary
-
-    providers = ["CUDAExecutionProvider", "CPUExecutionProvider"] if device and device.startswith("cuda") else None
-    model = OnnxCausalLM.from_pretrained(folder, providers=providers)
-    tokenizer = load_tokenizer(folder)  # a folder without tokenizer.json would load as a 1-token tokenizer
-    check_vocabulary(tokenizer, model.config.vocab_size, str(folder))
-    return tokenizer, model
-
-
-__all__ = ["OnnxCausalLM", "load_onnx_for_generation", "ort_session"]
+__all__ = ["ONNX_FILE", "OnnxCausalLM", "ort_session"]

@@ -30,9 +30,11 @@ from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import PreTrainedTokenizerFast, pipeline
 
 from modeling_pg_gpt2 import PgGPT2Config, PgGPT2ForCausalLM
+from modeling_pg_gpt2.data.corpus import CorpusArguments
 from modeling_pg_gpt2.hub.push import human_size
 from modeling_pg_gpt2.reports.model_card import write_model_card
 from modeling_pg_gpt2.reports.plots import PLOTS
+from modeling_pg_gpt2.reports.run_record import RunInfo
 
 pytestmark = pytest.mark.slow  # every test pushes or loads through push_to_hub.py and transformers in subprocesses
 
@@ -161,7 +163,7 @@ def model_dir(tmp_path_factory) -> Path:
     for path, data in TRAINING_LEFTOVERS.items():
         (folder / path).parent.mkdir(parents=True, exist_ok=True)
         (folder / path).write_bytes(data)
-    write_model_card(folder, corpus={"dataset_name": "shakespeare"})
+    write_model_card(folder, run=RunInfo(corpus=CorpusArguments(dataset_name="shakespeare")))
     assert {p.name for p in folder.iterdir() if p.is_file()} >= EXPECTED_FILES
     return folder
 
