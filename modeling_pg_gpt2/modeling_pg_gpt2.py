@@ -237,7 +237,7 @@ class PgGPT2Model(PgGPT2PreTrainedModel):
 
         input_ids / inputs_embeds: (B, T) token ids, or (B, T, C) embeddings instead.
         cache / past_key_values: a `Cache` of earlier tokens' keys and values (`cache` from transformers 5.24 on).
-        attention_mask: (B, S) with 1 for tokens to attend to and 0 for padding; S = past + T. Or a
+        attention_mask: (B, S), non-zero (1) for tokens to attend to and 0 for padding; S = past + T. Or a
             ready (B, 1, T, S) mask (0 / dtype-min, or boolean True = attend).
         token_type_ids: (B, T) ids embedded through `wte` and added, as GPT-2 does (segment markers).
         position_ids: (B, T); by default counted from the attention mask, so left padding is right.
@@ -265,8 +265,9 @@ class PgGPT2Model(PgGPT2PreTrainedModel):
         packed = position_ids is not None and attention_mask is None and T > 1
         if position_ids is None:
             if attention_mask is not None and attention_mask.ndim == 2:
-                # Count only real tokens, so a left-padded prompt gets the positions it has alone.
-                position_ids = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)[:, -T:]
+                # Count only real tokens, so a left-padded prompt gets the positions it has alone. Any non-zero
+                # value is a real token, as transformers' masks read it (a 2 or a 0.5 is not a count).
+                position_ids = (attention_mask.bool().long().cumsum(-1) - 1).clamp(min=0)[:, -T:]
             else:
                 position_ids = torch.arange(past_length, past_length + T, device=self.wte.weight.device)[None]
 

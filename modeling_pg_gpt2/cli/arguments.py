@@ -6,21 +6,30 @@
 A first argument ending in `.yaml`, `.yml` or `.json` is a recipe: a mapping of the same fields as the
 flags. The flags after it override it; a source flag replaces the recipe's whole source, e.g.
 `--train_file essays/` drops the recipe's `dataset_name` (see `REPLACES`).
+
+Every mistake is one line, `error: ...` (exit 2): an unknown or abbreviated flag (`--train_fil` is not
+`--train_file`: a silent abbreviation would leave a recipe's value in place), a value of the wrong type, and
+a number outside its field's declared range (`common.ranges`), checked right after parsing, before a
+dataclass, the data or a model is touched.
 """
 
 from __future__ import annotations
 
 import argparse
+import copy
+import dataclasses
 import sys
+import types
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import yaml
 from transformers import HfArgumentParser
 from transformers.hf_argparser import string_to_bool
 
 from ..common.errors import UserError, first_line
+from ..common.ranges import RANGE, Range, declared_ranges, range_error
 
 RECIPE_SUFFIXES = (".yaml", ".yml", ".json")
 
@@ -39,9 +48,45 @@ class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescript
     """`--help` that keeps the line breaks of the script's docstring and shows every default."""
 
 
-def make_parser(dataclass_types: type | Sequence[type], description: str | None = None) -> HfArgumentParser:
-    """An `HfArgumentParser` over `dataclass_types`, with the script's docstring as its description."""
-    return HfArgumentParser(dataclass_types, description=description, formatter_class=HelpFormatter)
+class ArgumentParser(HfArgumentParser):
+    """`HfArgumentParser` whose mistakes are one `UserError` line, with no abbreviated flags, that checks
+    every numeric field against its declared `Range` right after parsing (`ranges` maps each field to it)."""
+
+    def __init__(self, dataclass_types: type | Sequence[type], **kwargs: Any) -> None:
+        self.ranges: dict[str, tuple[Range, type]] = {}  # field -> (its range, int or float)
+        self.recipe_fields: dict[str, Path] = {}  # fields whose value comes from a recipe -> the recipe
+        super().__init__(dataclass_types, allow_abbrev=False, **kwargs)
+
+    def _add_dataclass_arguments(self, dtype: Any) -> None:
+        self.ranges.update(declared_ranges(dtype))
+        super()._add_dataclass_arguments(dtype)
+
+    def _parse_dataclass_field(self, parser: argparse._ActionsContainer, item: dataclasses.Field) -> None:
+        if item.name in self.ranges:
+            declared, kind = self.ranges[item.name]
+            # argparse takes the rest of the metadata as add_argument's keywords: the range is ours alone.
+            metadata = {key: value for key, value in item.metadata.items() if key != RANGE}
+            metadata["help"] = f"{metadata.get('help', '').rstrip()} Valid: {declared.describe(kind)}.".lstrip()
+            item = copy.copy(item)
+            item.metadata = types.MappingProxyType(metadata)
+        HfArgumentParser._parse_dataclass_field(parser, item)
+
+    def parse_known_args(self, args: Sequence[str] | None = None, namespace: Any = None) -> tuple[Any, list[str]]:
+        namespace, remaining = super().parse_known_args(args, namespace)
+        for name, (declared, kind) in self.ranges.items():
+            error = range_error(name, getattr(namespace, name, None), declared, kind, self.recipe_fields.get(name))
+            if error is not None:
+                raise error
+        return namespace, remaining
+
+    def error(self, message: str) -> NoReturn:
+        """argparse's own errors (an unknown flag, a value of the wrong type) as one line, not usage + message."""
+        raise UserError(f"{message.rstrip('.')}; see {self.prog} --help")
+
+
+def make_parser(dataclass_types: type | Sequence[type], description: str | None = None) -> ArgumentParser:
+    """An `ArgumentParser` over `dataclass_types`, with the script's docstring as its description."""
+    return ArgumentParser(dataclass_types, description=description, formatter_class=HelpFormatter)
 
 
 def parse_arguments(parser: HfArgumentParser, argv: Sequence[str] | None = None) -> tuple[Any, ...]:
@@ -53,21 +98,36 @@ def parse_arguments(parser: HfArgumentParser, argv: Sequence[str] | None = None)
     """
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv and argv[0].endswith(RECIPE_SUFFIXES):
-        values = read_recipe(parser, Path(argv.pop(0)))
+        recipe = Path(argv.pop(0))
+        values = read_recipe(parser, recipe)
         given = _flags_given(parser, argv)
         replaced = {name for flag in given for name in REPLACES.get(flag, ())} - given
-        parser.set_defaults(**{key: value for key, value in values.items() if key not in replaced})
+        kept = {key: value for key, value in values.items() if key not in replaced}
+        parser.set_defaults(**kept)
+        if isinstance(parser, ArgumentParser):
+            parser.recipe_fields = {key: recipe for key in kept if key not in given}
     try:
-        return parser.parse_args_into_dataclasses(args=argv)
+        *parsed, remaining = parser.parse_args_into_dataclasses(args=argv, return_remaining_strings=True)
     except (ValueError, TypeError) as err:  # a dataclass's __post_init__ refusing a combination of values
         raise UserError(first_line(err)) from None
+    if remaining:
+        parser.error(f"unrecognized arguments: {' '.join(remaining)}")
+    return tuple(parsed)
 
 
 def read_recipe(parser: HfArgumentParser, recipe: Path) -> dict[str, Any]:
     """The fields of a recipe file, each checked against the type of its flag."""
     if not recipe.is_file():
         raise UserError(f"recipe {recipe} does not exist.")
-    text = recipe.read_text(encoding="utf-8")
+    try:
+        text = recipe.read_text(encoding="utf-8")
+    except UnicodeDecodeError as err:
+        raise UserError(
+            f"recipe {recipe} is not UTF-8 text (byte {err.object[err.start]:#04x} at offset {err.start}); "
+            "save it as UTF-8."
+        ) from None
+    except OSError as err:
+        raise UserError(f"cannot read recipe {recipe}: {err.strerror or first_line(err)}.") from None
     try:
         values = yaml.safe_load(text) or {}  # JSON is YAML too
         lines = _key_lines(text)
@@ -94,6 +154,8 @@ def read_recipe(parser: HfArgumentParser, recipe: Path) -> dict[str, Any]:
         if problem is not None:
             line = f", line {lines[key]}" if key in lines else ""
             raise UserError(f"recipe {recipe}{line}: {key} must be {problem}, got {value!r}.")
+        if isinstance(value, str) and actions[key].nargs in ("+", "*"):
+            values[key] = [value]  # `eval_tasks: mc.jsonl` is a list of one file, not of its characters
     return values
 
 
@@ -153,4 +215,4 @@ def _flags_given(parser: HfArgumentParser, argv: Sequence[str]) -> set[str]:
     return {options[token.split("=", 1)[0]] for token in argv if token.split("=", 1)[0] in options}
 
 
-__all__ = ["REPLACES", "HelpFormatter", "make_parser", "parse_arguments", "read_recipe"]
+__all__ = ["REPLACES", "ArgumentParser", "HelpFormatter", "make_parser", "parse_arguments", "read_recipe"]

@@ -4,19 +4,19 @@ Each is a function of `argv` (default: `sys.argv[1:]`) run under `cli.run_cli`, 
 on stderr and an exit status. The installed commands (`[project.scripts]` in pyproject.toml) and the
 repository's scripts (`python run_clm.py ...`) call the same function; its docstring is the `--help` text.
 Every command imports only the module it needs, so `--help` and a bad flag answer without loading the rest
-(a run's Trainer, the Hub client, datasets).
+(a run's Trainer, the Hub client, datasets). `parser(name)` is a command's parser, as the command builds it.
 """
 
 from __future__ import annotations
 
 import inspect
 import json
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 from ..common.errors import command
-from .arguments import HelpFormatter, make_parser, parse_arguments
+from .arguments import ArgumentParser, make_parser, parse_arguments
 
 
 @command
@@ -33,18 +33,23 @@ def train(argv: Sequence[str] | None = None) -> dict[str, float]:
     examples/pytorch/language-modeling/run_clm.py (`--help` lists them); a corpus flag after a recipe
     replaces the recipe's corpus. Re-running the same command on an output folder resumes from its last
     complete checkpoint, or says the run is complete (a larger --max_steps trains it further);
-    `--overwrite_output_dir` starts over. Ctrl-C saves a checkpoint and exits with 130. The output folder
-    ends with the best model, its tokenizer, metrics.json, training curves and a model card. See
-    `modeling_pg_gpt2.training.run` and docs/faults.md.
+    `--overwrite_output_dir` starts over. Ctrl-C (or SIGTERM, as a cluster preempting the job sends) saves a
+    checkpoint and exits with 130 (143). The output folder ends with the best model, its tokenizer,
+    metrics.json, training curves and a model card. See `modeling_pg_gpt2.training.run` and docs/faults.md.
     """
+    from ..training.run import train as run_training
+
+    return run_training(*parse_arguments(parser("train"), argv))
+
+
+def _train_parser() -> ArgumentParser:
     from ..data.blocks import DataTrainingArguments
     from ..data.corpus import CorpusArguments
     from ..training.arguments import CLMTrainingArguments
     from ..training.model_init import ModelArguments
-    from ..training.run import train as run_training
 
     types = (ModelArguments, CorpusArguments, DataTrainingArguments, CLMTrainingArguments)
-    return run_training(*parse_arguments(make_parser(types, _usage(train)), argv))
+    return make_parser(types, _usage(train))
 
 
 @command
@@ -59,13 +64,18 @@ def tokenizer(argv: Sequence[str] | None = None) -> None:
     with run_clm.py (see `modeling_pg_gpt2.data.corpus`); the tokenizer is described in
     `modeling_pg_gpt2.data.tokenizer`. A leading recipe file (YAML/JSON of the flags) works as in run_clm.py.
     """
-    from ..data.corpus import CorpusArguments
-    from ..data.tokenizer import TokenizerArguments, format_report, train_tokenizer
+    from ..data.tokenizer import format_report, train_tokenizer
 
-    parser = make_parser((CorpusArguments, TokenizerArguments), _usage(tokenizer))
-    corpus_args, tokenizer_args = parse_arguments(parser, argv)
+    corpus_args, tokenizer_args = parse_arguments(parser("tokenizer"), argv)
     report = train_tokenizer(corpus_args, tokenizer_args)
     print(format_report(report, tokenizer_args.output_dir))
+
+
+def _tokenizer_parser() -> ArgumentParser:
+    from ..data.corpus import CorpusArguments
+    from ..data.tokenizer import TokenizerArguments
+
+    return make_parser((CorpusArguments, TokenizerArguments), _usage(tokenizer))
 
 
 @command
@@ -81,11 +91,17 @@ def prepare(argv: Sequence[str] | None = None) -> None:
     `<|endoftext|>` between documents included. A run on the folder must use the same tokenizer and block
     size (it is refused otherwise). See `modeling_pg_gpt2.data.prepared`.
     """
-    from ..data.corpus import CorpusArguments
-    from ..data.prepared import PrepareArguments, format_report, prepare_corpus
+    from ..data.prepared import format_report, prepare_corpus
 
-    corpus_args, args = parse_arguments(make_parser((CorpusArguments, PrepareArguments), _usage(prepare)), argv)
+    corpus_args, args = parse_arguments(parser("prepare"), argv)
     print(format_report(prepare_corpus(corpus_args, args), args.output_dir))
+
+
+def _prepare_parser() -> ArgumentParser:
+    from ..data.corpus import CorpusArguments
+    from ..data.prepared import PrepareArguments
+
+    return make_parser((CorpusArguments, PrepareArguments), _usage(prepare))
 
 
 @command
@@ -101,13 +117,19 @@ def generate(argv: Sequence[str] | None = None) -> list[list[str]]:
     run_clm.py (or push_to_hub.py's Hub id). With no prompt, the model starts from <|endoftext|> (an
     unconditional sample). Run with --help for every sampling option.
     """
-    from ..generation.sampling import GenerationArguments, generate_text, read_prompts
+    from ..generation.sampling import generate_text, read_prompts
 
-    parser = make_parser(GenerationArguments, _usage(generate))
-    parser.add_argument("model", help="a run_clm.py output folder or a Hub model id")
-    parser.add_argument("prompts", nargs="*", help="text(s) to continue")
-    args, positional = parse_arguments(parser, argv)
+    args, positional = parse_arguments(parser("generate"), argv)
     return generate_text(positional.model, read_prompts(positional.prompts, args.prompts_file), args)
+
+
+def _generate_parser() -> ArgumentParser:
+    from ..generation.sampling import GenerationArguments
+
+    built = make_parser(GenerationArguments, _usage(generate))
+    built.add_argument("model", help="a run_clm.py output folder or a Hub model id")
+    built.add_argument("prompts", nargs="*", help="text(s) to continue")
+    return built
 
 
 @command
@@ -126,12 +148,18 @@ def evaluate(argv: Sequence[str] | None = None) -> dict[str, Any]:
     file formats and public sources of the data: docs/evaluation.md. See
     `modeling_pg_gpt2.evaluation.zero_shot`.
     """
-    from ..evaluation.zero_shot import EvaluationArguments, evaluate_model
+    from ..evaluation.zero_shot import evaluate_model
 
-    parser = make_parser(EvaluationArguments, _usage(evaluate))
-    parser.add_argument("model", help="a run_clm.py output folder, a Hub model id or a GPT-2 checkpoint folder")
-    args, positional = parse_arguments(parser, argv)
+    args, positional = parse_arguments(parser("evaluate"), argv)
     return evaluate_model(positional.model, args)
+
+
+def _evaluate_parser() -> ArgumentParser:
+    from ..evaluation.zero_shot import EvaluationArguments
+
+    built = make_parser(EvaluationArguments, _usage(evaluate))
+    built.add_argument("model", help="a run_clm.py output folder, a Hub model id or a GPT-2 checkpoint folder")
+    return built
 
 
 @command
@@ -146,13 +174,19 @@ def push(argv: Sequence[str] | None = None) -> None:
     load with trust_remote_code and generate) before anything is sent; see `modeling_pg_gpt2.hub.push` for
     what is uploaded.
     """
-    from ..hub.push import PushArguments, push_to_hub
+    from ..hub.push import push_to_hub
 
-    parser = make_parser(PushArguments, _usage(push))
-    parser.add_argument("output_dir", help="Folder written by run_clm.py (or save_pretrained).")
-    parser.add_argument("repo_id", help="Repository on the Hub, as namespace/name.")
-    args, paths = parse_arguments(parser, argv)
+    args, paths = parse_arguments(parser("push"), argv)
     push_to_hub(paths.output_dir, paths.repo_id, args)
+
+
+def _push_parser() -> ArgumentParser:
+    from ..hub.push import PushArguments
+
+    built = make_parser(PushArguments, _usage(push))
+    built.add_argument("output_dir", help="Folder written by run_clm.py (or save_pretrained).")
+    built.add_argument("repo_id", help="Repository on the Hub, as namespace/name.")
+    return built
 
 
 @command
@@ -166,45 +200,26 @@ def convert(argv: Sequence[str] | None = None) -> Path:
     `pg-gpt2-convert` is the same command once the package is installed. See `modeling_pg_gpt2.export.convert`,
     `modeling_pg_gpt2.export.onnx` and `modeling_pg_gpt2.export.gguf`.
     """
-    import argparse
-
-    parser = argparse.ArgumentParser(description=_usage(convert), formatter_class=HelpFormatter)
-    parser.add_argument(
-        "src", help="checkpoint folder or Hub model id: GPT-2 (e.g. openai-community/gpt2), or pg_gpt2 with --to gpt2"
-    )
-    parser.add_argument("dst", help="output folder (a .gguf file with --to gguf); must be empty unless --overwrite")
-    parser.add_argument(
-        "--to",
-        choices=("pg_gpt2", "gpt2", "onnx", "gguf"),
-        default="pg_gpt2",
-        help="pg_gpt2 (default): GPT-2 -> pg_gpt2; gpt2: pg_gpt2 -> native GPT-2, loadable without remote code; "
-        "onnx: an ONNX Runtime folder (export_onnx.py); gguf: a llama.cpp file (export_gguf.py)",
-    )
-    parser.add_argument("--dtype", help="onnx: float32 (default) or float16; gguf: f32, f16 (default) or q8_0")
-    parser.add_argument("--revision", help="branch, tag or commit of a Hub SRC")
-    parser.add_argument("--overwrite", action="store_true", help="replace DST if it is not empty")
-    args = parser.parse_args(argv)
+    args, paths = parse_arguments(parser("convert"), argv)
 
     if args.to == "onnx":
         from ..export.onnx import export_onnx
 
-        dst = export_onnx(args.src, args.dst, args.dtype or "float32", args.overwrite, args.revision)
+        dst = export_onnx(paths.src, paths.dst, args.dtype or "float32", args.overwrite, args.revision)
         print(f"wrote an ONNX model to {dst}; decode with: python generate.py {dst} --backend onnxruntime")
         return dst
     if args.to == "gguf":
         from ..export.gguf import export_gguf
 
-        dst = export_gguf(args.src, args.dst, args.dtype or "f16", args.overwrite, args.revision)
+        dst = export_gguf(paths.src, paths.dst, args.dtype or "f16", args.overwrite, args.revision)
         print(f"wrote a GGUF model to {dst}; run it with llama.cpp: llama-completion -m {dst} -p 'Once upon a'")
         return dst
-    if args.dtype is not None:
-        parser.error("--dtype applies to --to onnx and --to gguf only")
     from ..common.outputs import CONFIG_FILE
     from ..export.convert import convert_gpt2_to_pg, convert_pg_to_gpt2
 
     to_gpt2 = args.to == "gpt2"
     dst = (convert_pg_to_gpt2 if to_gpt2 else convert_gpt2_to_pg)(
-        args.src, args.dst, overwrite=args.overwrite, revision=args.revision
+        paths.src, paths.dst, overwrite=args.overwrite, revision=args.revision
     )
     if to_gpt2:
         architecture = json.loads((dst / CONFIG_FILE).read_text())["architectures"][0]  # or a task head's class
@@ -217,9 +232,36 @@ def convert(argv: Sequence[str] | None = None) -> Path:
     return dst
 
 
+def _convert_parser() -> ArgumentParser:
+    from ..export.arguments import ConvertArguments
+
+    built = make_parser(ConvertArguments, _usage(convert))
+    built.add_argument(
+        "src", help="checkpoint folder or Hub model id: GPT-2 (e.g. openai-community/gpt2), or pg_gpt2 with --to gpt2"
+    )
+    built.add_argument("dst", help="output folder (a .gguf file with --to gguf); must be empty unless --overwrite")
+    return built
+
+
+PARSERS: dict[str, Callable[[], ArgumentParser]] = {
+    "train": _train_parser,
+    "tokenizer": _tokenizer_parser,
+    "prepare": _prepare_parser,
+    "generate": _generate_parser,
+    "evaluate": _evaluate_parser,
+    "push": _push_parser,
+    "convert": _convert_parser,
+}
+
+
+def parser(name: str) -> ArgumentParser:
+    """The parser of the command `name` (a function of this module): its flags, their types and ranges."""
+    return PARSERS[name]()
+
+
 def _usage(program: Any) -> str:
     """A command's `--help` description: its docstring, dedented."""
     return inspect.getdoc(program) or ""
 
 
-__all__ = ["convert", "evaluate", "generate", "prepare", "push", "tokenizer", "train"]
+__all__ = ["PARSERS", "convert", "evaluate", "generate", "parser", "prepare", "push", "tokenizer", "train"]

@@ -1,24 +1,28 @@
 """What every command shares: one-line errors for bad input and faults instead of tracebacks.
 
 Exit codes: 0 done (or nothing left to do), 1 a fault the user can act on (full disk, diverged
-training), 2 bad input, 130 interrupted with Ctrl-C.
+training), 2 bad input, 130 interrupted with Ctrl-C, 143 stopped by SIGTERM (what Slurm, Kubernetes and
+`kill` send before they kill a job), which every command handles as it handles Ctrl-C.
 """
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import functools
 import os
 import shutil
+import signal
 import sys
-from collections.abc import Callable, Sequence
+import threading
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, TypeVar
-
-if TYPE_CHECKING:
-    pass
+from typing import TypeVar
 
 T = TypeVar("T")
+
+# The signals that stop a command cleanly, as the messages name them.
+SIGNAL_NAMES = {signal.SIGINT: "Ctrl-C", signal.SIGTERM: "SIGTERM"}
 
 # Free space below which a failed write is taken for a full disk: torch.save reports a full disk as
 # "unexpected pos ..." with no errno, and the failed write has used up what was left.
@@ -38,25 +42,75 @@ class UserError(CommandError):
 
 
 class Interrupted(CommandError):
-    """The user pressed Ctrl-C; the message says what was kept (e.g. the checkpoint a re-run resumes from)."""
+    """Ctrl-C or SIGTERM stopped the command; the message says what was kept (e.g. the checkpoint a re-run
+    resumes from). The exit status is the shell's for the signal: 130 (SIGINT) or 143 (SIGTERM)."""
 
-    exit_code = 130
+    exit_code = 128 + signal.SIGINT
+
+    def __init__(self, message: str, signum: int = signal.SIGINT) -> None:
+        super().__init__(message)
+        self.exit_code = 128 + signum
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised where Ctrl-C raises `KeyboardInterrupt` (see `run_cli`): whatever cleans up after a
+    Ctrl-C (locks, staging folders, a saved checkpoint) cleans up after it too."""
+
+
+def interrupting_signal(err: KeyboardInterrupt) -> int:
+    """The signal behind a `KeyboardInterrupt`: SIGTERM for a `Terminated`, else SIGINT."""
+    return signal.SIGTERM if isinstance(err, Terminated) else signal.SIGINT
+
+
+def _raise_terminated(signum: int, frame: object) -> None:
+    raise Terminated
+
+
+def _default_sigterm_in_child() -> None:
+    # A forked worker (datasets' pools, data loaders) may be stuck in C code, where a Python handler never
+    # runs (a lock its parent's threads held at the fork): with the default action, SIGTERM always ends it,
+    # and its pool's terminate() does not wait for it forever.
+    if callable(signal.getsignal(signal.SIGTERM)):
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+
+
+os.register_at_fork(after_in_child=_default_sigterm_in_child)
+
+
+@contextlib.contextmanager
+def sigterm_raises() -> Iterator[None]:
+    """While the block runs, SIGTERM raises `Terminated` in this process instead of killing it on the spot.
+
+    Only in the main thread (the only one Python delivers signals to), and not where SIGTERM is ignored.
+    Processes forked meanwhile keep the default action (`_default_sigterm_in_child`).
+    """
+    previous = signal.getsignal(signal.SIGTERM)
+    if threading.current_thread() is not threading.main_thread() or previous is signal.SIG_IGN:
+        yield
+        return
+    signal.signal(signal.SIGTERM, _raise_terminated)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def run_cli(main: Callable[[], T]) -> T:
     """Run a script's `main()`, turning its failures into one line on stderr and an exit status.
 
     A `CommandError` prints `error: <message>` and exits with its `exit_code` (2 for a `UserError`); a
-    Ctrl-C that nothing handled exits with 130; a full disk anywhere exits with 1.
+    Ctrl-C or SIGTERM that nothing handled exits with 130 or 143; a full disk anywhere exits with 1.
     """
     try:
-        return main()
+        with sigterm_raises():
+            return main()
     except CommandError as err:
         print(f"error: {err}", file=sys.stderr)
         raise SystemExit(err.exit_code) from None
-    except KeyboardInterrupt:
-        print("error: interrupted (Ctrl-C)", file=sys.stderr)
-        raise SystemExit(Interrupted.exit_code) from None
+    except KeyboardInterrupt as err:
+        signum = interrupting_signal(err)
+        print(f"error: interrupted ({SIGNAL_NAMES[signum]})", file=sys.stderr)
+        raise SystemExit(128 + signum) from None
     except OSError as err:
         if err.errno not in (errno.ENOSPC, errno.EDQUOT):
             raise
@@ -136,12 +190,16 @@ def few(names: Sequence[str], limit: int = 3) -> str:
 __all__ = [
     "CommandError",
     "Interrupted",
+    "SIGNAL_NAMES",
+    "Terminated",
     "UserError",
     "command",
     "disk_full_message",
     "few",
     "root_cause",
     "first_line",
+    "interrupting_signal",
     "is_disk_full",
     "run_cli",
+    "sigterm_raises",
 ]

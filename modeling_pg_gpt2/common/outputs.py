@@ -22,7 +22,7 @@ from collections.abc import Callable, Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
-from .errors import UserError, few, first_line
+from .errors import CommandError, UserError, disk_full_message, few, first_line, is_disk_full
 
 logger = logging.getLogger(__name__)
 
@@ -68,6 +68,20 @@ REPORT_PATTERNS = (METRICS_FILE, "*.png", MODEL_CARD_FILE)
 LOCK_FILE = ".run.lock"
 
 
+def weights_problem(folder: str | os.PathLike) -> str | None:
+    """Why the safetensors weights in `folder` cannot be read (`model.safetensors is truncated or corrupt`:
+    a copy or a save cut off), or `None`. Reads only each file's header, which names the bytes it needs."""
+    from safetensors import safe_open
+
+    for path in sorted(Path(folder).rglob("*.safetensors")):
+        try:
+            with safe_open(path, framework="pt"):
+                pass
+        except Exception:  # safetensors raises its own SafetensorError, or OSError
+            return f"{path.relative_to(folder).as_posix()} is truncated or corrupt"
+    return None
+
+
 def read_config(folder: str | os.PathLike) -> dict[str, Any]:
     """The `config.json` of model folder `folder` as it is written; a `UserError` if it has none or it is no JSON
     object."""
@@ -88,17 +102,28 @@ def staged(dst: Path, kind: str) -> Iterator[Path]:
     """Yield a temporary path beside `dst` to write into; it replaces `dst` only when the block succeeds.
 
     kind: "folder" (the path is an empty folder) or "file". The temporary path is in `dst`'s folder, so
-    the final rename stays on one file system and is atomic for a file.
+    the final rename stays on one file system and is atomic for a file. It gets the permissions of a
+    folder or file made the ordinary way (the umask's), not the owner-only ones of mkdtemp and mkstemp: a
+    prepared folder on shared storage must be readable by the other nodes' users, as the umask says.
+    A full disk while the block writes is one line (a `CommandError` that names `dst`); `dst` is left as it
+    was and the partial copy removed.
     """
     dst.parent.mkdir(parents=True, exist_ok=True)
     if kind == "folder":
         staging = Path(tempfile.mkdtemp(prefix=f".{dst.name}.", dir=dst.parent))
+        os.chmod(staging, 0o777 & ~current_umask())
     else:
         handle, name = tempfile.mkstemp(prefix=f".{dst.name}.", dir=dst.parent)
+        os.fchmod(handle, 0o666 & ~current_umask())
         os.close(handle)
         staging = Path(name)
     try:
-        yield staging
+        try:
+            yield staging
+        except Exception as err:  # numpy's tofile, for one, reports a full disk without an errno
+            if isinstance(err, CommandError) or not is_disk_full(err, dst.parent):
+                raise
+            raise CommandError(disk_full_message(dst)) from None
         if kind == "folder":
             if dst.exists():
                 shutil.rmtree(dst)
@@ -110,6 +135,20 @@ def staged(dst: Path, kind: str) -> Iterator[Path]:
             shutil.rmtree(staging, ignore_errors=True)
         else:
             staging.unlink(missing_ok=True)
+
+
+def current_umask() -> int:
+    """The process's umask, read without changing it (Linux's /proc), or by setting and restoring it elsewhere."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as status:
+            for line in status:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
 
 
 @contextlib.contextmanager
@@ -180,17 +219,7 @@ def check_output_dir(
     out = Path(path)
     if out.exists() and not out.is_dir():
         raise UserError(f"{flag} {out} is a file, not a folder; choose a folder")
-    existing = out
-    while not existing.exists() and existing != existing.parent:
-        existing = existing.parent
-    if not existing.is_dir():
-        raise UserError(f"{flag} {out} cannot be created: {existing} is a file")
-    try:  # a real write: access() says yes to root on a read-only file system or an immutable folder
-        with tempfile.TemporaryFile(dir=existing, prefix=".write-test-"):
-            pass
-    except OSError as err:
-        reason = err.strerror or type(err).__name__
-        raise UserError(f"{flag} {out} is not writable ({existing}: {reason}); choose another folder") from None
+    _check_writable(out, out, flag, "choose another folder")
     if overwrite_flag is None or not out.is_dir():
         return out
     ignored = set(ignore)
@@ -201,6 +230,31 @@ def check_output_dir(
             "to write there anyway"
         )
     return out
+
+
+def check_output_file(path: str | os.PathLike, flag: str) -> Path:
+    """Check before any work that `path` can be written as a file: not a folder, in a folder that can be
+    created and written to. Returns it as a `Path`; a one-line `UserError` otherwise."""
+    out = Path(path)
+    if out.is_dir():
+        raise UserError(f"{flag} {out} is a folder; name a file (e.g. {out / 'results.json'})")
+    _check_writable(out, out.parent, flag, "choose another place")
+    return out
+
+
+def _check_writable(out: Path, folder: Path, flag: str, hint: str) -> None:
+    """Refuse `out` when `folder` (its own or its parent) cannot be created (below a file) or written to."""
+    existing = folder
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        raise UserError(f"{flag} {out} cannot be created: {existing} is a file")
+    try:  # a real write: access() says yes to root on a read-only file system or an immutable folder
+        with tempfile.TemporaryFile(dir=existing, prefix=".write-test-"):
+            pass
+    except OSError as err:
+        reason = err.strerror or type(err).__name__
+        raise UserError(f"{flag} {out} is not writable ({existing}: {reason}); {hint}") from None
 
 
 def check_not_an_input(
@@ -229,6 +283,8 @@ def check_not_an_input(
 __all__ = [
     "check_not_an_input",
     "check_output_dir",
+    "check_output_file",
+    "current_umask",
     "LOCK_FILE",
     "CONFIG_FILE",
     "GENERATION_CONFIG_FILE",
@@ -247,4 +303,5 @@ __all__ = [
     "output_lock",
     "read_config",
     "staged",
+    "weights_problem",
 ]

@@ -19,6 +19,7 @@ from transformers import (
 )
 
 from ..common.errors import UserError
+from ..common.ranges import RANGE, at_least
 from .corpus import CorpusArguments, load_corpus, stream_corpus
 from .tokenizer import GPT2_CONTEXT
 
@@ -31,14 +32,17 @@ class DataTrainingArguments:
         default=None,
         metadata={
             "help": "Tokens per training sequence; documents are packed into blocks of this size. "
-            f"Default: the model's context (n_positions), at most {GPT2_CONTEXT}."
+            f"Default: the model's context (n_positions), at most {GPT2_CONTEXT}.",
+            RANGE: at_least(2),
         },
     )
     max_train_samples: int | None = field(
-        default=None, metadata={"help": "Keep only the first N training blocks (debugging, quick runs)."}
+        default=None,
+        metadata={"help": "Keep only the first N training blocks (debugging, quick runs).", RANGE: at_least(1)},
     )
     max_eval_samples: int | None = field(
-        default=None, metadata={"help": "Keep only the first N validation blocks (faster evaluations)."}
+        default=None,
+        metadata={"help": "Keep only the first N validation blocks (faster evaluations).", RANGE: at_least(1)},
     )
     overwrite_cache: bool = field(
         default=False, metadata={"help": "Re-tokenize instead of reusing the datasets cache."}
@@ -48,6 +52,13 @@ class DataTrainingArguments:
         metadata={
             "help": "Train on a folder made by prepare_data.py (tokenized and packed once, read memory-mapped) "
             "instead of a corpus; its block size is the default --block_size."
+        },
+    )
+    verify_prepared_data: bool = field(
+        default=True,
+        metadata={
+            "help": "With --prepared_data: check every block file against the checksum prepare_data.py recorded "
+            "before training (one read of the folder, once per node). Sizes and block counts are always checked.",
         },
     )
     streaming: bool = field(
@@ -62,7 +73,8 @@ class DataTrainingArguments:
         default=100,
         metadata={
             "help": "With --streaming: validate on the first N documents of --validation_file or the dataset's "
-            "validation split, or, without one, on the first N documents of the corpus, never trained on."
+            "validation split, or, without one, on the first N documents of the corpus, never trained on.",
+            RANGE: at_least(0),
         },
     )
 

@@ -43,6 +43,7 @@ import pyarrow.compute as pc
 from datasets import Dataset, DatasetDict, IterableDataset, load_dataset
 
 from ..common.errors import UserError, first_line, root_cause
+from ..common.ranges import RANGE, SEED, Range, at_least, check_ranges
 from ..common.sources import hub_reachable, unreachable_hub
 from .files import load_files, stream_files, text_column
 
@@ -88,12 +89,13 @@ class CorpusArguments:
         default=5.0,
         metadata={
             "help": "Percentage of the documents held out for validation when there is no validation split "
-            "or file (at least one document; 0 for none)."
+            "or file (at least one document; 0 for none).",
+            RANGE: Range(0, 100, below=True),
         },
     )
-    split_seed: int = field(default=42, metadata={"help": "Seed of the random train/validation split."})
+    split_seed: int = field(default=42, metadata={"help": "Seed of the random train/validation split.", RANGE: SEED})
     preprocessing_num_workers: int | None = field(
-        default=None, metadata={"help": "Processes used to read and process the corpus."}
+        default=None, metadata={"help": "Processes used to read and process the corpus.", RANGE: at_least(1)}
     )
 
     def describe(self) -> str:
@@ -243,8 +245,7 @@ def _check_arguments(args: CorpusArguments) -> None:
         raise UserError("pass either --dataset_name or --train_file, not both")
     if args.validation_file is not None and args.train_file is None:
         raise UserError("--validation_file needs --train_file (a Hub dataset brings its own validation split)")
-    if not 0 <= args.validation_split_percentage < 100:
-        raise UserError(f"--validation_split_percentage must be in [0, 100), got {args.validation_split_percentage:g}")
+    check_ranges(args)
 
 
 def _load_dataset_name(args: CorpusArguments, streaming: bool = False) -> tuple[Dataset, Dataset | None]:

@@ -12,13 +12,15 @@ per-document masking can find their boundaries.
 The folder:
 
     DIR/prepared.json        what it was made with: tokenizer fingerprint, block size, corpus, counts, files
+                             (with each file's size, block count and checksum: `integrity`)
     DIR/tokenizer/           a copy of that tokenizer (pass it as --tokenizer_name)
     DIR/train/, DIR/validation/    the blocks: Arrow files, one per worker, in order
 
 Only `input_ids` is stored (`uint16` when the vocabulary fits, as nanoGPT and llm.c store GPT-2 tokens,
 `int32` otherwise): 2 bytes a token where the map-style cache holds `input_ids` and `labels` as int64, 16
 bytes a token. Reading adds `labels` (the same ids) on the fly. A run whose tokenizer or block size differs
-from the folder's is refused in one line: the blocks would be silently wrong for it.
+from the folder's is refused in one line: the blocks would be silently wrong for it. So is a block file cut
+short or changed since it was written (`integrity`), before the run trains on it.
 
 Memory is bounded by the batch, not the corpus: the workers read each batch's documents through memory maps
 opened for that batch alone (a map kept open keeps every page read through it resident), and the blocks are
@@ -38,21 +40,24 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pyarrow as pa
 from datasets import Dataset, DatasetDict, Features, Sequence, Value, concatenate_datasets
 from datasets.table import ConcatenationTable
 from transformers import PreTrainedTokenizerBase, TrainingArguments
 
 from ..common.errors import UserError
 from ..common.outputs import LOCK_FILE, TOKENIZER_FILE, check_not_an_input, check_output_dir, output_lock, staged
+from ..common.ranges import RANGE, at_least, check_ranges
 from .blocks import DataTrainingArguments, _tokenize, first_blocks, sample_limits
 from .corpus import CorpusArguments, load_corpus
+from .integrity import check_blocks, check_file, file_record, record_problem
 from .tokenizer import GPT2_CONTEXT, eos_token_id, load_tokenizer
 
 logger = logging.getLogger(__name__)
 
 PREPARED_FILE = "prepared.json"
 TOKENIZER_DIR = "tokenizer"
-FORMAT_VERSION = 2  # 1: one save_to_disk folder (copied after the map)
+FORMAT_VERSION = 3  # 1: one save_to_disk folder (copied after the map); 2: no `integrity` record
 PACK_BATCH_SIZE = 1000  # documents per `map` batch: the map-style path packs 1000 tokenized documents at a time
 TOKENIZE_CHUNK = 100  # documents tokenized at once inside a batch: the blocks do not depend on it
 
@@ -67,7 +72,10 @@ class PrepareArguments:
     )
     block_size: int = field(
         default=GPT2_CONTEXT,
-        metadata={"help": "Tokens per training sequence; runs on this folder use it (at most their n_positions)."},
+        metadata={
+            "help": "Tokens per training sequence; runs on this folder use it (at most their n_positions).",
+            RANGE: at_least(2),
+        },
     )
     overwrite_output_dir: bool = field(
         default=False, metadata={"help": "Replace --output_dir if it already holds something."}
@@ -89,6 +97,7 @@ class PreparedInfo:
     tokens: dict[str, int]  # in the blocks (the tail of each packing batch shorter than a block is dropped)
     token_dtype: str
     files: dict[str, list[str]]  # per split, the Arrow files of its blocks in order, relative to the folder
+    integrity: dict[str, dict[str, Any]]  # per file: its bytes, blocks and checksum (`integrity.file_record`)
     format_version: int = FORMAT_VERSION
 
 
@@ -209,8 +218,7 @@ def prepare_corpus(corpus_args: CorpusArguments, args: PrepareArguments) -> Prep
     `data.prepare_datasets` for the same corpus, tokenizer, block size and `preprocessing_num_workers`.
     The folder is locked while it is written, and may not be (or hold, or lie inside) one of the inputs.
     """
-    if args.block_size < 2:
-        raise UserError(f"--block_size must be at least 2, got {args.block_size}.")
+    check_ranges(args)
     output_dir = check_output_dir(args.output_dir, overwrite_flag=None)  # a file, or not writable
     inputs = {
         "--train_file": corpus_args.train_file,
@@ -256,6 +264,13 @@ def _prepare(corpus_args: CorpusArguments, args: PrepareArguments, output_dir: P
         tokenizer.save_pretrained(staging / TOKENIZER_DIR)
         corpus = {key: value for key, value in asdict(corpus_args).items() if value is not None}
         corpus.pop("preprocessing_num_workers", None)
+        root = staging.resolve()
+        files = {
+            split: [Path(f["filename"]).resolve().relative_to(root).as_posix() for f in blocks.cache_files]
+            for split, blocks in packed.items()
+        }
+        counts = {split: len(blocks) for split, blocks in packed.items()}
+        del packed  # memory maps of the files being renamed into place
         info = PreparedInfo(
             block_size=args.block_size,
             tokenizer=args.tokenizer_name,
@@ -264,19 +279,24 @@ def _prepare(corpus_args: CorpusArguments, args: PrepareArguments, output_dir: P
             vocab_size=len(tokenizer),
             corpus=corpus,
             documents={split: raw[split].num_rows for split in raw},
-            blocks={split: len(blocks) for split, blocks in packed.items()},
-            tokens={split: len(blocks) * args.block_size for split, blocks in packed.items()},
+            blocks=counts,
+            tokens={split: count * args.block_size for split, count in counts.items()},
             token_dtype=token_dtype,
-            files={
-                split: [
-                    Path(f["filename"]).resolve().relative_to(staging.resolve()).as_posix() for f in blocks.cache_files
-                ]
-                for split, blocks in packed.items()
+            files=files,
+            integrity={
+                name: file_record(staging / name, _count_blocks(staging / name))
+                for names in files.values()
+                for name in names
             },
         )
-        del packed  # memory maps of the files being renamed into place
         (staging / PREPARED_FILE).write_text(json.dumps(asdict(info), indent=2) + "\n", encoding="utf-8")
     return info
+
+
+def _count_blocks(path: Path) -> int:
+    """The rows of an Arrow stream file (as the map wrote it), counted from its record batches."""
+    with pa.memory_map(str(path)) as source:
+        return sum(batch.num_rows for batch in pa.ipc.open_stream(source))
 
 
 def read_prepared_info(path: str | os.PathLike) -> PreparedInfo:
@@ -300,6 +320,9 @@ def read_prepared_info(path: str | os.PathLike) -> PreparedInfo:
         info = PreparedInfo(**values)
     except TypeError as err:
         raise UserError(f"--prepared_data {folder}: cannot read {PREPARED_FILE} ({err}); prepare it again") from None
+    problem = record_problem(info)
+    if problem is not None:
+        raise UserError(f"--prepared_data {folder}: {PREPARED_FILE} is damaged ({problem}); prepare it again")
     return info
 
 
@@ -336,20 +359,31 @@ def load_prepared(
             f"--prepared_data {folder} has no validation blocks: prepare it with validation text, "
             "or pass --do_eval false"
         )
-    packed = DatasetDict({split: _open_blocks(folder, files, info.token_dtype) for split, files in info.files.items()})
+    # Sizes and counts on every process; checksums (a read of every file) once per node, before the others go on.
+    verify = data_args.verify_prepared_data and training_args.local_process_index == 0
+    with training_args.main_process_first(local=True, desc="checking the prepared blocks"):
+        packed = DatasetDict({split: _open_blocks(folder, info, split, verify) for split in info.files})
     for split, limit in sample_limits(data_args).items():
         packed[split] = first_blocks(packed[split], limit)
     return DatasetDict({split: dataset.with_transform(_with_labels) for split, dataset in packed.items()})
 
 
-def _open_blocks(folder: Path, files: list[str], token_dtype: str) -> Dataset:
-    """A split's blocks from its Arrow files, memory-mapped: no rank reads the whole corpus into memory."""
+def _open_blocks(folder: Path, info: PreparedInfo, split: str, verify_checksums: bool) -> Dataset:
+    """A split's blocks from its Arrow files, memory-mapped (no rank reads the whole corpus into memory), each
+    file checked against its record first (`integrity.check_file`, `integrity.check_blocks`)."""
+    files = info.files[split]
     if not files:  # an empty split (--validation_split_percentage 0): the map wrote nothing
-        return Dataset.from_dict({"input_ids": []}, features=_block_features(token_dtype))
-    try:
-        parts = [Dataset.from_file(str(folder / name)) for name in files]
-    except (OSError, ValueError) as err:
-        raise UserError(f"--prepared_data {folder}: cannot read its blocks ({err}); prepare it again") from None
+        return Dataset.from_dict({"input_ids": []}, features=_block_features(info.token_dtype))
+    parts = []
+    for name in files:
+        record = info.integrity[name]
+        check_file(folder, name, record, verify_checksums)
+        try:
+            blocks = Dataset.from_file(str(folder / name))
+        except (OSError, ValueError) as err:
+            raise UserError(f"--prepared_data {folder}: cannot read its blocks ({err}); prepare it again") from None
+        check_blocks(folder, name, blocks, record["blocks"], info.block_size)
+        parts.append(blocks)
     return concatenate_datasets(parts) if len(parts) > 1 else parts[0]
 
 

@@ -59,6 +59,7 @@ from ..common.outputs import (
     check_not_an_input,
     check_output_dir,
 )
+from ..common.ranges import RANGE, Range, at_least, check_ranges
 from ..common.sources import check_pretrained_source
 from .corpus import CorpusArguments, corpus_bytes, load_corpus
 
@@ -68,6 +69,7 @@ EOS_TOKEN = "<|endoftext|>"
 GPT2_CONTEXT = 1024
 BYTE_ALPHABET_SIZE = 256
 MIN_VOCAB_SIZE = BYTE_ALPHABET_SIZE + 1  # every byte, plus <|endoftext|>
+MAX_VOCAB_SIZE = 2**31 - 1  # token ids are int32 in prepared data and exports
 REPORT_FILE = "tokenizer_report.json"
 
 # Documents are fed to the trainer in pieces of at most this many characters, so one huge document
@@ -92,13 +94,23 @@ class TokenizerArguments:
         default=8192,
         metadata={
             "help": "Vocabulary size including the 256 bytes and <|endoftext|> (at least 257). 8192 suits "
-            "corpora of a few MB; GPT-2 uses 50257."
+            "corpora of a few MB; GPT-2 uses 50257.",
+            RANGE: Range(
+                MIN_VOCAB_SIZE,
+                MAX_VOCAB_SIZE,
+                note=f"the {BYTE_ALPHABET_SIZE} bytes plus {EOS_TOKEN} need {MIN_VOCAB_SIZE}",
+            ),
         },
     )
-    min_frequency: int = field(default=2, metadata={"help": "Fewest occurrences for a pair to be merged."})
+    min_frequency: int = field(
+        default=2, metadata={"help": "Fewest occurrences for a pair to be merged.", RANGE: at_least(0)}
+    )
     model_max_length: int = field(
         default=GPT2_CONTEXT,
-        metadata={"help": "Longest input the model takes (its n_positions), saved with the tokenizer."},
+        metadata={
+            "help": "Longest input the model takes (its n_positions), saved with the tokenizer.",
+            RANGE: at_least(1),
+        },
     )
     overwrite_output_dir: bool = field(
         default=False,
@@ -108,15 +120,7 @@ class TokenizerArguments:
 
 def check_tokenizer_arguments(args: TokenizerArguments) -> None:
     """Raise `UserError` for arguments that cannot work, before any time is spent on the corpus."""
-    if args.vocab_size < MIN_VOCAB_SIZE:
-        raise UserError(
-            f"--vocab_size {args.vocab_size} is too small: the byte alphabet ({BYTE_ALPHABET_SIZE}) plus "
-            f"{EOS_TOKEN} needs at least {MIN_VOCAB_SIZE}"
-        )
-    if args.min_frequency < 0:
-        raise UserError(f"--min_frequency must be >= 0, got {args.min_frequency}")
-    if args.model_max_length < 1:
-        raise UserError(f"--model_max_length must be positive, got {args.model_max_length}")
+    check_ranges(args)
     check_output_dir(args.output_dir, overwrite_flag=None if args.overwrite_output_dir else "--overwrite_output_dir")
     model_files = [name for name in (CONFIG_FILE, *WEIGHTS_FILES) if (Path(args.output_dir) / name).is_file()]
     if model_files:  # even with --overwrite_output_dir: the model would be left with another tokenizer's ids

@@ -6,6 +6,7 @@ and [`ComputeLMMetrics`] feeds the repository's `evaluate` module (`lm_metrics.p
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -18,6 +19,7 @@ from transformers import (
     Trainer,
 )
 
+from ..common.errors import UserError
 from ..data.collators import IGNORE_INDEX
 
 LM_METRICS_PATH = Path(__file__).with_name("lm_metrics.py")
@@ -66,6 +68,25 @@ def preprocess_logits_for_metrics(logits: torch.Tensor | tuple, labels: torch.Te
     return logits.argmax(dim=-1), nll
 
 
+# What an evaluation of a run logs: ComputeLMMetrics' figures and the Trainer's speed, each as `eval_<name>`.
+EVAL_METRICS = (
+    *("loss", "perplexity", "accuracy", "bits_per_byte", "num_tokens"),
+    *("runtime", "samples_per_second", "steps_per_second"),
+)
+
+
+def check_metric_for_best_model(name: str | None, more: Sequence[str] = ()) -> None:
+    """Refuse, before training, a `--metric_for_best_model` that no evaluation logs (`more`: e.g. eval_tasks')
+    instead of a KeyError at the first evaluation. The Trainer reads `loss` as `eval_loss`, as here."""
+    if name is None:
+        return
+    known = [f"eval_{metric}" for metric in EVAL_METRICS] + list(more)
+    if (name if name.startswith("eval_") else f"eval_{name}") not in known:
+        raise UserError(
+            f"--metric_for_best_model {name} is not a metric of the evaluation; choose one of {', '.join(known)}"
+        )
+
+
 class ComputeLMMetrics:
     """`compute_metrics` for the Trainer: the repository's `evaluate` module over the reduced logits.
 
@@ -111,7 +132,9 @@ def final_eval_metrics(trainer: Trainer) -> dict[str, float]:
 
 
 __all__ = [
+    "EVAL_METRICS",
     "ComputeLMMetrics",
+    "check_metric_for_best_model",
     "LM_METRICS_PATH",
     "final_eval_metrics",
     "preprocess_logits_for_metrics",

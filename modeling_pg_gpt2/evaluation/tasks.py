@@ -63,6 +63,11 @@ class EvalTasksCallback(TrainerCallback):
         self.seed = seed
         self.sample_tokens = sample_tokens
 
+    @property
+    def metric_names(self) -> list[str]:
+        """What each evaluation logs for the files: `eval_<name>_accuracy` and `eval_<name>_accuracy_norm`."""
+        return [f"eval_{name}{suffix}" for name in self.tasks for suffix in ("_accuracy", NORM_SUFFIX)]
+
     def on_log(self, args, state, control, logs=None, model=None, processing_class=None, **kwargs):
         if not logs or "eval_loss" not in logs or model is None or processing_class is None:
             return

@@ -39,8 +39,10 @@ from typing import Any, Literal, TextIO
 import torch
 
 from ..common.errors import UserError
+from ..common.outputs import check_output_file
+from ..common.ranges import RANGE, at_least, check_ranges
 from ..data.tokenizer import pad_token_id, start_token_id
-from ..generation.loader import LoadArguments
+from ..generation.loader import LoadArguments, resolve_device
 from .scoring import encode_pair, pair_request, rolling_requests, score_requests, scoring_window
 
 TASKS = ("perplexity", "lambada", "multiple_choice")
@@ -83,15 +85,21 @@ class EvaluationArguments(LoadArguments):
         metadata={
             "help": "perplexity: tokens the window moves by, i.e. new tokens scored per window (default: half "
             "the window). Smaller is slower and gives each token more context; the window's length gives "
-            "lm-evaluation-harness' rolling windows."
+            "lm-evaluation-harness' rolling windows.",
+            RANGE: at_least(1),
         },
     )
     max_length: int | None = field(
-        default=None, metadata={"help": "Tokens the model sees at once (default and most: the model's context)."}
+        default=None,
+        metadata={
+            "help": "Tokens the model sees at once (default and most: the model's context).",
+            RANGE: at_least(2),
+        },
     )
-    batch_size: int = field(default=8, metadata={"help": "Sequences per forward pass."})
+    batch_size: int = field(default=8, metadata={"help": "Sequences per forward pass.", RANGE: at_least(1)})
     max_examples: int | None = field(
-        default=None, metadata={"help": "lambada, multiple_choice: evaluate only the first N examples."}
+        default=None,
+        metadata={"help": "lambada, multiple_choice: evaluate only the first N examples.", RANGE: at_least(1)},
     )
     output_file: str | None = field(
         default=None,
@@ -172,8 +180,16 @@ def load_text(args: EvaluationArguments) -> tuple[str, str]:
         except (OSError, UnicodeDecodeError) as err:
             raise UserError(f"cannot read --data_file {path} as UTF-8 text: {err}") from None
     examples, name = load_examples(args)
+    texts = []
+    for number, example in enumerate(examples, 1):
+        text = _field(example, args.text_field, "--text_field", f"example {number}")
+        if not isinstance(text, str):
+            raise UserError(
+                f"{args.data_file or args.dataset_name}, example {number}: the text field {args.text_field!r} holds "
+                f"{json.dumps(text)}, not text; name the field that holds it with --text_field."
+            )
+        texts.append(text)
     # Records are joined by a blank line, as HF's perplexity guide joins WikiText's lines.
-    texts = [_field(e, args.text_field, "--text_field", f"example {i}") for i, e in enumerate(examples, 1)]
     return "\n\n".join(texts), name
 
 
@@ -315,10 +331,12 @@ def evaluate_model(
     Returns what the JSON file holds: the model, task, data, settings, `metrics` and the speed.
     """
     stream = sys.stdout if stream is None else stream
-    if args.batch_size < 1:
-        raise UserError(f"--batch_size must be at least 1, got {args.batch_size}.")
+    check_ranges(args)
+    resolve_device(args.device)
     if args.data_file and args.dataset_name:
         raise UserError("pass either --data_file or --dataset_name, not both.")
+    if args.output_file:  # before the evaluation, not after it
+        check_output_file(args.output_file, "--output_file")
     # Read the data before loading the model: a wrong file name fails at once.
     if args.task == "perplexity":
         text, data_name = load_text(args)

@@ -49,7 +49,7 @@ from transformers import (
 )
 from transformers.utils import logging as hf_logging
 
-from ..common.errors import CommandError, UserError, disk_full_message, few, first_line, is_disk_full
+from ..common.errors import UserError, few, first_line
 from ..common.outputs import (
     CONFIG_FILE,
     SIDE_FILES,
@@ -291,8 +291,8 @@ def _convert(
 ) -> Path:
     """Save `load(folder of src)` plus the folder's tokenizer files into `dst`, which appears only once complete.
 
-    Every check comes before the first write. A full disk is a one-line `CommandError`; the half-written copy
-    is removed and `dst` left as it was.
+    Every check comes before the first write. A full disk is a one-line `CommandError` (`staged`); the
+    half-written copy is removed and `dst` left as it was.
     """
     dst = Path(dst)
     check_output_dir(dst, flag="DST", overwrite_flag=None if overwrite else "--overwrite")
@@ -301,15 +301,10 @@ def _convert(
     checkpoint_tokenizer(folder)
     model = load(folder)
     with staged(dst, "folder") as staging:
-        try:
-            model.save_pretrained(staging)
-            for name in SIDE_FILES:
-                if (folder / name).is_file():
-                    shutil.copyfile(folder / name, staging / name)
-        except Exception as err:
-            if not is_disk_full(err, staging):
-                raise
-            raise CommandError(disk_full_message(dst)) from None
+        model.save_pretrained(staging)
+        for name in SIDE_FILES:
+            if (folder / name).is_file():
+                shutil.copyfile(folder / name, staging / name)
     return dst
 
 

@@ -30,10 +30,11 @@ import numpy as np
 from ..common.errors import UserError
 from ..common.outputs import TOKENIZER_FILE, staged
 from ..modeling_pg_gpt2 import PgGPT2ForCausalLM
+from .arguments import GGUF_DTYPES
 from .source import check_destination, load_source
 
 ARCH = "gpt2"
-DTYPES = ("f32", "f16", "q8_0")
+DTYPES = GGUF_DTYPES
 # pg_gpt2 parameter name (without "transformer.", "{i}" for the layer) -> llama.cpp gpt2 tensor name.
 TENSOR_NAMES = {
     "wte.weight": "token_embd.weight",

@@ -36,12 +36,13 @@ from ..common.errors import UserError
 from ..common.outputs import staged
 from ..generation.onnx import ONNX_FILE, past_names
 from ..modeling_pg_gpt2 import PgGPT2ForCausalLM
+from .arguments import ONNX_DTYPES
 from .layout import pg_config_to_gpt2
 from .source import check_destination, copy_side_files, load_source
 
 # ONNX opset 18: run by onnxruntime >= 1.14 and every current runtime (LayerNormalization is native).
 OPSET = 18
-DTYPES = {"float32": torch.float32, "float16": torch.float16}
+DTYPES = {name: getattr(torch, name) for name in ONNX_DTYPES}
 
 
 class OnnxDecoder(nn.Module):

@@ -14,7 +14,7 @@ import shutil
 from pathlib import Path
 
 from ..common.errors import UserError
-from ..common.outputs import SIDE_FILES, check_not_an_input, read_config
+from ..common.outputs import SIDE_FILES, check_not_an_input, check_output_dir, check_output_file, read_config
 from ..generation.loader import check_model
 from ..modeling_pg_gpt2 import PgGPT2ForCausalLM
 from .convert import checkpoint_tokenizer, convert_gpt2_checkpoint, convert_pg_checkpoint, resolve_checkpoint
@@ -59,7 +59,8 @@ def load_source(src: str | Path, what: str, revision: str | None = None) -> tupl
 
 
 def check_destination(dst: Path, folder: Path, overwrite: bool, kind: str) -> None:
-    """Refuse a DST that is the source or holds it, that exists without `overwrite`, or of the wrong `kind`.
+    """Refuse a DST that is the source or holds it, that exists without `overwrite`, of the wrong `kind`, or
+    that cannot be written (below a file, on a read-only file system).
 
     kind: "folder" or "file".
     """
@@ -70,6 +71,10 @@ def check_destination(dst: Path, folder: Path, overwrite: bool, kind: str) -> No
             raise UserError(f"{dst} is a folder; DST must be a file name")
         if not overwrite and (kind == "file" or any(dst.iterdir())):
             raise UserError(f"{dst} exists; choose another name or pass --overwrite to replace it")
+    if kind == "folder":  # below a file, or where nothing can be written
+        check_output_dir(dst, flag="DST", overwrite_flag=None)
+    else:
+        check_output_file(dst, "DST")
     check_not_an_input(dst, "DST", {"the source checkpoint": folder}, inside=True)
 
 

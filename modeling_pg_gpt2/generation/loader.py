@@ -11,8 +11,9 @@ sources with the same line. [`load_model`] takes
 
 Each of these is one `UserError` line: a folder or Hub repository that does not exist (`sources`), a folder
 without a real tokenizer (`data.tokenizer.load_tokenizer`), a model with NaN or infinite weights (a diverged
-training run), a tokenizer with more tokens than the model has embeddings, an ONNX export loaded as torch
-weights, a device this machine does not have.
+training run), a tokenizer with more tokens than the model has embeddings, weights cut off by a copy, an ONNX
+export loaded as torch weights (or one without its config.json, or cut off), a device this machine does not
+have (or `meta`).
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ from transformers import AutoModelForCausalLM, PreTrainedModel, PreTrainedTokeni
 from transformers.utils import logging as hf_logging
 
 from ..common.errors import UserError, few, first_line
-from ..common.outputs import WEIGHTS_FILES
+from ..common.outputs import WEIGHTS_FILES, weights_problem
 from ..common.sources import check_pretrained_source
 from ..data.tokenizer import load_tokenizer
 from .onnx import ONNX_FILE, OnnxCausalLM
@@ -92,6 +93,9 @@ def load_model(
         raise UserError(
             f"{name} is an ONNX export (it holds {ONNX_FILE} and no torch weights): run it with --backend onnxruntime"
         )
+    problem = weights_problem(folder) if folder.is_dir() else None
+    if problem is not None:  # safetensors' own error is a traceback
+        raise UserError(f"cannot load the model {name!r}: {problem}; copy it again")
     hub = {"revision": revision, "token": token, "trust_remote_code": trust_remote_code}
     progress_bars = hf_logging.is_progress_bar_enabled()
     hf_logging.disable_progress_bar()  # loading a small model is instant: keep the terminal for the text
@@ -165,6 +169,14 @@ def resolve_device(requested: str | None) -> torch.device:
             raise UserError(f"--device {requested}: this machine has {torch.cuda.device_count()} CUDA device(s).")
         if device.type == "mps" and not torch.backends.mps.is_available():
             raise UserError(f"--device {requested}: MPS (Apple GPU) is not available here; pass --device cpu.")
+        if device.type == "meta":
+            raise UserError(f"--device {requested} holds no weights (shapes only): use cuda, cuda:N, mps or cpu.")
+        backend = getattr(torch, device.type, None)  # torch.xpu, ...: the other accelerators torch knows
+        if device.type not in ("cpu", "cuda", "mps") and not getattr(backend, "is_available", lambda: False)():
+            raise UserError(
+                f"--device {requested}: {device.type.upper()} is not available here (torch {torch.__version__}); "
+                "leave out --device or pass --device cpu."
+            )
         return device
     if torch.cuda.is_available():
         return torch.device("cuda")

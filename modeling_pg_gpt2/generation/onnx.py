@@ -28,7 +28,7 @@ from transformers.generation import (
     TopPLogitsWarper,
 )
 
-from ..common.errors import UserError
+from ..common.errors import UserError, first_line
 
 # An export's file and its cache tensors' names (`export.onnx` writes them; optimum's and transformers.js's names).
 ONNX_FILE = "model.onnx"
@@ -77,16 +77,34 @@ class OnnxCausalLM:
     ) -> OnnxCausalLM:
         """Open a folder written by `convert --to onnx`; `providers`: onnxruntime's, default the CPU one."""
         folder = Path(folder).expanduser()
-        if not (folder / ONNX_FILE).is_file():
-            raise UserError(
-                f"{folder} has no {ONNX_FILE}; export the model first: python convert.py MODEL {folder} --to onnx"
-            )
-        config = GPT2Config.from_pretrained(folder)
+        export = f"export it again: python convert.py MODEL {folder} --to onnx"
+        for name, what in ((ONNX_FILE, "the graph"), ("config.json", "the sizes of its layers and cache")):
+            if not (folder / name).is_file():
+                raise UserError(f"{folder} has no {name} ({what}); {export}")
+        try:
+            config = GPT2Config.from_pretrained(folder)
+        except (OSError, ValueError) as err:
+            raise UserError(f"cannot read {folder / 'config.json'} ({first_line(err)}); {export}") from None
         try:
             generation_config = GenerationConfig.from_pretrained(folder)
         except OSError:  # no generation_config.json: the model config's ids
             generation_config = GenerationConfig.from_model_config(config)
-        return cls(ort_session(folder / ONNX_FILE, providers, threads), config, generation_config)
+        try:
+            session = ort_session(folder / ONNX_FILE, providers, threads)
+        except UserError:
+            raise
+        except Exception as err:  # onnxruntime's own InvalidProtobuf, Fail, ...
+            raise UserError(
+                f"{folder / ONNX_FILE} is not a complete ONNX model ({first_line(err)}); {export}"
+            ) from None
+        inputs = {i.name for i in session.get_inputs()}
+        missing = [name for name in past_names(config.n_layer) if name not in inputs]
+        if missing:
+            raise UserError(
+                f"{folder}: config.json (n_layer={config.n_layer}) does not describe {ONNX_FILE}, which has no "
+                f"input {missing[0]}; {export}"
+            )
+        return cls(session, config, generation_config)
 
     def forward(
         self, input_ids: np.ndarray, attention_mask: np.ndarray, past: list[np.ndarray] | None

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 import os
 import sys
 from collections.abc import Sequence
@@ -24,6 +23,7 @@ import torch
 from transformers import TextStreamer, set_seed
 
 from ..common.errors import UserError
+from ..common.ranges import RANGE, SEED, Range, at_least, check_ranges
 from ..data.tokenizer import pad_token_id, start_token_id
 from .loader import BACKENDS, LoadArguments, context_length, resolve_device
 
@@ -42,14 +42,39 @@ class GenerationArguments(LoadArguments):
             "strings (for prompts that span several lines)."
         },
     )
-    max_new_tokens: int = field(default=100, metadata={"help": "Tokens to generate after each prompt."})
+    max_new_tokens: int = field(
+        default=100, metadata={"help": "Tokens to generate after each prompt.", RANGE: at_least(1)}
+    )
     do_sample: bool = field(default=True, metadata={"help": "Sample (true) or decode greedily (false)."})
-    temperature: float = field(default=0.8, metadata={"help": "Softmax temperature; lower is more conservative."})
-    top_k: int = field(default=50, metadata={"help": "Sample among the k most likely tokens (0: no limit)."})
-    top_p: float = field(default=1.0, metadata={"help": "Nucleus sampling: smallest set of tokens with this mass."})
-    repetition_penalty: float = field(default=1.0, metadata={"help": "Penalty > 1 discourages repeating tokens."})
-    num_return_sequences: int = field(default=1, metadata={"help": "Samples per prompt (streamed only when 1)."})
-    seed: int | None = field(default=None, metadata={"help": "Random seed, for reproducible samples."})
+    temperature: float = field(
+        default=0.8,
+        metadata={
+            "help": "Softmax temperature; lower is more conservative.",
+            RANGE: Range(0, above=True, note="greedy decoding: --do_sample false"),
+        },
+    )
+    top_k: int = field(
+        default=50,
+        metadata={"help": "Sample among the k most likely tokens.", RANGE: Range(0, note="0: no limit")},
+    )
+    top_p: float = field(
+        default=1.0,
+        metadata={
+            "help": "Nucleus sampling: smallest set of tokens with this mass.",
+            RANGE: Range(0, 1, above=True, note="1: no nucleus sampling"),
+        },
+    )
+    repetition_penalty: float = field(
+        default=1.0,
+        metadata={
+            "help": "Penalty > 1 discourages repeating tokens.",
+            RANGE: Range(0, above=True, note="1: no penalty"),
+        },
+    )
+    num_return_sequences: int = field(
+        default=1, metadata={"help": "Samples per prompt (streamed only when 1).", RANGE: at_least(1)}
+    )
+    seed: int | None = field(default=None, metadata={"help": "Random seed, for reproducible samples.", RANGE: SEED})
     backend: str = field(
         default="torch",
         metadata={
@@ -84,21 +109,12 @@ def read_prompts(prompts: Sequence[str], prompts_file: str | None) -> list[str]:
 
 def check_generation_arguments(args: GenerationArguments) -> None:
     """Refuse, before the model is loaded, sampling options `generate()` would reject deep inside or misuse."""
-    if args.max_new_tokens < 1:
-        raise UserError(f"--max_new_tokens must be at least 1, got {args.max_new_tokens}.")
-    if args.num_return_sequences < 1:
-        raise UserError(f"--num_return_sequences must be at least 1, got {args.num_return_sequences}.")
-    # `not x > 0` is also true for NaN.
-    if not args.temperature > 0 or math.isinf(args.temperature):
+    check_ranges(args)
+    if not args.do_sample and args.num_return_sequences > 1:
         raise UserError(
-            f"--temperature must be a positive number, got {args.temperature} (greedy decoding: --do_sample false)."
+            f"--num_return_sequences {args.num_return_sequences} needs --do_sample true: greedy decoding gives one "
+            "text per prompt"
         )
-    if args.top_k < 0:
-        raise UserError(f"--top_k must be 0 (no limit) or more, got {args.top_k}.")
-    if not 0 < args.top_p <= 1:
-        raise UserError(f"--top_p must be in (0, 1] (1: no nucleus sampling), got {args.top_p}.")
-    if not args.repetition_penalty > 0 or math.isinf(args.repetition_penalty):
-        raise UserError(f"--repetition_penalty must be a positive number (1: none), got {args.repetition_penalty}.")
     resolve_device(args.device)
 
 

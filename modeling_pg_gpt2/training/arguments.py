@@ -5,11 +5,13 @@ from __future__ import annotations
 import importlib.util
 import os
 from dataclasses import dataclass, field
+from types import MappingProxyType
 
 import torch
 from transformers import TrainingArguments
 from transformers.training_args import OptimizerNames
 
+from ..common.ranges import FRACTION, RANGE, SEED, Range, at_least, positive
 from .hardware import native_bf16, sharding_engine
 from .optim import MUON
 
@@ -20,8 +22,41 @@ class CLMTrainingArguments(TrainingArguments):
 
     Unlike the bare `TrainingArguments`, a run trains and evaluates every `eval_steps`, keeps the
     two newest checkpoints plus the best one, and reloads the best model (lowest eval loss) at the
-    end. Flags of the same name change those defaults.
+    end. Flags of the same name change those defaults. Every numeric flag has a range (`common.ranges`):
+    its own in the field's metadata, transformers' by name in `inherited_ranges`.
     """
+
+    inherited_ranges = MappingProxyType(
+        {
+            "per_device_train_batch_size": at_least(1),
+            "per_device_eval_batch_size": at_least(1),
+            "gradient_accumulation_steps": at_least(1),
+            "eval_accumulation_steps": at_least(1),
+            "num_train_epochs": positive(),
+            "max_steps": Range(
+                1, also=(-1,), note="-1: train --num_train_epochs epochs; to only evaluate, --do_train false"
+            ),
+            "learning_rate": positive(),
+            "warmup_steps": at_least(0),
+            "weight_decay": at_least(0),
+            "adam_beta1": FRACTION,
+            "adam_beta2": FRACTION,
+            "adam_epsilon": at_least(0),
+            "max_grad_norm": at_least(0),
+            "label_smoothing_factor": FRACTION,
+            "neftune_noise_alpha": positive(),
+            "torch_empty_cache_steps": at_least(1),
+            "eval_delay": at_least(0),
+            "save_steps": positive(),
+            "seed": SEED,
+            "data_seed": SEED,
+            "dataloader_num_workers": at_least(0),
+            "dataloader_prefetch_factor": at_least(1),
+            "ddp_bucket_cap_mb": at_least(1),
+            "ddp_timeout": at_least(1),
+            "local_rank": at_least(-1),
+        }
+    )
 
     overwrite_output_dir: bool = field(
         default=False,
@@ -32,16 +67,21 @@ class CLMTrainingArguments(TrainingArguments):
     )
     early_stopping_patience: int | None = field(
         default=None,
-        metadata={"help": "Stop after this many evaluations without a better eval loss (default: never)."},
+        metadata={
+            "help": "Stop after this many evaluations without a better eval loss (default: never).",
+            RANGE: at_least(1),
+        },
     )
     early_stopping_threshold: float = field(
-        default=0.0, metadata={"help": "Smallest eval-loss improvement that counts for early stopping."}
+        default=0.0,
+        metadata={"help": "Smallest eval-loss improvement that counts for early stopping.", RANGE: at_least(0)},
     )
     max_train_minutes: float | None = field(
         default=None,
         metadata={
             "help": "Stop training after this many minutes of this process, evaluating and saving as at the end "
-            "(a time budget on top of max_steps; the learning-rate schedule still follows max_steps)."
+            "(a time budget on top of max_steps; the learning-rate schedule still follows max_steps).",
+            RANGE: positive(),
         },
     )
     reuse_freed_memory: bool = field(
@@ -56,7 +96,8 @@ class CLMTrainingArguments(TrainingArguments):
         default=None,
         metadata={
             "help": "Threads of a CPU run. Default: the cores other processes leave free when the run starts "
-            "(all of them on an idle machine; OMP_NUM_THREADS, as launchers set it, takes precedence)."
+            "(all of them on an idle machine; OMP_NUM_THREADS, as launchers set it, takes precedence).",
+            RANGE: at_least(1),
         },
     )
     auto_bf16: bool = field(
@@ -81,7 +122,8 @@ class CLMTrainingArguments(TrainingArguments):
         metadata={
             "help": "--optim muon: Muon's peak learning rate (torch.optim.Muon's scaling: the update of an "
             "(out, in) matrix has spectral norm lr * sqrt(max(1, out/in))); the schedule scales it with "
-            "--learning_rate."
+            "--learning_rate.",
+            RANGE: positive(),
         },
     )
     document_masking: bool = field(
@@ -94,11 +136,23 @@ class CLMTrainingArguments(TrainingArguments):
     )
     do_train: bool = field(default=True, metadata={"help": "Train (pass --do_train false to only evaluate)."})
     do_eval: bool = field(default=True, metadata={"help": "Evaluate on the validation split."})
-    eval_strategy: str = field(default="steps", metadata={"help": "When to evaluate: 'no', 'steps', 'epoch'."})
-    eval_steps: float | None = field(default=500, metadata={"help": "Evaluate every N optimizer steps."})
-    logging_steps: float = field(default=20, metadata={"help": "Log the training loss every N steps."})
+    eval_strategy: str = field(
+        default="steps", metadata={"help": "When to evaluate.", "choices": ["no", "steps", "epoch"]}
+    )
+    eval_steps: float | None = field(
+        default=500,
+        metadata={"help": "Evaluate every N optimizer steps (below 1: a fraction of max_steps).", RANGE: positive()},
+    )
+    logging_steps: float = field(
+        default=20,
+        metadata={
+            "help": "Log the training loss every N steps (below 1: a fraction of max_steps).",
+            RANGE: positive(),
+        },
+    )
     save_total_limit: int | None = field(
-        default=2, metadata={"help": "Keep at most N checkpoints (the best one is always kept)."}
+        default=2,
+        metadata={"help": "Keep at most N checkpoints (the best one is always kept).", RANGE: at_least(1)},
     )
     load_best_model_at_end: bool = field(
         default=True, metadata={"help": "Reload the best checkpoint (metric_for_best_model) at the end."}
@@ -154,12 +208,6 @@ class CLMTrainingArguments(TrainingArguments):
             self.eval_strategy = "no"
         if self.eval_strategy == "no":
             self.load_best_model_at_end = False
-        if self.do_train and (self.max_steps == 0 or self.max_steps < -1):
-            # transformers takes any max_steps <= 0 as "train num_train_epochs epochs"
-            raise ValueError(
-                f"--max_steps {self.max_steps} trains nothing: pass a positive number of steps, -1 to train "
-                "--num_train_epochs epochs, or --do_train false to only evaluate."
-            )
         super().__post_init__()
         if muon:
             self.optim = MUON

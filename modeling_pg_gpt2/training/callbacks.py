@@ -2,7 +2,7 @@
 
 [`PlotCallback`] redraws the curves, [`TimeLimitCallback`] ends training after `--max_train_minutes`,
 [`DivergenceCallback`] stops at the first non-finite gradient norm or loss before it reaches the weights,
-[`InterruptCallback`] turns Ctrl-C into a saved checkpoint. Every rank takes the same decision.
+[`InterruptCallback`] turns Ctrl-C or SIGTERM into a saved checkpoint. Every rank takes the same decision.
 """
 
 from __future__ import annotations
@@ -17,6 +17,8 @@ import torch
 from transformers import (
     TrainerCallback,
 )
+
+from ..common.errors import SIGNAL_NAMES
 
 logger = logging.getLogger(__name__)
 
@@ -75,7 +77,7 @@ class TimeLimitCallback(TrainerCallback):
             return control
         now = time.monotonic()
         self.trained, self._mark = self.trained + now - self._mark, now
-        used = _slowest_rank(self.trained, args.device)
+        used = _largest_on_any_rank(self.trained, args.device)
         self.fraction = used / self.seconds if self.seconds > 0 else math.inf
         if self.fraction >= 1:  # every rank reads the same value: every rank stops together
             self.used_up = True
@@ -98,22 +100,14 @@ class TimeLimitCallback(TrainerCallback):
             entry["train_minutes"] = round(self.trained / 60, 4)
 
 
-def _slowest_rank(seconds: float, device: torch.device) -> float:
-    """The largest of `seconds` over all processes (itself outside distributed training)."""
+def _largest_on_any_rank(number: float, device: torch.device) -> float:
+    """The largest of `number` over all processes (itself outside distributed training), so that every rank
+    takes the same decision."""
     if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
-        return seconds
-    value = torch.tensor([seconds], dtype=torch.float64, device=device)
+        return number
+    value = torch.tensor([number], dtype=torch.float64, device=device)
     torch.distributed.all_reduce(value, op=torch.distributed.ReduceOp.MAX)
     return float(value.item())
-
-
-def _on_any_rank(flag: bool, device: torch.device) -> bool:
-    """Whether `flag` is true on any process, so that every rank takes the same decision."""
-    if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
-        return flag
-    value = torch.tensor([float(flag)], device=device)
-    torch.distributed.all_reduce(value, op=torch.distributed.ReduceOp.MAX)
-    return bool(value.item())
 
 
 class DivergenceCallback(TrainerCallback):
@@ -133,7 +127,7 @@ class DivergenceCallback(TrainerCallback):
             return
         grads = [p.grad for p in model.parameters() if p.grad is not None]
         norm = torch.nn.utils.get_total_norm(grads) if grads else torch.zeros(())
-        if _on_any_rank(not bool(torch.isfinite(norm)), args.device):
+        if _largest_on_any_rank(float(not bool(torch.isfinite(norm))), args.device):
             for parameter in model.parameters():
                 parameter.grad = None  # the optimizer skips parameters without a gradient
             self._stop(control, f"the gradient norm is {norm.item():g} at step {state.global_step + 1}")
@@ -160,39 +154,50 @@ class DivergenceCallback(TrainerCallback):
 
 
 class InterruptCallback(TrainerCallback):
-    """Ctrl-C (SIGINT) during training: finish the step, save a checkpoint and stop; a second Ctrl-C stops at once.
+    """Ctrl-C (SIGINT) or SIGTERM during training: finish the step, save a checkpoint and stop; a second
+    signal stops at once.
 
-    `stopped_at` is then the step whose checkpoint was saved. The handler is in place from the first to
-    the last step only: elsewhere Ctrl-C raises `KeyboardInterrupt` as usual.
+    SIGTERM is what Slurm, Kubernetes and `kill` send before they kill a job (after a grace period: 30 s by
+    default on both), so a preempted run leaves a checkpoint of the step it was at, which the same command
+    resumes from. `stopped_at` is then the step whose checkpoint was saved, `signum` the signal. The handlers
+    are in place from the first to the last step only: elsewhere the signals interrupt as usual
+    (`common.errors.run_cli`).
     """
 
     def __init__(self) -> None:
-        self.requested = False
+        self.requested = 0  # the signal received, 0 for none
         self.stopped_at: int | None = None
-        self._previous: Any = None
+        self.signum: int | None = None
+        self._previous: dict[int, Any] = {}
 
     def _handle(self, signum, frame) -> None:
-        self.requested = True
-        signal.signal(signal.SIGINT, signal.default_int_handler)  # the second Ctrl-C interrupts at once
+        self.requested = signum
+        self._restore()  # the second signal interrupts at once
+
+    def _restore(self) -> None:
+        for signum, previous in self._previous.items():
+            signal.signal(signum, previous)
+        self._previous = {}
 
     def on_train_begin(self, args, state, control, **kwargs):
-        if signal.getsignal(signal.SIGINT) is not signal.SIG_IGN:  # e.g. a background job of a script
-            self._previous = signal.signal(signal.SIGINT, self._handle)
+        for signum in SIGNAL_NAMES:
+            if signal.getsignal(signum) is not signal.SIG_IGN:  # e.g. Ctrl-C in a background job of a script
+                self._previous[signum] = signal.signal(signum, self._handle)
 
     def on_step_end(self, args, state, control, **kwargs):
-        if self.stopped_at is None and _on_any_rank(self.requested, args.device):
-            message = "Ctrl-C: saving a checkpoint of step %d, then stopping (Ctrl-C again stops at once)."
-            logger.warning(message, state.global_step)
-            self.stopped_at = state.global_step
+        signum = int(_largest_on_any_rank(self.requested, args.device)) if self.stopped_at is None else 0
+        if signum:
+            name = SIGNAL_NAMES[signum]
+            message = "%s: saving a checkpoint of step %d, then stopping (%s again stops at once)."
+            logger.warning(message, name, state.global_step, name)
+            self.stopped_at, self.signum = state.global_step, signum
             control.should_training_stop = True
             control.should_evaluate = False
             control.should_save = args.save_strategy != "no"
         return control
 
     def on_train_end(self, args, state, control, **kwargs):
-        if self._previous is not None:
-            signal.signal(signal.SIGINT, self._previous)
-            self._previous = None
+        self._restore()
 
 
 __all__ = [

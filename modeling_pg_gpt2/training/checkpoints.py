@@ -19,12 +19,13 @@ import zipfile
 from pathlib import Path
 
 from safetensors import safe_open
-from transformers import Trainer, TrainingArguments
+from transformers import PretrainedConfig, Trainer, TrainingArguments
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
 from ..common.errors import CommandError, UserError, disk_full_message, is_disk_full
-from ..common.outputs import LOCK_FILE, check_output_dir
+from ..common.outputs import LOCK_FILE, check_output_dir, read_config, weights_problem
 from ..reports.run_record import RunInfo
+from .streaming import STREAM_STATE_FILE
 
 logger = logging.getLogger(__name__)
 
@@ -44,16 +45,45 @@ def checkpoint_problem(checkpoint: str | os.PathLike) -> str | None:
     weights = list(path.glob("*.safetensors")) + list(path.glob("pytorch_model*.bin"))
     if not weights and not any(path.glob("global_step*")) and not any(path.glob("pytorch_model_fsdp*")):
         return "no model weights"
-    for file in path.rglob("*.safetensors"):
-        try:
-            with safe_open(file, framework="pt"):
-                pass
-        except Exception:
-            return f"{file.name} is truncated or corrupt"
+    problem = weights_problem(path)
+    if problem is not None:
+        return problem
     for file in [*path.glob("*.pt"), *path.glob("*.pth"), *path.glob("*.bin")]:
         if not zipfile.is_zipfile(file):
             return f"{file.name} is truncated or corrupt"
     return None
+
+
+# What makes two models' weights interchangeable: a checkpoint resumes only into the same shapes.
+ARCHITECTURE = (
+    *("vocab_size", "n_positions", "n_embd", "n_layer", "n_head", "n_inner"),
+    *("activation_function", "tie_word_embeddings"),
+)
+
+
+def check_resumable_with(checkpoint: str | os.PathLike, config: PretrainedConfig, streaming: bool) -> None:
+    """Refuse, in one line, to resume `checkpoint` into a model of another shape (`config`, e.g. another
+    `n_layer` in --config_overrides) or with another way of reading the data than the run that saved it."""
+    path = Path(checkpoint)
+    try:
+        saved = read_config(path)
+    except UserError:
+        saved = {}  # a DeepSpeed or FSDP checkpoint keeps its config elsewhere: its own loader checks shapes
+    differ = [
+        f"{name}={saved[name]} (this run: {getattr(config, name, None)})"
+        for name in ARCHITECTURE
+        if name in saved and saved[name] != getattr(config, name, None)
+    ]
+    if differ:
+        raise UserError(
+            f"{checkpoint} holds a model with {', '.join(differ)}: resume with the settings of the run that saved "
+            "it, or pass --overwrite_output_dir to start over"
+        )
+    if not streaming and any(path.glob(STREAM_STATE_FILE.format(rank="*"))):
+        raise UserError(
+            f"{checkpoint} was saved by a --streaming run, whose position in the stream it holds: resume it with "
+            "--streaming (and the same corpus), or pass --overwrite_output_dir to start over"
+        )
 
 
 def find_resumable_checkpoint(output_dir: str | os.PathLike) -> str | None:
@@ -183,7 +213,9 @@ def divergence_message(what: str, args: TrainingArguments, output_dir: Path) -> 
 
 
 __all__ = [
+    "ARCHITECTURE",
     "asks_for_more",
+    "check_resumable_with",
     "checkpoint_problem",
     "divergence_message",
     "find_resumable_checkpoint",

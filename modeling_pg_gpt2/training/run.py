@@ -24,7 +24,7 @@ and the shared [`~modeling_pg_gpt2.data.corpus.CorpusArguments`]), parsed by `mo
 `hardware` sets the CPU up for the run (threads, malloc) and says where bf16 is native.
 
 Every bad input is a [`~modeling_pg_gpt2.common.errors.UserError`] raised before the output folder is touched.
-Faults during training end in one line too, keeping every complete checkpoint: Ctrl-C saves the
+Faults during training end in one line too, keeping every complete checkpoint: Ctrl-C (or SIGTERM) saves the
 current step (`callbacks.InterruptCallback`), a non-finite gradient norm or loss stops the run before the
 update (`callbacks.DivergenceCallback`), a full disk names the file it cut off (docs/faults.md lists them all).
 """
@@ -54,8 +54,9 @@ from transformers import (
 )
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
-from ..common.errors import CommandError, Interrupted, UserError
+from ..common.errors import SIGNAL_NAMES, CommandError, Interrupted, UserError, interrupting_signal
 from ..common.outputs import METRICS_FILE, check_not_an_input, check_output_dir, output_lock
+from ..common.ranges import check_ranges
 from ..data.blocks import (
     DataTrainingArguments,
     check_streaming_arguments,
@@ -66,12 +67,18 @@ from ..data.blocks import (
 from ..data.collators import DocumentMaskingCollator
 from ..data.corpus import CorpusArguments
 from ..data.prepared import load_prepared, read_prepared_info
-from ..evaluation.metrics import ComputeLMMetrics, final_eval_metrics, preprocess_logits_for_metrics
+from ..evaluation.metrics import (
+    ComputeLMMetrics,
+    check_metric_for_best_model,
+    final_eval_metrics,
+    preprocess_logits_for_metrics,
+)
 from ..evaluation.tasks import EvalTasksCallback
 from .arguments import CLMTrainingArguments
 from .callbacks import DivergenceCallback, InterruptCallback, PlotCallback, TimeLimitCallback
 from .checkpoints import (
     asks_for_more,
+    check_resumable_with,
     divergence_message,
     find_resumable_checkpoint,
     finished_run,
@@ -107,6 +114,8 @@ def train(
     Re-run on the folder of a finished run, it changes nothing and returns that run's metrics, unless
     asked to train further (see [`asks_for_more`]). A second run on a folder in use is refused.
     """
+    for args in (model_args, corpus_args, data_args, training_args):  # arguments made in code, not parsed
+        check_ranges(args)
     setup_logging(training_args)
     if not training_args.do_train:
         return evaluate_only(model_args, corpus_args, data_args, training_args)
@@ -130,6 +139,8 @@ def _train(
 ) -> dict[str, float]:
     resume_from = resolve_resume(training_args)  # first: refuses a folder that holds something else
     eval_tasks = EvalTasksCallback(training_args.eval_tasks, training_args.seed)  # reads the files: fails early
+    if training_args.do_eval:
+        check_metric_for_best_model(training_args.metric_for_best_model, eval_tasks.metric_names)
     setup_cpu_training(training_args)
     on_cpu = training_args.device.type == "cpu"
     if training_args.optim == MUON and on_cpu and not native_bf16("cpu"):
@@ -144,6 +155,8 @@ def _train(
     set_seed(training_args.seed)  # before the model exists: Trainer seeds only after
     tokenizer = run_tokenizer(model_args)
     model, source = build_model(model_args, tokenizer)
+    if resume_from is not None:  # before the data: a checkpoint of another model or data path cannot go on
+        check_resumable_with(resume_from, model.config, data_args.streaming)
     set_generation_defaults(model, tokenizer)
     if model.config.tie_word_embeddings:
         hide_tied_weight_warning(model)
@@ -199,12 +212,14 @@ def _train(
     with saving(trainer):
         try:
             result = trainer.train(resume_from_checkpoint=resume_from)
-        except KeyboardInterrupt:  # a second Ctrl-C, in the middle of a step
-            raise Interrupted(f"stopped by Ctrl-C; {resume_hint(output_dir)}") from None
+        except KeyboardInterrupt as err:  # a second Ctrl-C or SIGTERM, in the middle of a step
+            signum = interrupting_signal(err)
+            raise Interrupted(f"stopped by {SIGNAL_NAMES[signum]}; {resume_hint(output_dir)}", signum) from None
         if divergence.diverged is not None:
             raise CommandError(divergence_message(divergence.diverged, training_args, output_dir))
         if interrupt.stopped_at is not None:
-            raise Interrupted(f"stopped by Ctrl-C at step {interrupt.stopped_at}; {resume_hint(output_dir)}")
+            name, hint = SIGNAL_NAMES[interrupt.signum], resume_hint(output_dir)
+            raise Interrupted(f"stopped by {name} at step {interrupt.stopped_at}; {hint}", interrupt.signum)
         metrics = {**result.metrics, **throughput.summary()}  # train_tokens_per_second (all processes), train_mfu
         if training_args.do_eval:
             metrics.update(final_eval_metrics(trainer))

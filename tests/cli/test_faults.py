@@ -30,8 +30,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import pyarrow as pa
 import pytest
 import torch
+from datasets import Dataset
 from helpers import ENV, ROOT, write_corpus
 from safetensors.torch import load_file, save_file
 from tokenizers import Tokenizer, models
@@ -59,6 +61,7 @@ TEXT = "ROMEO:\nBut soft, what light through yonder window breaks?\nIt is the ea
 LONG_RUN_CHARS = 1_500_000
 NO_CUDA = None if not torch.cuda.is_available() else "this machine has CUDA"
 NO_SYS = None if os.path.isdir("/sys") else "needs /sys (read-only even for root) to make an unwritable folder"
+NO_XPU = None if not (hasattr(torch, "xpu") and torch.xpu.is_available()) else "this machine has an XPU"
 
 
 def _namespaces_work() -> bool:
@@ -238,10 +241,40 @@ def workspace(tmp_path_factory) -> Path:
     weights[name] = torch.full_like(weights[name], float("nan"))  # as a diverged run would save them
     save_file(weights, ws / "model-nan" / "model.safetensors", metadata={"format": "pt"})
 
+    broken_variants(ws, model, config)
     (ws / "outputs").mkdir()
     (ws / "a-file").write_text("not a folder")
     (ws / "long-run.txt").write_text("ACGT" * 10 + "a" * LONG_RUN_CHARS + "\n", encoding="utf-8")
     return ws
+
+
+def broken_variants(ws: Path, model: Path, config: PgGPT2Config) -> None:
+    """More broken copies of {ws}/model: cut-off weights, a vocabulary smaller than the tokenizer's, ONNX exports
+    without pieces; and evaluation data whose text is a number or null."""
+    shutil.copytree(model, ws / "model-truncated")
+    weights_file = ws / "model-truncated" / "model.safetensors"
+    weights_file.write_bytes(weights_file.read_bytes()[: weights_file.stat().st_size // 2])  # a copy cut off
+    small = PgGPT2Config(**{**config.to_dict(), "vocab_size": config.vocab_size - 20})
+    PgGPT2ForCausalLM(small).save_pretrained(ws / "model-small-vocab")
+    for name in os.listdir(model):
+        if name.startswith(("tokenizer", "special_tokens")):
+            shutil.copy(model / name, ws / "model-small-vocab" / name)
+    for text in ("3", "null"):
+        (ws / f"text-{text}.jsonl").write_text(f'{{"text": "It is the east."}}\n{{"text": {text}}}\n')
+    from modeling_pg_gpt2.export.onnx import export_onnx
+
+    export_onnx(model, ws / "onnx")
+    for variant, damage in (
+        ("truncated", "model.onnx"),
+        ("no-tokenizer", "tokenizer.json"),
+        ("no-config", "config.json"),
+    ):
+        shutil.copytree(ws / "onnx", ws / f"onnx-{variant}")
+        path = ws / f"onnx-{variant}" / damage
+        if variant == "truncated":
+            path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+        else:
+            path.unlink()
 
 
 # -- what the rows prepare, do and check ------------------------------------------------------------------------
@@ -274,9 +307,9 @@ def another_prepare_holds_the_folder(ctx: dict[str, Any]) -> None:
     ctx["held"] = lock
 
 
-def write(name: str, text: str) -> Callable[[dict[str, Any]], None]:
+def write(name: str, text: str, encoding: str = "utf-8") -> Callable[[dict[str, Any]], None]:
     def prepare(ctx: dict[str, Any]) -> None:
-        (ctx["tmp"] / name).write_text(text, encoding="utf-8")
+        (ctx["tmp"] / name).write_text(text, encoding=encoding)
 
     return prepare
 
@@ -343,10 +376,13 @@ def make_gate(ctx: dict[str, Any]) -> None:
 
 
 def resumes_from_the_ctrl_c_checkpoint(ctx: dict[str, Any], stderr: str) -> None:
+    """Stopped by Ctrl-C or SIGTERM: a checkpoint of the step it was at, the lock released, and the same
+    command resumes from that checkpoint to the weights of an uninterrupted run."""
     out = ctx["out"]
     step = int(stderr.splitlines()[-1].split("at step ")[1].split(";")[0])
     assert EVERY <= step < STEPS and checkpoint_problem(out / f"checkpoint-{step}") is None
-    assert not (out / "model.safetensors").exists()
+    assert f"saving a checkpoint of step {step}, then stopping" in stderr
+    assert not (out / "model.safetensors").exists() and not (out / LOCK_FILE).exists()
     resumed = python(*(a.format(**ctx) for a in RUN))
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert f"Resuming from {out / f'checkpoint-{step}'}" in resumed.stderr
@@ -400,6 +436,46 @@ def prepared_folder_of_format_1(ctx: dict[str, Any]) -> None:
     (folder / "prepared.json").write_text(json.dumps({"format_version": 1, "block_size": 64}), encoding="utf-8")
 
 
+def damaged_prepared_folder(damage: Callable[[Path], None]) -> Callable[[dict[str, Any]], None]:
+    """{tmp}/prepared (see `prepared_folder`), then `damage` done to it."""
+
+    def prepare(ctx: dict[str, Any]) -> None:
+        prepared_folder("recipe")(ctx)
+        damage(ctx["tmp"] / "prepared")
+
+    return prepare
+
+
+def cut_at_a_record_batch_boundary(folder: Path) -> None:
+    """The train blocks file without its last record batch (as a copy cut there leaves it): Arrow reads the
+    shorter file without a word, so only prepared.json's record tells."""
+    path = next((folder / "train").iterdir())
+    rows = Dataset.from_file(str(path)).num_rows
+    with pa.memory_map(str(path)) as source:
+        reader = pa.ipc.open_stream(source)
+        ends = [source.tell(), *(source.tell() for _ in reader)]  # after the schema, after each batch
+    path.write_bytes(path.read_bytes()[: ends[-2]])
+    assert Dataset.from_file(str(path)).num_rows < rows
+
+
+def bytes_changed_in_place(folder: Path) -> None:
+    """Token ids in the middle of the train blocks overwritten with 65535 (0xFFFF, past any vocabulary here)."""
+    path = next((folder / "train").iterdir())
+    data = bytearray(path.read_bytes())
+    middle = len(data) // 2
+    data[middle : middle + 16] = b"\xff" * 16
+    path.write_bytes(bytes(data))
+
+
+def edit_record(change: Callable[[dict[str, Any]], None]) -> Callable[[Path], None]:
+    def damage(folder: Path) -> None:
+        record = json.loads((folder / "prepared.json").read_text(encoding="utf-8"))
+        change(record)
+        (folder / "prepared.json").write_text(json.dumps(record), encoding="utf-8")
+
+    return damage
+
+
 def disk_for_one_checkpoint(ctx: dict[str, Any]) -> str:
     """tmpfs options with room for the first checkpoint and the plots, not for a second checkpoint."""
     finished = ctx["finished"]
@@ -416,7 +492,7 @@ FAULTS = [
         prepare=copy_finished, check=continued_to_the_new_max_steps,
     ),
     Fault(
-        "--max_steps 0", (*RUN[:3], "{finished}", "--max_steps", "0"), "--max_steps 0 trains nothing", 2,
+        "--max_steps 0", (*RUN[:3], "{finished}", "--max_steps", "0"), "--max_steps must be an integer >= 1, or -1", 2,
         unchanged=("{finished}",),
     ),
     # -- evaluation only: a run folder changes only by training
@@ -448,10 +524,30 @@ FAULTS = [
         "lock left by a killed run", RUN, "Taking over the lock of pid", 0, prepare=a_killed_run_left_its_lock,
         check=finished_like_the_reference,
     ),
-    # -- Ctrl-C
+    # -- Ctrl-C, and SIGTERM (a cluster preempting the job) handled alike
     Fault(
         "Ctrl-C during training", gated(*RUN), "stopped by Ctrl-C at step", 130, prepare=make_gate,
         during=signal_at_the_gate(signal.SIGINT), check=resumes_from_the_ctrl_c_checkpoint,
+    ),
+    Fault(
+        "SIGTERM during training", gated(*RUN), "stopped by SIGTERM at step", 143, prepare=make_gate,
+        during=signal_at_the_gate(signal.SIGTERM), check=resumes_from_the_ctrl_c_checkpoint,
+    ),
+    # -- resuming: the checkpoint must fit the run
+    Fault(
+        "resuming with another n_layer", (*RUN, "--max_steps", str(STEPS + EVERY), "--config_overrides",
+                                          "n_layer=3,n_embd=32,n_head=2,n_positions=64"),
+        f"checkpoint-{STEPS} holds a model with n_layer=2 (this run: 3)", 2, prepare=copy_finished,
+        unchanged=("{out}",), in_process=True,
+    ),
+    Fault(
+        "--metric_for_best_model that no evaluation logs", (*RUN, "--metric_for_best_model", "eval_bogus"),
+        "--metric_for_best_model eval_bogus is not a metric of the evaluation; choose one of eval_loss", 2,
+        unchanged=("{out}",), in_process=True, check=before_any_data_work,
+    ),
+    Fault(
+        "--streaming --max_train_samples 0", (*RUN, "--streaming", "--max_train_samples", "0"),
+        "--max_train_samples must be an integer >= 1, got 0", 2, unchanged=("{out}",), in_process=True,
     ),
     # -- full disk and unusable output folders
     Fault(
@@ -461,6 +557,11 @@ FAULTS = [
     Fault(
         "full disk while converting", ("convert.py", "{gpt2}", "{tmp}/disk/pg"),
         "no space left on device while writing", 1, unchanged=("{gpt2}",), disk="size=64k",
+        check=nothing_left_on_the_disk,
+    ),
+    Fault(
+        "full disk while exporting GGUF", ("convert.py", "{ws}/model", "{tmp}/disk/model.gguf", "--to", "gguf"),
+        "no space left on device while writing", 1, unchanged=("{ws}/model",), disk="size=64k",
         check=nothing_left_on_the_disk,
     ),
     Fault(
@@ -476,6 +577,19 @@ FAULTS = [
     Fault(
         "recipe value of the wrong type", ("run_clm.py", "{tmp}/bad.yaml"), "line 2: max_steps must be an integer", 2,
         prepare=write("bad.yaml", "dataset_name: shakespeare\nmax_steps: 2.5\n"), unchanged=("{tmp}/bad.yaml",),
+    ),
+    Fault(
+        "run_clm: a recipe that is not UTF-8", ("run_clm.py", "{tmp}/latin1.yaml"), "latin1.yaml is not UTF-8 text", 2,
+        prepare=write("latin1.yaml", "dataset_name: caf\u00e9\n", encoding="latin-1"), in_process=True,
+    ),
+    Fault(
+        "train_tokenizer: a recipe that is not UTF-8", ("train_tokenizer.py", "{tmp}/latin1.yaml"),
+        "latin1.yaml is not UTF-8 text", 2,
+        prepare=write("latin1.yaml", "train_file: caf\u00e9\n", encoding="latin-1"), in_process=True,
+    ),
+    Fault(
+        "an abbreviated flag after a recipe", (*RUN, "--train_fil", "{corpus}"),
+        "unrecognized arguments: --train_fil", 2, unchanged=("{out}",), in_process=True,
     ),
     Fault(
         "recipe with a YAML syntax error", ("run_clm.py", "{tmp}/bad.yaml"), "bad.yaml, line 3, column 7", 2,
@@ -499,8 +613,32 @@ FAULTS = [
         in_process=True,
     ),
     Fault(
+        "--prepared_data whose block file was cut at a record-batch boundary",
+        (*RUN, "--prepared_data", "{tmp}/prepared"), "the file was cut or changed (an interrupted copy?)", 2,
+        prepare=damaged_prepared_folder(cut_at_a_record_batch_boundary), unchanged=("{tmp}/prepared",),
+        in_process=True, check=before_any_data_work,
+    ),
+    Fault(
+        "--prepared_data whose block file has bytes changed", (*RUN, "--prepared_data", "{tmp}/prepared"),
+        "does not match its checksum in prepared.json", 2, prepare=damaged_prepared_folder(bytes_changed_in_place),
+        unchanged=("{tmp}/prepared",), in_process=True, check=before_any_data_work,
+    ),
+    Fault(
+        "--prepared_data whose prepared.json has an edited block size",
+        (*RUN, "--prepared_data", "{tmp}/prepared", "--block_size", "32"),
+        "holds blocks of 64 tokens, prepared.json says 32: the record was edited", 2,
+        prepare=damaged_prepared_folder(edit_record(lambda record: record.update(block_size=32))),
+        unchanged=("{tmp}/prepared",), in_process=True,
+    ),
+    Fault(
+        "--prepared_data whose prepared.json lacks files.validation", (*RUN, "--prepared_data", "{tmp}/prepared"),
+        "prepared.json is damaged (no files.validation); prepare it again", 2,
+        prepare=damaged_prepared_folder(edit_record(lambda record: record["files"].pop("validation"))),
+        unchanged=("{tmp}/prepared",), in_process=True,
+    ),
+    Fault(
         "--prepared_data of an older format", (*RUN, "--prepared_data", "{tmp}/old-prepared"),
-        "has format 1; this version reads 2: prepare it again", 2, prepare=prepared_folder_of_format_1,
+        "has format 1; this version reads 3: prepare it again", 2, prepare=prepared_folder_of_format_1,
         unchanged=("{tmp}/old-prepared",), in_process=True,
     ),
     Fault(
@@ -630,13 +768,13 @@ WORKSPACE_FAULTS = [
     # 10: generate.py's options, device, tokenizer, weights and missing folders.
     ws_fault("generate: --temperature 0", generate("model", "x", "--temperature", "0"), "--temperature must be a"),
     ws_fault("generate: --temperature < 0", generate("model", "x", "--temperature", "-1"), "--temperature must be"),
-    ws_fault("generate: --top_k < 0", generate("model", "x", "--top_k", "-1"), "--top_k must be 0 (no limit) or more"),
-    ws_fault("generate: --top_p 0", generate("model", "x", "--top_p", "0"), "--top_p must be in (0, 1]"),
-    ws_fault("generate: --top_p > 1", generate("model", "x", "--top_p", "1.5"), "--top_p must be in (0, 1]"),
+    ws_fault("generate: --top_k < 0", generate("model", "x", "--top_k", "-1"), "--top_k must be an integer >= 0"),
+    ws_fault("generate: --top_p 0", generate("model", "x", "--top_p", "0"), "--top_p must be a number in (0, 1]"),
+    ws_fault("generate: --top_p > 1", generate("model", "x", "--top_p", "1.5"), "--top_p must be a number in (0, 1]"),
     ws_fault(
         "generate: --repetition_penalty 0",
         generate("model", "x", "--repetition_penalty", "0"),
-        "--repetition_penalty must be a positive number",
+        "--repetition_penalty must be a number > 0",
     ),
     ws_fault(
         "generate: --device cuda without CUDA",
@@ -675,6 +813,74 @@ WORKSPACE_FAULTS = [
     ),
 ]  # fmt: skip
 
+ONNX = ("--backend", "onnxruntime")
+EVALUATE = ("evaluate_lm.py", "model", "--task", "perplexity", "--data_file")
+
+WORKSPACE_FAULTS += [
+    # generate.py: options that cannot work together, devices this machine lacks, broken model folders
+    ws_fault(
+        "generate: --do_sample false --num_return_sequences 3",
+        generate("model", "x", "--do_sample", "false", "--num_return_sequences", "3"),
+        "--num_return_sequences 3 needs --do_sample true: greedy decoding gives one text per prompt",
+    ),
+    ws_fault("generate: --device meta", generate("model", "x", "--device", "meta"), "--device meta holds no weights"),
+    ws_fault(
+        "generate: --device xpu without one",
+        generate("model", "x", "--device", "xpu"),
+        "--device xpu: XPU is not available here",
+        skip=NO_XPU,
+    ),
+    ws_fault(
+        "generate: weights cut off by a copy",
+        generate("model-truncated", "x"),
+        "cannot load the model 'model-truncated': model.safetensors is truncated or corrupt",
+    ),
+    ws_fault(
+        "generate: a tokenizer larger than the model's vocabulary",
+        generate("model-small-vocab", "x"),
+        "has 300 tokens but the model only 280",
+    ),
+    ws_fault(
+        "generate --backend onnxruntime: a truncated model.onnx",
+        generate("onnx-truncated", "x", *ONNX),
+        "onnx-truncated/model.onnx is not a complete ONNX model",
+    ),
+    ws_fault(
+        "generate --backend onnxruntime: no tokenizer.json",
+        generate("onnx-no-tokenizer", "x", *ONNX),
+        "onnx-no-tokenizer has no tokenizer.json",
+    ),
+    ws_fault(
+        "generate --backend onnxruntime: no config.json",
+        generate("onnx-no-config", "x", *ONNX),
+        "onnx-no-config has no config.json",
+    ),
+    # evaluate_lm.py: the output file and the data are checked before the model is loaded
+    ws_fault(
+        "evaluate: --output_file that is a folder",
+        (*EVALUATE, "corpus/0.txt", "--output_file", "outputs"),
+        "--output_file outputs is a folder",
+        unchanged=("outputs",),
+    ),
+    *(
+        ws_fault(
+            f"evaluate: JSONL text that is {text}",
+            (*EVALUATE, f"text-{text}.jsonl"),
+            f"text-{text}.jsonl, example 2: the text field 'text' holds {text}, not text",
+        )
+        for text in ("3", "null")
+    ),
+    ws_fault(
+        "evaluate: --device meta", (*EVALUATE, "corpus/0.txt", "--device", "meta"), "--device meta holds no weights"
+    ),
+    # convert: the destination is checked before the model is read
+    ws_fault(
+        "convert --to onnx into a read-only folder",
+        ("convert.py", "model", "/sys/pg-gpt2-onnx", "--to", "onnx"),
+        "DST /sys/pg-gpt2-onnx is not writable",
+        skip=NO_SYS,
+    ),
+]
 FAULTS += WORKSPACE_FAULTS
 
 

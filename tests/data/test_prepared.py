@@ -9,13 +9,17 @@ folder that does not fit the run are rows of tests/cli/test_faults.py.
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import stat
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 import torch
+import xxhash
+from datasets import Dataset
 from helpers import ENV, MODEL, ROOT, base_flags, free_port, run_clm, weights
 from transformers import AutoTokenizer, TrainingArguments
 
@@ -100,6 +104,35 @@ def test_a_folder_without_validation_serves_a_run_without_evaluation(workspace, 
     assert len(result["validation"]) == len(expected["validation"]) == 0
     assert result["train"][:]["input_ids"] == expected["train"]["input_ids"]
     assert json.loads((folder / PREPARED_FILE).read_text())["documents"] == {"train": 30, "validation": 0}
+
+
+def test_the_folder_follows_the_umask_and_records_each_file(workspace, corpus, tokenizer_dir):
+    """Readable by whom the umask says (shared storage, other nodes' users), and every block file recorded as it
+    is: its size, block count and checksum (the checksum computed here with xxhash directly)."""
+    folder, plain = workspace / "prepared-027", workspace / "plain-027"
+    previous = os.umask(0o027)
+    try:
+        prepare([*corpus_flags(corpus), "--tokenizer_name", str(tokenizer_dir), "--block_size", str(BLOCK),
+                 "--output_dir", str(folder)])  # fmt: skip
+        plain.mkdir()  # the oracle: a folder and a file made the ordinary way under the same umask
+        (plain / "file").write_text("x")
+    finally:
+        os.umask(previous)
+    for path in [folder, *folder.rglob("*")]:
+        expected = plain if path.is_dir() else plain / "file"
+        assert stat.S_IMODE(path.stat().st_mode) == stat.S_IMODE(expected.stat().st_mode), path
+
+    record = json.loads((folder / PREPARED_FILE).read_text())
+    assert record["format_version"] == 3
+    assert set(record["integrity"]) == {name for names in record["files"].values() for name in names}
+    for name, entry in record["integrity"].items():
+        data = (folder / name).read_bytes()
+        assert entry == {
+            "bytes": len(data),
+            "blocks": Dataset.from_file(str(folder / name)).num_rows,
+            "checksum": f"xxh3_128:{xxhash.xxh3_128(data).hexdigest()}",
+        }
+    assert sum(record["integrity"][name]["blocks"] for name in record["files"]["train"]) == record["blocks"]["train"]
 
 
 def short_run(corpus: Path, tokenizer_dir: Path) -> list[str]:

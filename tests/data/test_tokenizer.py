@@ -238,7 +238,8 @@ def test_bad_arguments_fail_in_one_line_before_touching_anything(trained, tmp_pa
     code, _, stderr = run_script("--train_file", essays, "--vocab_size", "256", "--output_dir", str(tmp_path / "o"))
     assert code == 2
     assert stderr.strip().splitlines() == [
-        "error: --vocab_size 256 is too small: the byte alphabet (256) plus <|endoftext|> needs at least 257"
+        "error: --vocab_size must be an integer from 257 to 2147483647 (the 256 bytes plus <|endoftext|> need 257), "
+        "got 256."
     ]
     assert not (tmp_path / "o").exists()
 

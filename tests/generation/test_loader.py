@@ -91,6 +91,11 @@ def test_devices_are_checked_before_anything_loads():
     assert resolve_device("cpu") == torch.device("cpu")
     with pytest.raises(UserError, match="'gpu' is not a device"):
         resolve_device("gpu")
+    with pytest.raises(UserError, match="--device meta holds no weights"):
+        resolve_device("meta")
+    if not (hasattr(torch, "xpu") and torch.xpu.is_available()):
+        with pytest.raises(UserError, match="--device xpu: XPU is not available here"):
+            resolve_device("xpu")
     if not torch.cuda.is_available():
         with pytest.raises(UserError, match="--device cuda: CUDA is not available here"):
             resolve_device("cuda")

@@ -44,6 +44,21 @@ def test_left_padded_logits_equal_gpt2(tiny_model, implementation):
     assert (ours[real] - theirs[real]).abs().max().item() <= 1e-5
 
 
+@pytest.mark.parametrize("implementation", IMPLEMENTATIONS)
+def test_a_non_binary_attention_mask_is_read_as_gpt2_reads_it(tiny_model, implementation):
+    """transformers makes a 2-D mask boolean (attend where it is not 0): 2s and 0.5s are 1s, as for GPT-2."""
+    tiny_model.config._attn_implementation = implementation
+    twin = gpt2_twin(tiny_model, implementation)
+    ids = random_ids()
+    mask = torch.full(ids.shape, 2.0)
+    mask[1] = 0.5
+    mask[2, -4:] = 0  # right padding: GPT-2's positions (0, 1, ...) are the real tokens' own
+    ours, theirs = tiny_model(ids, attention_mask=mask).logits, twin(ids, attention_mask=mask).logits
+    real = mask != 0
+    assert (ours[real] - theirs[real]).abs().max().item() <= 1e-5
+    assert (ours[real] - tiny_model(ids, attention_mask=real.long()).logits[real]).abs().max().item() == 0
+
+
 def test_left_padded_row_equals_the_prompt_alone(tiny_model):
     ids, mask = left_padded(random_ids(), [6, 0, 3])
     batch = tiny_model(ids, attention_mask=mask).logits

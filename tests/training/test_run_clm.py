@@ -363,6 +363,13 @@ def test_recipe_value_of_the_wrong_type_names_the_field(tmp_path, text, message)
         parse_arguments(make_parser(DATACLASSES), [str(recipe)])
 
 
+def test_a_recipe_string_for_a_list_flag_is_a_list_of_one(tmp_path):
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text("dataset_name: shakespeare\neval_tasks: mc.jsonl\n")  # not ["m", "c", ".", ...]
+    *_, args = parse_arguments(make_parser(DATACLASSES), [str(recipe), "--output_dir", str(tmp_path)])
+    assert args.eval_tasks == ["mc.jsonl"]
+
+
 def test_recipe_values_of_the_right_type_are_kept(tmp_path):
     recipe = tmp_path / "recipe.yaml"
     recipe.write_text(
@@ -377,9 +384,14 @@ def test_recipe_values_of_the_right_type_are_kept(tmp_path):
 
 @pytest.mark.parametrize("steps", ["0", "-2"])
 def test_max_steps_that_train_nothing_are_refused(steps):
-    with pytest.raises(UserError, match=f"--max_steps {steps} trains nothing"):
+    # transformers takes any max_steps <= 0 as "train --num_train_epochs epochs"
+    with pytest.raises(
+        UserError,
+        match=re.escape("--max_steps must be an integer >= 1, or -1 (-1: train") + ".*" + re.escape(f"got {steps}."),
+    ):
         parse_arguments(make_parser(DATACLASSES), ["--dataset_name", "x", "--max_steps", steps])
-    parse_arguments(make_parser(DATACLASSES), ["--dataset_name", "x", "--max_steps", "0", "--do_train", "false"])
+    *_, args = parse_arguments(make_parser(DATACLASSES), ["--dataset_name", "x", "--max_steps", "-1"])
+    assert args.max_steps == -1
 
 
 @pytest.mark.parametrize("recipe", ["configs/shakespeare-cpu.yaml", "configs/pg-essays-gpu.yaml"])

@@ -10,13 +10,23 @@ from __future__ import annotations
 
 import itertools
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
-from helpers import ENV, MODEL, ROOT, assert_same_weights, kill_at_first_checkpoint, run_clm, write_corpus
+from helpers import (
+    ENV,
+    MODEL,
+    ROOT,
+    assert_same_weights,
+    folder_digest,
+    kill_at_first_checkpoint,
+    run_clm,
+    write_corpus,
+)
 
 from modeling_pg_gpt2.data.blocks import DataTrainingArguments, streaming_datasets
 from modeling_pg_gpt2.data.corpus import CorpusArguments
@@ -82,6 +92,22 @@ def test_sigkill_then_rerun_resumes_the_stream_and_gives_the_same_weights(stream
     assert_same_weights(streamed, out)
     logs = [json.loads((d / "trainer_state.json").read_text())["log_history"] for d in (streamed, out)]
     assert [e["loss"] for e in logs[0] if "loss" in e] == [e["loss"] for e in logs[1] if "loss" in e]
+
+
+def test_a_streamed_run_resumed_without_streaming_is_one_line(streamed, corpus, tokenizer_dir, tmp_path):
+    """Map-style training would go on from the checkpoint at the start of the corpus, without a word."""
+    out = shutil.copytree(streamed, tmp_path / "run")
+    before = folder_digest(out)
+    flags = streamed_flags(corpus, tokenizer_dir)
+    flags.remove("--streaming")
+    flags[flags.index("--max_steps") + 1] = "40"  # asks the finished run for more
+    result = run_clm(*flags, "--validation_split_percentage", "10", "--output_dir", out)
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines()[-1] == (
+        f"error: {out / 'checkpoint-30'} was saved by a --streaming run, whose position in the stream it holds: "
+        "resume it with --streaming (and the same corpus), or pass --overwrite_output_dir to start over"
+    )
+    assert folder_digest(out) == before
 
 
 def test_streaming_without_max_steps_is_one_line(corpus, tokenizer_dir, tmp_path):
