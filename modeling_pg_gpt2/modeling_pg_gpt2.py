@@ -48,6 +48,14 @@ _CACHE_FIELD = "cache" if "cache" in CausalLMOutputWithPast.__dataclass_fields__
 # ships that file and these entries, so that a causal-LM folder also loads as any of the heads.
 _HEADS = ("SequenceClassification", "TokenClassification", "QuestionAnswering")
 TASK_HEADS = {f"AutoModelFor{head}": f"task_heads.PgGPT2For{head}" for head in _HEADS}
+# Every Auto class the package registers, written into each saved config.json (transformers writes only the saved
+# class's). Serving engines build the bare model with `AutoModel.from_config(config, trust_remote_code=True)`
+# (vLLM's and SGLang's Transformers backends) and put their own head on it.
+AUTO_MAP = {
+    "AutoModel": "modeling_pg_gpt2.PgGPT2Model",
+    "AutoModelForCausalLM": "modeling_pg_gpt2.PgGPT2ForCausalLM",
+    **TASK_HEADS,
+}
 
 
 def eager_attention_forward(
@@ -181,8 +189,10 @@ class PgGPT2PreTrainedModel(PreTrainedModel):
     _supports_flex_attn = True
     _supports_attention_backend = True
     _can_compile_fullgraph = True
-    # OpenAI's checkpoints carry the causal mask as buffers; we build masks on the fly.
-    _keys_to_ignore_on_load_unexpected = [r"attn\.bias", r"attn\.masked_bias"]
+    # OpenAI's checkpoints carry the causal mask as buffers (`h.0.attn.bias`, `h.0.attn.masked_bias`); we build
+    # masks on the fly. Anchored: vLLM drops every checkpoint key these match (with re.search), not only unexpected
+    # ones, and an unanchored `attn\.bias` would drop each `attn.c_attn.bias` and serve NaN.
+    _keys_to_ignore_on_load_unexpected = [r"(?:^|\.)attn\.bias$", r"(?:^|\.)attn\.masked_bias$"]
 
     def _init_weights(self, module: nn.Module) -> None:
         """GPT-2 init: N(0, 0.02) everywhere, residual projections N(0, 0.02 / sqrt(2 * n_layer)).
@@ -197,10 +207,11 @@ class PgGPT2PreTrainedModel(PreTrainedModel):
             init.normal_(module.weight, mean=0.0, std=std)
 
     def save_pretrained(self, save_directory: str | Path, *args: Any, **kwargs: Any) -> None:
-        """`PreTrainedModel.save_pretrained`, plus `task_heads.py` and its `auto_map` entries (see TASK_HEADS)."""
+        """`PreTrainedModel.save_pretrained`, plus `task_heads.py` and an `auto_map` entry for every Auto class
+        (AUTO_MAP; entries the config already has are kept)."""
         heads = Path(inspect.getfile(PgGPT2PreTrainedModel)).with_name("task_heads.py")
         if self._auto_class is not None and heads.is_file():
-            self.config.auto_map = {**TASK_HEADS, **(getattr(self.config, "auto_map", None) or {})}
+            self.config.auto_map = {**AUTO_MAP, **(getattr(self.config, "auto_map", None) or {})}
             Path(save_directory).mkdir(parents=True, exist_ok=True)  # before a push_to_hub=True upload
             shutil.copy(heads, Path(save_directory) / heads.name)
         super().save_pretrained(save_directory, *args, **kwargs)
