@@ -39,7 +39,7 @@ from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 from .batched_matvec import BatchedMatvecLinear
 from .configuration_pg_gpt2 import PgGPT2Config
 from .fused_loss import fused_head_loss
-from .model_inputs import attention_mask_for_layers, check_inputs
+from .model_inputs import attention_mask_for_layers, check_inputs, check_paged_cache
 
 # transformers 5.24 renamed the KV-cache argument and output field from `past_key_values` to `cache`.
 _CACHE_FIELD = "cache" if "cache" in CausalLMOutputWithPast.__dataclass_fields__ else "past_key_values"
@@ -117,7 +117,10 @@ class PgGPT2Attention(nn.Module):
         q, k, v = self.c_attn(hidden_states).view(B, T, 3, self.n_head, self.head_dim).unbind(dim=2)
         q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)
         if cache is not None:  # append this step's keys/values and attend over all S of them
-            k, v = cache.update(k, v, self.layer_idx)
+            # With the kwargs, as transformers' own models pass them: continuous batching's paged cache reads from
+            # them where each packed sequence's tokens go and fills in (in place) what its attention needs; the
+            # other caches ignore them.
+            k, v = cache.update(k, v, self.layer_idx, kwargs=kwargs)
 
         dropout = self.config.attn_pdrop if self.training else 0.0
         # eager, sdpa (its fused causal kernel when there is no mask), flash, flex, kernels from the Hub...
@@ -266,14 +269,19 @@ class PgGPT2Model(PgGPT2PreTrainedModel):
         use_cache = use_cache if use_cache is not None else config.use_cache
         if use_cache and cache is None and not (self.training and torch.is_grad_enabled()):
             cache = DynamicCache(config=config)
-        past_length = cache.get_seq_length() if cache is not None else 0  # a tensor for a StaticCache
+        paged = cache is not None and not isinstance(cache, Cache)
+        if paged and not torch.compiler.is_compiling():
+            check_paged_cache(cache, position_ids)
+        # A StaticCache's length is a tensor. Continuous batching's paged cache holds many sequences of different
+        # lengths packed in one row: it has no single length, and its caller passes the positions and the mask.
+        past_length = cache.get_seq_length() if cache is not None and not paged else 0
         # The checks compare values (a StaticCache's length, the ids): inside a compiled graph (generate's
         # compiled decoding step) each would be a graph break, and generate has checked lengths already.
         if not torch.compiler.is_compiling():
             check_inputs(config, input_ids, inputs_embeds, attention_mask, token_type_ids, position_ids, past_length)
         B, T = input_ids.shape if input_ids is not None else inputs_embeds.shape[:2]
 
-        packed = position_ids is not None and attention_mask is None and T > 1
+        packed = position_ids is not None and attention_mask is None and T > 1 and not paged
         if position_ids is None:
             if attention_mask is not None and attention_mask.ndim == 2:
                 # Count only real tokens, so a left-padded prompt gets the positions it has alone.
