@@ -63,13 +63,18 @@ def stop_server(process: subprocess.Popen, timeout_s: float = 60) -> int | None:
 
 @contextlib.contextmanager
 def running_server(
-    command: Sequence[str], port: int, log: Path, env: dict[str, str] | None = None, deadline_s: float = 300
+    command: Sequence[str],
+    port: int,
+    log: Path,
+    env: dict[str, str] | None = None,
+    deadline_s: float = 300,
+    cwd: Path | None = None,
 ) -> Iterator[tuple[str, subprocess.Popen]]:
     """Run `command` (a server listening on 127.0.0.1:`port`, output to `log`) for the `with` block; yields the
     OpenAI API's base URL and the process."""
     with log.open("w") as out:
         process = subprocess.Popen(
-            list(command), stdout=out, stderr=subprocess.STDOUT, env=env, start_new_session=True
+            list(command), stdout=out, stderr=subprocess.STDOUT, env=env, cwd=cwd, start_new_session=True
         )
     try:
         wait_until_healthy(process, port, log, deadline_s)
