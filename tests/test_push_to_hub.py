@@ -270,6 +270,7 @@ def test_uploads_exactly_the_model_files(hub, model_dir, published):
     for name in PLOT_FILES:
         assert f"]({name})" in card.text, f"the card does not show {name}"
     assert f'model="{REPO}"' in card.text and f'from_pretrained("{REPO}"' in card.text
+    assert f"vllm serve {REPO} --model-impl transformers --trust-remote-code --dtype float32" in card.text
     assert str(model_dir) not in card.text
 
 
@@ -348,6 +349,7 @@ def test_as_gpt2_pushes_a_native_gpt2_repository(hub, published):
     assert "custom_code" not in card.data.tags
     assert "trust_remote_code=True" not in card.text
     assert f'model="{GPT2_REPO}"' in card.text
+    assert f"vllm serve {GPT2_REPO} --dtype float32\n" in card.text  # vLLM's own GPT-2, no remote code
 
 
 @pytest.fixture
