@@ -3,8 +3,8 @@
 `running_server(command, log)` starts `command` (which must listen on `port`, from `free_port()`), waits until
 `GET /health` answers 200 (the server process alive, within a deadline generous enough for a loaded machine),
 yields the API's base URL, and stops the server on the way out, also when the test failed: SIGTERM, then
-SIGKILL to its whole process group if it has not exited in time. `stop_server` is that stop, for a test that
-checks how the server ends.
+SIGKILL to its whole process group if it or a process it started has not exited in time. `stop_server` is
+that stop, for a test that checks how the server ends.
 """
 
 from __future__ import annotations
@@ -19,6 +19,8 @@ import urllib.error
 import urllib.request
 from collections.abc import Iterator, Sequence
 from pathlib import Path
+
+import psutil
 
 
 def free_port() -> int:
@@ -46,19 +48,24 @@ def wait_until_healthy(process: subprocess.Popen, port: int, log: Path, deadline
         time.sleep(0.5)
 
 
-def stop_server(process: subprocess.Popen, timeout_s: float = 60) -> int | None:
-    """SIGTERM the server and wait for it (uvicorn shuts down, then exits by the same signal: -SIGTERM); SIGKILL
-    its process group if it has not exited after `timeout_s`, or has left worker processes behind. Returns the
-    server's exit status, or None if it had to be killed."""
+def stop_server(process: subprocess.Popen, timeout_s: float = 60) -> tuple[int | None, list[psutil.Process]]:
+    """SIGTERM the server and wait for it and the processes it started to exit (uvicorn shuts down, then exits by
+    the same signal: -SIGTERM); SIGKILL its process group if anything is left after `timeout_s`. Returns the
+    server's exit status (None if it had to be killed) and the processes it started that had to be killed."""
+    try:
+        children = psutil.Process(process.pid).children(recursive=True)
+    except psutil.NoSuchProcess:
+        children = []
     status = process.poll()
     if status is None:
         process.send_signal(signal.SIGTERM)
         with contextlib.suppress(subprocess.TimeoutExpired):
             status = process.wait(timeout_s)
+    _, left = psutil.wait_procs(children, timeout=timeout_s if status is not None else 0)
     with contextlib.suppress(ProcessLookupError):
         os.killpg(process.pid, signal.SIGKILL)  # the server if still there, and what it started
     process.wait()
-    return status
+    return status, left
 
 
 @contextlib.contextmanager

@@ -96,9 +96,7 @@ def test_served_completions_equal_generate(served_folder, tmp_path, how, flags):
             complete(" ".join(WORDS * 5))
         assert f"but the model takes at most {CONTEXT}" in error.value.response.json()["detail"]
 
-        children = psutil.Process(server.pid).children(recursive=True)
-        assert children  # transformers runs the model in a process of its own
-        assert stop_server(server) == -signal.SIGTERM
-        assert not [child for child in children if child.is_running() and child.status() != psutil.STATUS_ZOMBIE]
+        assert psutil.Process(server.pid).children()  # transformers runs the model in a process of its own
+        assert stop_server(server) == (-signal.SIGTERM, [])  # and it stops them all
     output = log.read_text()
     assert "Application shutdown complete." in output and "Traceback" not in output
