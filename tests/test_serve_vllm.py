@@ -91,6 +91,7 @@ def test_vllm_serves_generate_tokens(trained_folder, tmp_path):
         VLLM_PYTHON, "-m", "vllm.entrypoints.openai.api_server", "--model", str(folder),
         "--model-impl", "transformers", "--trust-remote-code", "--dtype", "float32",
         "--host", "127.0.0.1", "--port", str(port), "--gpu-memory-utilization", "0.2", "--seed", "0",
+        "--shutdown-timeout", "30",  # on SIGTERM, let the engine finish instead of killing it (0: abort)
     ]  # fmt: skip
     # From an empty directory, with no PYTHONPATH: vLLM's process cannot import this package, only the folder's code.
     env = {**os.environ, **OFFLINE, "VLLM_CPU_KVCACHE_SPACE": "1", "PYTHONPATH": ""}
