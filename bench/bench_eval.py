@@ -1,7 +1,7 @@
 """Zero-shot evaluation speed: evaluate_lm.py's multiple-choice scoring against lm-evaluation-harness.
 
 Both score the same requests (context, " " + candidate) with the same pg_gpt2 model in the same process:
-ours with `modeling_pg_gpt2.zero_shot.score_multiple_choice`, lm-evaluation-harness with its `HFLM`
+ours with `modeling_pg_gpt2.evaluation.zero_shot.score_multiple_choice`, lm-evaluation-harness with its `HFLM`
 (`--model hf`) `loglikelihood`, both tokenizing the texts themselves, with the same batch size.
 Rounds alternate between the two; the table gives tokens/s (tokens read by the model, context and
 candidate) as median and min–max, and checks that the two give the same accuracy.
@@ -38,8 +38,8 @@ from common import (
 from transformers import AutoTokenizer
 
 from modeling_pg_gpt2 import PgGPT2Config, PgGPT2ForCausalLM
-from modeling_pg_gpt2.corpus import load_shakespeare
-from modeling_pg_gpt2.zero_shot import score_multiple_choice
+from modeling_pg_gpt2.data.corpus import load_shakespeare
+from modeling_pg_gpt2.evaluation.zero_shot import score_multiple_choice
 
 
 def shakespeare_questions(count: int, seed: int) -> list[tuple[str, list[str], int]]:

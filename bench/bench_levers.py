@@ -34,8 +34,8 @@ from common import (
 )
 
 from modeling_pg_gpt2 import PgGPT2ForCausalLM
-from modeling_pg_gpt2.collators import DocumentMaskingCollator
-from modeling_pg_gpt2.optim import MuonAdamW, hidden_matrices
+from modeling_pg_gpt2.data.collators import DocumentMaskingCollator
+from modeling_pg_gpt2.training.optim import MuonAdamW, hidden_matrices
 
 EOS = 0  # any id: the batch only needs one boundary
 

@@ -39,9 +39,9 @@ from common import (
 )
 
 from modeling_pg_gpt2 import PgGPT2ForCausalLM
-from modeling_pg_gpt2.convert import pg_config_to_gpt2
-from modeling_pg_gpt2.export_onnx import export_model
-from modeling_pg_gpt2.onnx_generation import OnnxCausalLM, ort_session
+from modeling_pg_gpt2.export.layout import pg_config_to_gpt2
+from modeling_pg_gpt2.export.onnx import export_model
+from modeling_pg_gpt2.generation.onnx import OnnxCausalLM, ort_session
 
 TORCH, ORT = "torch", "onnxruntime"
 

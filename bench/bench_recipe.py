@@ -78,14 +78,14 @@ def train_baseline(argv: list[str], minutes: float, result_file: Path) -> None:
     import transformers
     from transformers import GPT2LMHeadModel, Trainer, TrainingArguments, default_data_collator, set_seed
 
-    from modeling_pg_gpt2.arguments import make_parser, parse_arguments
-    from modeling_pg_gpt2.callbacks import TimeLimitCallback
-    from modeling_pg_gpt2.convert import pg_config_to_gpt2, pg_state_dict_to_gpt2
-    from modeling_pg_gpt2.corpus import CorpusArguments
-    from modeling_pg_gpt2.data import DataTrainingArguments, prepare_datasets
-    from modeling_pg_gpt2.eval_metrics import ComputeLMMetrics, preprocess_logits_for_metrics
-    from modeling_pg_gpt2.model_init import ModelArguments, build_model, load_tokenizer
-    from modeling_pg_gpt2.training import CLMTrainingArguments
+    from modeling_pg_gpt2.cli.arguments import make_parser, parse_arguments
+    from modeling_pg_gpt2.data.blocks import DataTrainingArguments, prepare_datasets
+    from modeling_pg_gpt2.data.corpus import CorpusArguments
+    from modeling_pg_gpt2.evaluation.metrics import ComputeLMMetrics, preprocess_logits_for_metrics
+    from modeling_pg_gpt2.export.layout import pg_config_to_gpt2, pg_state_dict_to_gpt2
+    from modeling_pg_gpt2.training.arguments import CLMTrainingArguments
+    from modeling_pg_gpt2.training.callbacks import TimeLimitCallback
+    from modeling_pg_gpt2.training.model_init import ModelArguments, build_model, load_tokenizer
 
     transformers.logging.set_verbosity_error()
     parser = make_parser((ModelArguments, CorpusArguments, DataTrainingArguments, CLMTrainingArguments))

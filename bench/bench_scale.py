@@ -51,7 +51,7 @@ SHARD_BYTES = 256 * 2**20
 
 def write_corpus(folder: Path, size_gb: float, seed: int = 0) -> tuple[int, int]:
     """JSON-lines shards of `size_gb` GB of Shakespeare cut at random offsets: (bytes of text, documents)."""
-    from modeling_pg_gpt2.corpus import load_shakespeare
+    from modeling_pg_gpt2.data.corpus import load_shakespeare
 
     text = "\n".join(load_shakespeare()["text"])
     rng = random.Random(seed)
@@ -75,12 +75,12 @@ def write_corpus(folder: Path, size_gb: float, seed: int = 0) -> tuple[int, int]
 def run_path(path: str, corpus: Path, tokenizer_dir: str, num_proc: int, block_size: int, work: Path) -> dict:
     """One path in this process (the `--worker` side): seconds and tokens in the blocks."""
     datasets.disable_progress_bars()
-    from modeling_pg_gpt2.corpus import CorpusArguments
+    from modeling_pg_gpt2.data.corpus import CorpusArguments
 
     corpus_args = CorpusArguments(train_file=str(corpus), preprocessing_num_workers=num_proc or None)
     start = time.perf_counter()
     if path == "prepare":
-        from modeling_pg_gpt2.prepared import PrepareArguments, prepare_corpus
+        from modeling_pg_gpt2.data.prepared import PrepareArguments, prepare_corpus
 
         arguments = PrepareArguments(
             output_dir=str(work / "prepared"), tokenizer_name=tokenizer_dir, block_size=block_size
@@ -89,7 +89,7 @@ def run_path(path: str, corpus: Path, tokenizer_dir: str, num_proc: int, block_s
     elif path == "stream":
         from transformers import AutoTokenizer, TrainingArguments
 
-        from modeling_pg_gpt2.data import DataTrainingArguments, streaming_datasets
+        from modeling_pg_gpt2.data.blocks import DataTrainingArguments, streaming_datasets
 
         tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
         # As run_clm.py --streaming --do_train --max_steps N calls it; max_steps only passes its check.
@@ -105,7 +105,7 @@ def run_path(path: str, corpus: Path, tokenizer_dir: str, num_proc: int, block_s
     else:
         from transformers import AutoTokenizer, TrainingArguments
 
-        from modeling_pg_gpt2.data import DataTrainingArguments, prepare_datasets
+        from modeling_pg_gpt2.data.blocks import DataTrainingArguments, prepare_datasets
 
         tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
         training = TrainingArguments(output_dir=str(work / "unused"), report_to="none")

@@ -48,12 +48,14 @@ from tokenizers import AddedToken
 from transformers import AutoTokenizer, PreTrainedTokenizerBase
 
 from modeling_pg_gpt2 import PgGPT2Config, PgGPT2ForCausalLM
-from modeling_pg_gpt2.convert import convert_pg_to_gpt2, pg_config_to_gpt2
-from modeling_pg_gpt2.corpus import CorpusArguments, load_shakespeare
-from modeling_pg_gpt2.tokenizer import TokenizerArguments, train_tokenizer
+from modeling_pg_gpt2.data.corpus import CorpusArguments, load_shakespeare
+from modeling_pg_gpt2.data.tokenizer import TokenizerArguments, train_tokenizer
+from modeling_pg_gpt2.export.convert import convert_pg_to_gpt2
+from modeling_pg_gpt2.export.layout import pg_config_to_gpt2
 
 sys.path.insert(0, str(REPO / "tests"))
-from openai_server import free_port, running_server  # noqa: E402  (the tests' server start and stop)
+from helpers import free_port  # noqa: E402  (the tests' helpers)
+from openai_server import running_server  # noqa: E402
 
 SHAPES = {
     "124m": dict(preset="gpt2", vocab_size=50257, n_positions=1024),
@@ -183,7 +185,7 @@ def server_command(path: str, folder: Path, port: int, vllm_python: str | None) 
     where = ["--host", "127.0.0.1", "--port", str(port)]
     if path == "transformers-serve":
         cb = ["--cb-num-blocks", "256", "--cb-block-size", "32", "--cb-max-batch-tokens", "1024"]
-        return [sys.executable, "-m", "modeling_pg_gpt2.serving", str(folder), "--trust-remote-code",
+        return [sys.executable, "-m", "modeling_pg_gpt2.cli.serve", str(folder), "--trust-remote-code",
                 "--continuous-batching", *cb, *where]  # fmt: skip
     backend = ["--model-impl", "transformers", "--trust-remote-code"] if path == "vllm" else []
     return [vllm_python, "-m", "vllm.entrypoints.openai.api_server", "--model", str(folder), *backend,
@@ -290,8 +292,8 @@ def measure_path(path: str, model, folder: Path, scratch: Path, prompts, counts:
 
 
 def measure_onnx(model, folder: Path, prompts: list[list[int]], counts: list[int], args) -> dict:
-    from modeling_pg_gpt2.export_onnx import export_model  # noqa: PLC0415
-    from modeling_pg_gpt2.onnx_generation import OnnxCausalLM, ort_session  # noqa: PLC0415
+    from modeling_pg_gpt2.export.onnx import export_model  # noqa: PLC0415
+    from modeling_pg_gpt2.generation.onnx import OnnxCausalLM, ort_session  # noqa: PLC0415
 
     folder.mkdir()
     export_model(model, folder / "model.onnx")

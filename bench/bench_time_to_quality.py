@@ -52,8 +52,9 @@ def gpt2_worker(argv: list[str]) -> None:
     """`run_clm.py` with the model swapped for `GPT2LMHeadModel` right after it is built (same weights)."""
     from transformers import GPT2LMHeadModel
 
-    from modeling_pg_gpt2 import commands, training
-    from modeling_pg_gpt2.convert import pg_config_to_gpt2, pg_state_dict_to_gpt2
+    from modeling_pg_gpt2.cli import commands
+    from modeling_pg_gpt2.export.layout import pg_config_to_gpt2, pg_state_dict_to_gpt2
+    from modeling_pg_gpt2.training import run as training
 
     build_pg_gpt2 = training.build_model
 

@@ -28,8 +28,8 @@ import tokenizers
 import transformers
 from transformers import AutoTokenizer
 
-from modeling_pg_gpt2.corpus import CorpusArguments, corpus_bytes, load_corpus
-from modeling_pg_gpt2.tokenizer import count_tokens, iter_text_batches, to_transformers, train_bpe
+from modeling_pg_gpt2.data.corpus import CorpusArguments, corpus_bytes, load_corpus
+from modeling_pg_gpt2.data.tokenizer import count_tokens, iter_text_batches, to_transformers, train_bpe
 
 
 def median_seconds(run: Callable[[], object], repeats: int) -> tuple[float, object]:

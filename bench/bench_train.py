@@ -50,9 +50,9 @@ from common import (
 from transformers import GPT2LMHeadModel
 
 from modeling_pg_gpt2 import PgGPT2ForCausalLM
-from modeling_pg_gpt2.convert import pg_config_to_gpt2
-from modeling_pg_gpt2.hardware import reuse_freed_memory
-from modeling_pg_gpt2.throughput import flops_per_token, matmul_peak
+from modeling_pg_gpt2.export.layout import pg_config_to_gpt2
+from modeling_pg_gpt2.training.hardware import reuse_freed_memory
+from modeling_pg_gpt2.training.throughput import flops_per_token, matmul_peak
 
 OPTIMIZERS = {"fused": {"fused": True}, "foreach": {"foreach": True}, "for-loop": {"foreach": False}}
 

@@ -34,8 +34,8 @@ import transformers  # noqa: E402
 from transformers import GPT2LMHeadModel  # noqa: E402
 
 from modeling_pg_gpt2 import PgGPT2Config, PgGPT2ForCausalLM  # noqa: E402
-from modeling_pg_gpt2.convert import pg_config_to_gpt2, pg_state_dict_to_gpt2  # noqa: E402
-from modeling_pg_gpt2.throughput import best_seconds  # noqa: E402
+from modeling_pg_gpt2.export.layout import pg_config_to_gpt2, pg_state_dict_to_gpt2  # noqa: E402
+from modeling_pg_gpt2.training.throughput import best_seconds  # noqa: E402
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 PG, HF = "pg_gpt2", "GPT2LMHeadModel"  # the candidate and the baseline, as the tables name them

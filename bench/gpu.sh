@@ -1,12 +1,12 @@
 #!/usr/bin/env bash
 # The GPU checks and benchmarks, in order of importance, for a machine with one CUDA GPU:
 #   bash bench/gpu.sh [LOG_DIR]        (default: $OUT, else /tmp/pg-gpt2-gpu)
-# 1. tests/test_cuda.py: bf16 training on sdpa's flash kernel, torch.compile, flex attention and
+# 1. tests/model/test_cuda.py: bf16 training on sdpa's flash kernel, torch.compile, flex attention and
 #    generation on CUDA, each against transformers' GPT2LMHeadModel;
 # 2. the training step of GPT-2 124M at context 1024 in bf16, compiled: tokens/s and MFU against the
 #    matmul peak measured on the spot (bench_train.py);
 # 3. run_clm.py itself (GPT-2 124M, context 1024, batch 16, bf16, compiled, offline on the bundled corpus):
-#    the tokens/s and MFU (against the datasheet peak, modeling_pg_gpt2/throughput.py) its log and
+#    the tokens/s and MFU (against the datasheet peak, modeling_pg_gpt2/training/throughput.py) its log and
 #    metrics.json report, then the same run under FSDP2 on one GPU, with flash-attn's kernel (when the
 #    package is installed) and streamed (--streaming);
 # 4. the uncompiled training step, and greedy generation in bf16 (dynamic cache, compiled static cache).
@@ -47,7 +47,7 @@ clm() {  # clm NAME SECONDS [LAUNCHER...] -- [FLAGS...]: a short run_clm.py run,
 
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | tee "$logs/gpu.txt"
 "$python" -c "import torch, transformers; print('torch', torch.__version__, 'transformers', transformers.__version__)"
-step tests 150 "$python" -m pytest -q -p no:cacheprovider tests/test_cuda.py
+step tests 150 "$python" -m pytest -q -p no:cacheprovider tests/model/test_cuda.py
 train=(bench/bench_train.py --device cuda --dtype bf16 --shapes 124m --context 1024 --batch 16 --attn sdpa)
 step train-compile 200 "$python" "${train[@]}" --compile --no-memory --rounds 6
 

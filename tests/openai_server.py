@@ -1,8 +1,8 @@
 """Start an OpenAI-compatible server (`pg-gpt2-serve`, vLLM) for a test, and always stop it.
 
-`running_server(command, log)` starts `command` (which must listen on `port`, from `free_port()`), waits until
-`GET /health` answers 200 (the server process alive, within a deadline generous enough for a loaded machine),
-yields the API's base URL, and stops the server on the way out, also when the test failed: SIGTERM, then
+`running_server(command, port, log)` starts `command` (which must listen on `port`, from `helpers.free_port()`),
+waits until `GET /health` answers 200 (the server process alive, within a deadline generous enough for a loaded
+machine), yields the API's base URL, and stops the server on the way out, also when the test failed: SIGTERM, then
 SIGKILL to its whole process group if it or a process it started has not exited in time. `stop_server` is
 that stop, for a test that checks how the server ends.
 """
@@ -12,7 +12,6 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
-import socket
 import subprocess
 import time
 import urllib.error
@@ -21,13 +20,6 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import psutil
-
-
-def free_port() -> int:
-    """A TCP port on 127.0.0.1 that nothing listens on now."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def wait_until_healthy(process: subprocess.Popen, port: int, log: Path, deadline_s: float) -> None:

@@ -1,0 +1,1 @@
+"""Other formats of a checkpoint: transformers' GPT-2 (both ways), ONNX and GGUF."""

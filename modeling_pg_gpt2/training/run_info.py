@@ -1,0 +1,155 @@
+"""What a finished run writes about itself: `training_info.json`, `metrics.json`, the plots and the model card.
+
+`train` ends with [`write_run_outputs`]: the best model and its tokenizer, the trainer state, the final
+metrics, the record of how the run was made ([`training_info`]), the curves, a model card and a summary in
+the log. `training_info.json` is written last: its `finished` ([`finish_reason`]) marks the run complete
+(`checkpoints.finished_run`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+import transformers
+from transformers import Trainer, TrainingArguments
+
+from ..common.outputs import METRICS_FILE, TRAINING_INFO_FILE
+from ..data.blocks import DataTrainingArguments
+from ..data.corpus import CorpusArguments
+from .callbacks import TimeLimitCallback
+from .model_init import ModelArguments
+from .optim import MUON
+
+logger = logging.getLogger(__name__)
+
+
+def tokens_per_step(args: TrainingArguments, block_size: int) -> int:
+    """Tokens one optimizer step trains on, across all processes and gradient-accumulation steps."""
+    return args.per_device_train_batch_size * args.gradient_accumulation_steps * args.world_size * block_size
+
+
+def finish_reason(trainer: Trainer, time_limit: TimeLimitCallback | None) -> str:
+    """What ended training: "time budget", "max_steps" or "early stopping"."""
+    if time_limit is not None and time_limit.used_up:
+        return "time budget"
+    return "max_steps" if trainer.state.global_step >= trainer.state.max_steps else "early stopping"
+
+
+def training_info(
+    model_args: ModelArguments,
+    corpus_args: CorpusArguments,
+    data_args: DataTrainingArguments,
+    trainer: Trainer,
+    source: str,
+    block_size: int,
+    datasets: Mapping[str, Any],
+) -> dict[str, Any]:
+    """What the model card and later readers need to know about the run, beyond config.json and metrics.
+
+    `trainer.args` is the run's `CLMTrainingArguments`; `source` says where the model came from
+    (`model_init.build_model`); `datasets` holds the "train" and "validation" blocks.
+    """
+    args = trainer.args
+    corpus = {
+        key: value
+        for key, value in dataclasses.asdict(corpus_args).items()
+        if value is not None and key not in ("preprocessing_num_workers",)
+    }
+    if data_args.streaming:  # a stream holds out its first documents (streaming_validation_documents) instead
+        for key in ("validation_split_percentage", "split_seed"):
+            corpus.pop(key, None)
+    step_tokens = tokens_per_step(args, block_size)
+    return {
+        "model_source": source,
+        "tokenizer": model_args.tokenizer_name or model_args.model_name_or_path,
+        "corpus": corpus,
+        "block_size": block_size,
+        "streaming": data_args.streaming,
+        # A stream has no length: its blocks are counted as they are trained on (tokens_seen).
+        "train_blocks": None if data_args.streaming else len(datasets["train"]),
+        "validation_blocks": len(datasets["validation"]),
+        "streaming_validation_documents": data_args.streaming_validation_documents if data_args.streaming else None,
+        "world_size": args.world_size,
+        "per_device_train_batch_size": args.per_device_train_batch_size,
+        "gradient_accumulation_steps": args.gradient_accumulation_steps,
+        "tokens_per_step": step_tokens,
+        "global_step": trainer.state.global_step,
+        "tokens_seen": trainer.state.global_step * step_tokens,
+        "best_global_step": trainer.state.best_global_step,
+        "learning_rate": args.learning_rate,
+        "lr_scheduler_type": str(getattr(args.lr_scheduler_type, "value", args.lr_scheduler_type)),
+        "warmup_steps": args.warmup_steps,
+        "weight_decay": args.weight_decay,
+        "adam_betas": [args.adam_beta1, args.adam_beta2],
+        "max_grad_norm": args.max_grad_norm,
+        "optim": str(getattr(args.optim, "value", args.optim)),
+        "muon_learning_rate": args.muon_learning_rate if args.optim == MUON else None,
+        "document_masking": args.document_masking,
+        "max_steps": args.max_steps,
+        "num_train_epochs": args.num_train_epochs,
+        "max_train_minutes": args.max_train_minutes,
+        "seed": args.seed,
+        "bf16": args.bf16,
+        "fp16": args.fp16,
+        "torch_compile": args.torch_compile,
+        "reuse_freed_memory": args.reuse_freed_memory,
+        "attn_implementation": trainer.model.config._attn_implementation,
+        "device": str(args.device),
+        "versions": {"torch": torch.__version__, "transformers": transformers.__version__},
+    }
+
+
+def write_run_outputs(trainer: Trainer, metrics: dict[str, float], info: dict[str, Any]) -> None:
+    """Save the model (the best one when load_best_model_at_end) and everything the run reports about itself.
+
+    Every process takes part in saving the model (FSDP and DeepSpeed gather it); the main process writes the
+    rest, `info` as `training_info.json` last.
+    """
+    output_dir = Path(trainer.args.output_dir)
+    if trainer.is_world_process_zero():  # no stale completion record next to the files now rewritten
+        (output_dir / TRAINING_INFO_FILE).unlink(missing_ok=True)
+    # The tokenizer saved with the model says the model's context (as GPT-2's says 1024): pipelines truncate to
+    # it, and servers (vLLM) take it as a bound. Set only now, after the corpus was tokenized and cached.
+    tokenizer = trainer.processing_class
+    if tokenizer is not None:
+        tokenizer.model_max_length = min(tokenizer.model_max_length, trainer.model.config.n_positions)
+    trainer.save_model()  # tokenizer included
+    if not trainer.is_world_process_zero():
+        return
+    trainer.save_state()
+    (output_dir / METRICS_FILE).write_text(json.dumps(metrics, indent=2) + "\n", encoding="utf-8")
+    from ..reports.model_card import write_model_card
+    from ..reports.plots import write_plots
+
+    write_plots(output_dir, trainer.state.log_history)
+    write_model_card(output_dir, **info)
+    (output_dir / TRAINING_INFO_FILE).write_text(json.dumps(info, indent=2) + "\n", encoding="utf-8")
+    _log_summary(output_dir, metrics)
+
+
+def _log_summary(output_dir: Path, metrics: dict[str, float]) -> None:
+    if "train_tokens_per_second" in metrics:
+        mfu = f", MFU {metrics['train_mfu']:.1%}" if "train_mfu" in metrics else ""
+        logger.info("Training: %s tokens/s%s.", f"{metrics['train_tokens_per_second']:,.0f}", mfu)
+    parts = [
+        f"{name} {metrics[key]:.4g}"
+        for key, name in (
+            ("eval_loss", "loss"),
+            ("eval_perplexity", "perplexity"),
+            ("eval_accuracy", "accuracy"),
+            ("eval_bits_per_byte", "bits/byte"),
+        )
+        if key in metrics
+    ]
+    if parts:
+        logger.info("Validation of the saved model: %s.", ", ".join(parts))
+    logger.info("Model, tokenizer, metrics, plots and model card written to %s.", output_dir)
+
+
+__all__ = ["finish_reason", "tokens_per_step", "training_info", "write_run_outputs"]
