@@ -85,13 +85,13 @@ def train_baseline(argv: list[str], minutes: float, result_file: Path) -> None:
     from modeling_pg_gpt2.export.layout import pg_config_to_gpt2, pg_state_dict_to_gpt2
     from modeling_pg_gpt2.training.arguments import CLMTrainingArguments
     from modeling_pg_gpt2.training.callbacks import TimeLimitCallback
-    from modeling_pg_gpt2.training.model_init import ModelArguments, build_model, load_tokenizer
+    from modeling_pg_gpt2.training.model_init import ModelArguments, build_model, run_tokenizer
 
     transformers.logging.set_verbosity_error()
     parser = make_parser((ModelArguments, CorpusArguments, DataTrainingArguments, CLMTrainingArguments))
     model_args, corpus_args, data_args, recipe_args = parse_arguments(parser, argv)
     set_seed(recipe_args.seed)  # as run_clm.py does before building the model: the same initial weights
-    tokenizer = load_tokenizer(model_args)
+    tokenizer = run_tokenizer(model_args)
     ours, _ = build_model(model_args, tokenizer)
     model = GPT2LMHeadModel(pg_config_to_gpt2(ours.config))
     model.load_state_dict(pg_state_dict_to_gpt2(ours.state_dict()))

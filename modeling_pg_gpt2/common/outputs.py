@@ -20,8 +20,9 @@ import tempfile
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from pathlib import Path
+from typing import Any
 
-from .errors import UserError, few
+from .errors import UserError, few, first_line
 
 logger = logging.getLogger(__name__)
 
@@ -40,14 +41,17 @@ WEIGHTS_FILES = (
     "pytorch_model.bin.index.json",
 )
 
-# Every file a transformers tokenizer may be saved as.
+# A tokenizer's vocabulary: `tokenizer.json` (what save_pretrained writes), or GPT-2's original two files.
+TOKENIZER_FILE = "tokenizer.json"
+VOCAB_FILES = ("vocab.json", "merges.txt")
+TOKENIZER_CONFIG_FILE = "tokenizer_config.json"
+# Every file a transformers tokenizer may be saved as (without the vocabulary above, they make no tokenizer).
 TOKENIZER_FILES = (
-    "tokenizer.json",
-    "tokenizer_config.json",
+    TOKENIZER_FILE,
+    TOKENIZER_CONFIG_FILE,
     "special_tokens_map.json",
     "added_tokens.json",
-    "vocab.json",
-    "merges.txt",
+    *VOCAB_FILES,
     "chat_template.jinja",
     "chat_template.json",
 )
@@ -62,6 +66,21 @@ REPORT_PATTERNS = (METRICS_FILE, "*.png", MODEL_CARD_FILE)
 
 # Held (flock) by the run writing to the folder; records its pid and host for whoever finds it taken.
 LOCK_FILE = ".run.lock"
+
+
+def read_config(folder: str | os.PathLike) -> dict[str, Any]:
+    """The `config.json` of model folder `folder` as it is written; a `UserError` if it has none or it is no JSON
+    object."""
+    path = Path(folder) / CONFIG_FILE
+    try:
+        config = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise UserError(f"{folder} has no {CONFIG_FILE}: it is not a saved transformers model") from None
+    except (OSError, ValueError) as err:
+        raise UserError(f"cannot read {path}: {first_line(err)}") from None
+    if not isinstance(config, dict):
+        raise UserError(f"{path} holds no JSON object, so it is no model config")
+    return config
 
 
 @contextlib.contextmanager
@@ -218,10 +237,14 @@ __all__ = [
     "MODEL_FILES",
     "REPORT_PATTERNS",
     "SIDE_FILES",
+    "TOKENIZER_CONFIG_FILE",
+    "TOKENIZER_FILE",
     "TOKENIZER_FILES",
     "TRAINING_INFO_FILE",
+    "VOCAB_FILES",
     "WEIGHTS_FILES",
     "WEIGHT_PATTERNS",
     "output_lock",
+    "read_config",
     "staged",
 ]

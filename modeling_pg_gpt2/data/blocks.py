@@ -20,6 +20,7 @@ from transformers import (
 
 from ..common.errors import UserError
 from .corpus import CorpusArguments, load_corpus, stream_corpus
+from .tokenizer import GPT2_CONTEXT
 
 
 @dataclass
@@ -30,7 +31,7 @@ class DataTrainingArguments:
         default=None,
         metadata={
             "help": "Tokens per training sequence; documents are packed into blocks of this size. "
-            "Default: the model's context (n_positions), at most 1024."
+            f"Default: the model's context (n_positions), at most {GPT2_CONTEXT}."
         },
     )
     max_train_samples: int | None = field(
@@ -68,6 +69,11 @@ class DataTrainingArguments:
 
 # Module-level functions bound with functools.partial: `datasets` pickles them by reference for its worker
 # processes. Closures defined in this module were pickled by value and gained nothing from a second worker.
+def default_block_size(n_positions: int) -> int:
+    """`--block_size` when none is given: the model's context, at most GPT-2's (as transformers' run_clm.py)."""
+    return min(n_positions, GPT2_CONTEXT)
+
+
 def _tokenize(batch: dict[str, list[str]], tokenizer: PreTrainedTokenizerBase, eos_token_id: int) -> dict:
     encoded = tokenizer(batch["text"], add_special_tokens=False, verbose=False)["input_ids"]
     return {"input_ids": [ids + [eos_token_id] for ids in encoded]}
@@ -130,11 +136,23 @@ def prepare_datasets(
                 f"the {split} split has {tokens} tokens, fewer than one block of {block_size}; "
                 "lower --block_size or give it more text."
             )
-    limits = {"train": data_args.max_train_samples, "validation": data_args.max_eval_samples}
-    for split, limit in limits.items():
-        if limit is not None and len(packed[split]) > limit:
-            packed[split] = packed[split].select(range(limit))
+    for split, limit in sample_limits(data_args).items():
+        packed[split] = first_blocks(packed[split], limit)
     return packed
+
+
+def sample_limits(data_args: DataTrainingArguments) -> dict[str, int | None]:
+    """The most blocks each split is cut to (`--max_train_samples`, `--max_eval_samples`), `None` for all."""
+    return {"train": data_args.max_train_samples, "validation": data_args.max_eval_samples}
+
+
+def first_blocks(blocks: Dataset | IterableDataset, limit: int | None) -> Dataset | IterableDataset:
+    """The first `limit` blocks of a split (a stream's first `limit`), or all of them when `limit` is `None`."""
+    if limit is None:
+        return blocks
+    if isinstance(blocks, IterableDataset):
+        return blocks.take(limit)
+    return blocks.select(range(limit)) if len(blocks) > limit else blocks
 
 
 def check_streaming_arguments(data_args: DataTrainingArguments, training_args: TrainingArguments) -> None:
@@ -186,8 +204,7 @@ def streaming_datasets(
             f"the {count} validation documents hold fewer than one block of {block_size} tokens; "
             "raise --streaming_validation_documents or lower --block_size."
         )
-    if data_args.max_eval_samples is not None and len(validation) > data_args.max_eval_samples:
-        validation = validation.select(range(data_args.max_eval_samples))
+    validation = first_blocks(validation, data_args.max_eval_samples)
 
     train = train_documents
     if validation_source is None:
@@ -202,8 +219,7 @@ def streaming_datasets(
         # The training loader must then not shard it again (streaming.StreamingTrainer).
         train = split_dataset_by_node(train, rank=training_args.process_index, world_size=training_args.world_size)
     train = train.map(tokenize, batched=True, remove_columns=["text"]).map(pack, batched=True, batch_size=1000)
-    if data_args.max_train_samples is not None:
-        train = train.take(data_args.max_train_samples)
+    train = first_blocks(train, data_args.max_train_samples)
     # Without an end, for the reason in the docstring; a `datasets` stream keeps its exact position through it.
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")  # see prepare_datasets
     return {"train": train.repeat(None), "validation": validation}
@@ -221,6 +237,9 @@ def _not_held_out(texts: list[str], held_out: frozenset[bytes]) -> list[bool]:
 __all__ = [
     "DataTrainingArguments",
     "check_streaming_arguments",
+    "default_block_size",
+    "first_blocks",
     "prepare_datasets",
+    "sample_limits",
     "streaming_datasets",
 ]

@@ -31,19 +31,19 @@ Example:
 
 from __future__ import annotations
 
-import contextlib
 import importlib.util
 import logging
 import re
-import threading
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pyarrow.compute as pc
 from datasets import Dataset, DatasetDict, IterableDataset, load_dataset
 
 from ..common.errors import UserError, first_line, root_cause
+from ..common.sources import hub_reachable, unreachable_hub
 from .files import load_files, stream_files, text_column
 
 logger = logging.getLogger(__name__)
@@ -53,7 +53,6 @@ SHAKESPEARE = "shakespeare"
 
 
 OFFLINE_ALTERNATIVES = "use local files (--train_file PATH) or the bundled corpus (--dataset_name shakespeare)"
-HUB_PROBE_TIMEOUT_S = 3.0
 
 
 @dataclass
@@ -256,21 +255,11 @@ def _load_dataset_name(args: CorpusArguments, streaming: bool = False) -> tuple[
     name = args.dataset_name
     if Path(name).is_file():
         raise UserError(f"--dataset_name {name} is a file: pass it as --train_file {name}")
-    if not Path(name).exists() and not _hub_offline() and not _hub_reachable():
-        raise UserError(
-            f"cannot reach the Hugging Face Hub to load dataset '{name}'; to work offline, {OFFLINE_ALTERNATIVES}, "
-            "or set HF_HUB_OFFLINE=1 to use a copy already in your cache"
-        )
-    try:
-        if streaming:
-            splits = load_dataset(name, args.dataset_config_name, streaming=True)
-        else:
-            splits = load_dataset(name, args.dataset_config_name, num_proc=args.preprocessing_num_workers)
-    except (ConnectionError, FileNotFoundError) as err:
-        cause = first_line(root_cause(err), named=True)
-        raise UserError(f"cannot load dataset '{name}' ({cause}); to work offline, {OFFLINE_ALTERNATIVES}") from None
-    except ValueError as err:
-        raise UserError(f"cannot load dataset '{name}': {first_line(root_cause(err), named=True)}") from None
+    instead = f"to work offline, {OFFLINE_ALTERNATIVES}"
+    if streaming:
+        splits = load_hub_dataset(name, args.dataset_config_name, instead, streaming=True)
+    else:
+        splits = load_hub_dataset(name, args.dataset_config_name, instead, num_proc=args.preprocessing_num_workers)
     if "train" not in splits:
         raise UserError(f"dataset '{name}' has no 'train' split (splits: {', '.join(splits)})")
     train = text_column(splits["train"], args.text_column, f"dataset '{name}'")
@@ -280,32 +269,25 @@ def _load_dataset_name(args: CorpusArguments, streaming: bool = False) -> tuple[
     return train, validation
 
 
-def _hub_offline() -> bool:
-    """Whether the user switched the Hub off (HF_HUB_OFFLINE / HF_DATASETS_OFFLINE): `datasets` then fails fast."""
+def load_hub_dataset(name: str, config_name: str | None, instead: str, **kwargs: Any) -> Any:
+    """`datasets.load_dataset(name, config_name, **kwargs)`, failing in one line each way it can.
+
+    `name` is a Hub dataset or a local dataset folder. A Hub that does not answer at once (and is not
+    switched off with `HF_HUB_OFFLINE` / `HF_DATASETS_OFFLINE`) is said within seconds
+    (`sources.hub_reachable`), where `datasets` would retry for about 20; a dataset that cannot be had
+    names the root cause. `instead`: what to do without the Hub, e.g. "pass a local --data_file".
+    """
     from datasets import config
 
-    return bool(config.HF_HUB_OFFLINE)
-
-
-def _hub_reachable(timeout: float = HUB_PROBE_TIMEOUT_S) -> bool:
-    """One HEAD request to the Hub endpoint, given up after `timeout` seconds (DNS included).
-
-    Without it, `load_dataset` on a machine with no network retries for about 20 seconds.
-    """
-    from huggingface_hub import constants
-    from huggingface_hub.utils import get_session
-
-    answered, done = threading.Event(), threading.Event()
-
-    def probe() -> None:
-        with contextlib.suppress(Exception):  # no HTTP answer of any kind means unreachable
-            get_session().head(constants.ENDPOINT, timeout=timeout)
-            answered.set()
-        done.set()
-
-    threading.Thread(target=probe, daemon=True).start()
-    done.wait(timeout)
-    return answered.is_set()
+    if not Path(name).exists() and not config.HF_HUB_OFFLINE and not hub_reachable():
+        raise unreachable_hub(f"the dataset {name!r}", instead)
+    try:
+        return load_dataset(name, config_name, **kwargs)
+    except (ConnectionError, FileNotFoundError) as err:
+        cause = first_line(root_cause(err), named=True)
+        raise UserError(f"cannot load the dataset {name!r} ({cause}); {instead}") from None
+    except ValueError as err:  # a configuration or split it does not have
+        raise UserError(f"cannot load the dataset {name!r}: {first_line(root_cause(err), named=True)}") from None
 
 
 def _drop_empty(documents: Dataset, num_proc: int | None) -> Dataset:

@@ -43,9 +43,10 @@ from datasets.table import ConcatenationTable
 from transformers import PreTrainedTokenizerBase, TrainingArguments
 
 from ..common.errors import UserError
-from ..common.outputs import LOCK_FILE, check_not_an_input, check_output_dir, output_lock, staged
-from .blocks import DataTrainingArguments, _tokenize
+from ..common.outputs import LOCK_FILE, TOKENIZER_FILE, check_not_an_input, check_output_dir, output_lock, staged
+from .blocks import DataTrainingArguments, _tokenize, first_blocks, sample_limits
 from .corpus import CorpusArguments, load_corpus
+from .tokenizer import GPT2_CONTEXT, eos_token_id, load_tokenizer
 
 logger = logging.getLogger(__name__)
 
@@ -65,7 +66,7 @@ class PrepareArguments:
         metadata={"help": "The tokenizer: a folder made by train_tokenizer.py or a Hub id. Runs must use the same."}
     )
     block_size: int = field(
-        default=1024,
+        default=GPT2_CONTEXT,
         metadata={"help": "Tokens per training sequence; runs on this folder use it (at most their n_positions)."},
     )
     overwrite_output_dir: bool = field(
@@ -104,7 +105,7 @@ def tokenizer_fingerprint(tokenizer: PreTrainedTokenizerBase) -> str:
     """
     backend = getattr(tokenizer, "backend_tokenizer", None)
     if backend is None:
-        raise UserError(f"{type(tokenizer).__name__} is not a fast tokenizer; prepared data needs a tokenizer.json")
+        raise UserError(f"{type(tokenizer).__name__} is not a fast tokenizer; prepared data needs a {TOKENIZER_FILE}")
     state = json.loads(backend.to_str())
     state.pop("padding", None)
     state.pop("truncation", None)
@@ -225,11 +226,8 @@ def prepare_corpus(corpus_args: CorpusArguments, args: PrepareArguments) -> Prep
 
 
 def _prepare(corpus_args: CorpusArguments, args: PrepareArguments, output_dir: Path) -> PreparedInfo:
-    from .tokenizer import load_tokenizer
-
     tokenizer = load_tokenizer(args.tokenizer_name)
-    if tokenizer.eos_token_id is None:
-        raise UserError(f"tokenizer {args.tokenizer_name!r} has no end-of-text token; use one from train_tokenizer.py")
+    eos_token_id(tokenizer, args.tokenizer_name)
     fingerprint = tokenizer_fingerprint(tokenizer)  # before any encoding
     raw = load_corpus(corpus_args)
     num_proc = corpus_args.preprocessing_num_workers
@@ -339,10 +337,8 @@ def load_prepared(
             "or pass --do_eval false"
         )
     packed = DatasetDict({split: _open_blocks(folder, files, info.token_dtype) for split, files in info.files.items()})
-    limits = {"train": data_args.max_train_samples, "validation": data_args.max_eval_samples}
-    for split, limit in limits.items():
-        if limit is not None and len(packed[split]) > limit:
-            packed[split] = packed[split].select(range(limit))
+    for split, limit in sample_limits(data_args).items():
+        packed[split] = first_blocks(packed[split], limit)
     return DatasetDict({split: dataset.with_transform(_with_labels) for split, dataset in packed.items()})
 
 

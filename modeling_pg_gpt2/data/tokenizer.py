@@ -50,11 +50,22 @@ from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, pre_token
 from transformers import AutoTokenizer, GPT2Tokenizer, PreTrainedTokenizerBase
 
 from ..common.errors import UserError, few, first_line
-from ..common.outputs import CONFIG_FILE, WEIGHTS_FILES, check_not_an_input, check_output_dir
+from ..common.outputs import (
+    CONFIG_FILE,
+    TOKENIZER_FILE,
+    TOKENIZER_FILES,
+    VOCAB_FILES,
+    WEIGHTS_FILES,
+    check_not_an_input,
+    check_output_dir,
+)
 from ..common.sources import check_pretrained_source
 from .corpus import CorpusArguments, corpus_bytes, load_corpus
 
 EOS_TOKEN = "<|endoftext|>"
+# GPT-2's context (n_positions): the longest input a tokenizer is saved for, the longest block training packs by
+# default (at most the model's own context), and the window of a model whose config names no context.
+GPT2_CONTEXT = 1024
 BYTE_ALPHABET_SIZE = 256
 MIN_VOCAB_SIZE = BYTE_ALPHABET_SIZE + 1  # every byte, plus <|endoftext|>
 REPORT_FILE = "tokenizer_report.json"
@@ -66,12 +77,6 @@ MAX_PIECE_CHARS = 1 << 20
 # regex gives longer ones only for runs of 256 letters, digits, punctuation or spaces.
 MAX_PRE_TOKEN_CHARS = 256
 
-# What a folder needs to hold a tokenizer: `tokenizer.json` (what save_pretrained writes), or GPT-2's
-# original `vocab.json` and `merges.txt`.
-TOKENIZER_FILE = "tokenizer.json"
-VOCAB_FILES = ("vocab.json", "merges.txt")
-# The other files save_pretrained writes: without the two above they make a tokenizer with no vocabulary.
-TOKENIZER_SIDE_FILES = ("tokenizer_config.json", "special_tokens_map.json", "added_tokens.json")
 # Any real tokenizer encodes this to at least one token.
 PROBE_TEXT = "Hello, world"
 
@@ -92,7 +97,8 @@ class TokenizerArguments:
     )
     min_frequency: int = field(default=2, metadata={"help": "Fewest occurrences for a pair to be merged."})
     model_max_length: int = field(
-        default=1024, metadata={"help": "Longest input the model takes (its n_positions), saved with the tokenizer."}
+        default=GPT2_CONTEXT,
+        metadata={"help": "Longest input the model takes (its n_positions), saved with the tokenizer."},
     )
     overwrite_output_dir: bool = field(
         default=False,
@@ -197,7 +203,7 @@ def train_bpe(batches: Iterable[list[str]], vocab_size: int, min_frequency: int 
     return tokenizer
 
 
-def to_transformers(tokenizer: Tokenizer, model_max_length: int = 1024) -> PreTrainedTokenizerBase:
+def to_transformers(tokenizer: Tokenizer, model_max_length: int = GPT2_CONTEXT) -> PreTrainedTokenizerBase:
     """Wrap a trained `tokenizers.Tokenizer` as transformers' GPT-2 tokenizer, ready for `save_pretrained`.
 
     `<|endoftext|>` is bos, eos, unk and pad; padding is on the left (what batched generation needs),
@@ -217,11 +223,15 @@ def to_transformers(tokenizer: Tokenizer, model_max_length: int = 1024) -> PreTr
 
 
 def check_tokenizer_files(folder: str | os.PathLike) -> None:
-    """Refuse, naming the missing file, a local folder that lacks a tokenizer's vocabulary."""
+    """Refuse, naming the missing file, a local folder that lacks a tokenizer's vocabulary.
+
+    A folder needs `tokenizer.json` or GPT-2's original `vocab.json` and `merges.txt`: the other files
+    save_pretrained writes make a tokenizer with no vocabulary on their own.
+    """
     folder = Path(folder)
     if (folder / TOKENIZER_FILE).is_file() or all((folder / name).is_file() for name in VOCAB_FILES):
         return
-    held = [name for name in TOKENIZER_SIDE_FILES if (folder / name).is_file()]
+    held = [name for name in TOKENIZER_FILES if (folder / name).is_file()]
     found = f"it holds only {', '.join(held)}" if held else "it holds no tokenizer file"
     raise UserError(
         f"{folder} has no {TOKENIZER_FILE} ({found}): save a tokenizer there with train_tokenizer.py "
@@ -261,6 +271,31 @@ def load_tokenizer(name_or_path: str | os.PathLike, **kwargs: Any) -> PreTrained
         raise UserError(f"cannot load the tokenizer {name!r}: {first_line(err)}") from None
     check_tokenizer(tokenizer, name)
     return tokenizer
+
+
+def start_token_id(tokenizer: PreTrainedTokenizerBase) -> int:
+    """The id a text starts from when nothing comes before it (an empty prompt, the context of a scored text's
+    first token): bos, else eos (GPT-2's `<|endoftext|>` is both); a `UserError` for a tokenizer with neither."""
+    start = tokenizer.bos_token_id if tokenizer.bos_token_id is not None else tokenizer.eos_token_id
+    if start is None:
+        raise UserError("the tokenizer has neither a bos nor an eos token to start a text with")
+    return start
+
+
+def pad_token_id(tokenizer: PreTrainedTokenizerBase) -> int | None:
+    """The id batches are padded with: pad, else eos (GPT-2's tokenizer has no pad token), else bos, else `None`.
+
+    Padding is masked out, so any id of the vocabulary does; these are the ones every tokenizer has if any.
+    """
+    ids = (tokenizer.pad_token_id, tokenizer.eos_token_id, tokenizer.bos_token_id)
+    return next((token_id for token_id in ids if token_id is not None), None)
+
+
+def eos_token_id(tokenizer: PreTrainedTokenizerBase, name: str) -> int:
+    """The end-of-text id, which separates the documents packed into blocks; a `UserError` for a tokenizer without."""
+    if tokenizer.eos_token_id is None:
+        raise UserError(f"the tokenizer {name!r} has no end-of-text (eos) token; train one with train_tokenizer.py")
+    return tokenizer.eos_token_id
 
 
 def count_tokens(tokenizer: Tokenizer, documents: Dataset, batch_size: int = 256) -> int:

@@ -15,6 +15,8 @@ import torch
 from tqdm.auto import tqdm
 
 from ..common.errors import UserError
+from ..data.tokenizer import GPT2_CONTEXT
+from ..generation.loader import context_length
 
 # A request: token ids (a list or a 1-D tensor) and how many of the last ones are scored.
 Request = tuple[Sequence[int] | torch.Tensor, int]
@@ -79,6 +81,13 @@ def score_requests(
     return Scores(logprobs, greedy, sum(len(tokens) - 1 for tokens, _ in requests))
 
 
+def scoring_window(config, max_length: int | None = None) -> int:
+    """The tokens the model reads at once when scoring: `max_length` (default: all), at most the model's context
+    (`GPT2_CONTEXT` for a config that names none)."""
+    context = context_length(config) or GPT2_CONTEXT
+    return min(max_length or context, context)
+
+
 def rolling_requests(token_ids: torch.Tensor, start_id: int, max_length: int, stride: int) -> list[Request]:
     """The sliding windows over a token stream that score every token once (see the module docstring).
 
@@ -119,4 +128,12 @@ def pair_request(context_ids: list[int], continuation_ids: list[int], max_length
     return tokens, min(len(continuation_ids), len(tokens) - 1)
 
 
-__all__ = ["Request", "Scores", "encode_pair", "pair_request", "rolling_requests", "score_requests"]
+__all__ = [
+    "Request",
+    "Scores",
+    "encode_pair",
+    "pair_request",
+    "rolling_requests",
+    "score_requests",
+    "scoring_window",
+]

@@ -23,8 +23,9 @@ import torch
 from transformers import TrainerCallback
 
 from ..common.errors import UserError
-from ..generation.sampling import context_length
+from ..data.tokenizer import pad_token_id, start_token_id
 from ..reports.plots import NORM_SUFFIX
+from .scoring import scoring_window
 from .zero_shot import EvaluationArguments, load_examples, multiple_choice_examples, score_multiple_choice
 
 logger = logging.getLogger(__name__)
@@ -69,10 +70,10 @@ class EvalTasksCallback(TrainerCallback):
         model.eval()
         figures = {}
         try:
-            context = context_length(model.config) or 1024
+            window = scoring_window(model.config)
             for name, examples in self.tasks.items():  # on every process: best-model selection reads them
                 metrics, _ = score_multiple_choice(
-                    model, processing_class, examples, context, args.per_device_eval_batch_size, desc=None
+                    model, processing_class, examples, window, args.per_device_eval_batch_size, desc=None
                 )
                 figures[f"eval_{name}_accuracy"] = metrics["accuracy"]
                 figures[f"eval_{name}{NORM_SUFFIX}"] = metrics["accuracy_norm"]
@@ -100,9 +101,9 @@ class EvalTasksCallback(TrainerCallback):
 
     def sample(self, model: torch.nn.Module, tokenizer) -> str:
         """A text sampled from <|endoftext|> with `self.seed`, leaving the global random state untouched."""
-        start = tokenizer.bos_token_id if tokenizer.bos_token_id is not None else tokenizer.eos_token_id
+        start = start_token_id(tokenizer)
         device = next(model.parameters()).device
-        max_new_tokens = min(self.sample_tokens, (context_length(model.config) or 1024) - 1)
+        max_new_tokens = min(self.sample_tokens, scoring_window(model.config) - 1)
         input_ids = torch.tensor([[start]], device=device)
         devices = [] if device.type == "cpu" else [device]
         with torch.random.fork_rng(devices=devices, device_type=device.type), torch.inference_mode():
@@ -112,7 +113,7 @@ class EvalTasksCallback(TrainerCallback):
                 attention_mask=torch.ones_like(input_ids),
                 max_new_tokens=max_new_tokens,
                 do_sample=True,
-                pad_token_id=start,
+                pad_token_id=pad_token_id(tokenizer),
             )
         return tokenizer.decode(output[0, 1:], skip_special_tokens=True)
 

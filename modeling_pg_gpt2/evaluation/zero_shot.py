@@ -39,15 +39,17 @@ from typing import Any, Literal, TextIO
 import torch
 
 from ..common.errors import UserError
-from ..generation.sampling import context_length, load_for_generation
-from .scoring import encode_pair, pair_request, rolling_requests, score_requests
+from ..data.tokenizer import pad_token_id, start_token_id
+from ..generation.loader import LoadArguments
+from .scoring import encode_pair, pair_request, rolling_requests, score_requests, scoring_window
 
 TASKS = ("perplexity", "lambada", "multiple_choice")
 
 
 @dataclass
-class EvaluationArguments:
-    """What to evaluate on and how. The model is the positional argument of evaluate_lm.py."""
+class EvaluationArguments(LoadArguments):
+    """What to evaluate on and how (and where the model comes from and runs). The model is the positional
+    argument of evaluate_lm.py."""
 
     task: Literal["perplexity", "lambada", "multiple_choice"] = field(
         metadata={"help": "perplexity of a text, lambada (last word of passages) or multiple_choice."}
@@ -95,16 +97,9 @@ class EvaluationArguments:
         default=None,
         metadata={"help": "JSON file for the results (default: eval_results/<model>/<task>-<data>.json)."},
     )
-    device: str | None = field(default=None, metadata={"help": "cuda, mps or cpu (default: the best available)."})
     dtype: Literal["float32", "bfloat16", "float16"] = field(
         default="float32", metadata={"help": "Precision of the weights (bfloat16 or float16 on a GPU: faster)."}
     )
-    trust_remote_code: bool = field(
-        default=False,
-        metadata={"help": "Run the model code of a Hub repository (pg_gpt2 models need no flag: the code is here)."},
-    )
-    revision: str = field(default="main", metadata={"help": "Branch, tag or commit of a Hub model."})
-    token: str | None = field(default=None, metadata={"help": "Hub token for private models or datasets."})
 
 
 # --------------------------------------------------------------------------------------------------
@@ -141,25 +136,15 @@ def read_jsonl(path: str | os.PathLike) -> list[dict[str, Any]]:
 def load_examples(args: EvaluationArguments) -> tuple[list[dict[str, Any]], str]:
     """The examples of `--data_file` (JSONL) or of a Hub dataset, and a name for them."""
     if args.dataset_name:
-        from datasets import load_dataset
+        from ..data.corpus import load_hub_dataset
 
-        from ..data.corpus import _hub_offline, _hub_reachable
-
-        if not Path(args.dataset_name).exists() and not _hub_offline() and not _hub_reachable():
-            raise UserError(
-                f"cannot reach the Hugging Face Hub to load the dataset {args.dataset_name!r}; offline, pass a "
-                "local --data_file, or set HF_HUB_OFFLINE=1 to use a copy already in your cache."
-            )
-        try:
-            dataset = load_dataset(
-                args.dataset_name, args.dataset_config_name, split=args.dataset_split, token=args.token
-            )
-        except (ConnectionError, FileNotFoundError, ValueError) as err:
-            message = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-            raise UserError(
-                f"cannot load the dataset {args.dataset_name!r} (split {args.dataset_split!r}): {message}. "
-                "Offline, pass a local --data_file instead."
-            ) from None
+        dataset = load_hub_dataset(
+            args.dataset_name,
+            args.dataset_config_name,
+            "offline, pass a local --data_file",
+            split=args.dataset_split,
+            token=args.token,
+        )
         name = args.dataset_name.split("/")[-1] + (f"-{args.dataset_config_name}" if args.dataset_config_name else "")
         return [dict(example) for example in dataset], name
     if not args.data_file:
@@ -221,13 +206,6 @@ def multiple_choice_examples(
 # Tasks
 
 
-def _start_id(tokenizer) -> int:
-    start = tokenizer.bos_token_id if tokenizer.bos_token_id is not None else tokenizer.eos_token_id
-    if start is None:
-        raise UserError("the tokenizer has neither a bos nor an eos token to start the text with.")
-    return start
-
-
 def evaluate_perplexity(
     model, tokenizer, text: str, max_length: int, stride: int, batch_size: int
 ) -> tuple[dict[str, float], int]:
@@ -236,8 +214,8 @@ def evaluate_perplexity(
     if not text.strip():
         raise UserError("the text to evaluate is empty.")
     token_ids = torch.tensor(tokenizer(text, add_special_tokens=False)["input_ids"], dtype=torch.long)
-    requests = rolling_requests(token_ids, _start_id(tokenizer), max_length, stride)
-    scores = score_requests(model, requests, batch_size, _pad_id(tokenizer), desc="perplexity")
+    requests = rolling_requests(token_ids, start_token_id(tokenizer), max_length, stride)
+    scores = score_requests(model, requests, batch_size, pad_token_id(tokenizer), desc="perplexity")
     loss = -math.fsum(scores.logprobs)  # nats, over all tokens
     words, n_bytes = len(text.split()), len(text.encode("utf-8"))
     metrics = {
@@ -263,8 +241,10 @@ def evaluate_lambada(
         if not isinstance(passage, str) or " " not in passage.strip():
             raise UserError(f"example {number}: a passage must be a text of two or more words.")
         context, word = passage.strip().rsplit(" ", 1)  # lambada_openai's split of the target word
-        requests.append(pair_request(*encode_pair(tokenizer, context, " " + word, _start_id(tokenizer)), max_length))
-    scores = score_requests(model, requests, batch_size, _pad_id(tokenizer), desc="lambada")
+        requests.append(
+            pair_request(*encode_pair(tokenizer, context, " " + word, start_token_id(tokenizer)), max_length)
+        )
+    scores = score_requests(model, requests, batch_size, pad_token_id(tokenizer), desc="lambada")
     metrics = {
         "accuracy": sum(scores.greedy) / len(requests),
         "perplexity": math.exp(-math.fsum(scores.logprobs) / len(requests)),
@@ -284,13 +264,13 @@ def score_multiple_choice(
 ) -> tuple[dict[str, float], int]:
     """Accuracy of picking the candidate of highest log-likelihood: raw (`accuracy`) and per character
     (`accuracy_norm`), over `(context, candidates, answer index)` examples; and the tokens the model read."""
-    start_id = _start_id(tokenizer)
+    start_id = start_token_id(tokenizer)
     requests = [
         pair_request(*encode_pair(tokenizer, context, delimiter + choice, start_id), max_length)
         for context, choices, _ in examples
         for choice in choices
     ]
-    scored = score_requests(model, requests, batch_size, _pad_id(tokenizer), desc=desc)
+    scored = score_requests(model, requests, batch_size, pad_token_id(tokenizer), desc=desc)
     correct = correct_norm = 0
     offset = 0
     for _, choices, answer in examples:
@@ -305,12 +285,6 @@ def score_multiple_choice(
         "examples": len(examples),
     }
     return metrics, scored.input_tokens
-
-
-def _pad_id(tokenizer) -> int:
-    # Pads only follow the scored tokens (right padding), so any id does; <|endoftext|> is always in range.
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-    return 0 if pad is None else pad
 
 
 # --------------------------------------------------------------------------------------------------
@@ -355,10 +329,8 @@ def evaluate_model(
         if args.task == "multiple_choice":
             examples = multiple_choice_examples(examples, args)
 
-    tokenizer, model = load_for_generation(model_name_or_path, args)
-    model.to(getattr(torch, args.dtype))
-    context = context_length(model.config) or 1024
-    max_length = min(args.max_length or context, context)
+    tokenizer, model = args.load(model_name_or_path, dtype=getattr(torch, args.dtype))
+    max_length = scoring_window(model.config, args.max_length)
     if max_length < 2:
         raise UserError(f"--max_length must be at least 2, got {max_length}.")
 

@@ -45,6 +45,7 @@ from transformers import (
     GPT2LMHeadModel,
     PreTrainedConfig,
     PreTrainedModel,
+    PreTrainedTokenizerBase,
 )
 from transformers.utils import logging as hf_logging
 
@@ -56,8 +57,10 @@ from ..common.outputs import (
     WEIGHTS_FILES,
     check_not_an_input,
     check_output_dir,
+    read_config,
     staged,
 )
+from ..common.sources import check_pretrained_source, hub_errors
 from ..configuration_pg_gpt2 import PgGPT2Config
 from ..modeling_pg_gpt2 import PgGPT2ForCausalLM
 from .layout import (
@@ -79,58 +82,25 @@ def resolve_checkpoint(
 ) -> Path:
     """The local folder of `src`: the folder itself, or the Hub snapshot of a repo id (config, weights, tokenizer).
 
-    Downloads respect `HF_HUB_OFFLINE` and the Hub cache; when the Hub is unreachable and the snapshot is
-    not cached, raises a `UserError` that says so. `revision`, `cache_dir` and `token` apply to Hub ids.
+    Downloads respect `HF_HUB_OFFLINE` and the Hub cache; a source that is neither a folder nor a Hub
+    repository, or a Hub that cannot provide it, is a one-line `UserError` (`common.sources`). `revision`,
+    `cache_dir` and `token` apply to Hub ids.
     """
     path = Path(src).expanduser()
     if path.is_dir():
         return path
-    if path.exists():
-        raise UserError(f"{src} is a file; pass a checkpoint folder (holding config.json) or a Hub model id")
+    check_pretrained_source(src, "checkpoint", revision, token, cache_dir)
 
-    from huggingface_hub import constants, snapshot_download
-    from huggingface_hub.errors import (
-        GatedRepoError,
-        HfHubHTTPError,
-        HFValidationError,
-        LocalEntryNotFoundError,
-        RepositoryNotFoundError,
-        RevisionNotFoundError,
-    )
-    from huggingface_hub.utils import validate_repo_id
+    from huggingface_hub import snapshot_download
 
     repo_id = str(src)
-    try:
-        validate_repo_id(repo_id)
-    except HFValidationError:
-        raise UserError(f"no such folder: {src}") from None
-    at = f" at revision {revision!r}" if revision else ""
     hub = {"revision": revision, "cache_dir": cache_dir, "token": token}
-    try:
+    with hub_errors(repo_id, revision=revision, not_a_folder=True, instead="pass an existing checkpoint folder"):
         # One weights format only: the safetensors files, else the PyTorch pickles.
         patterns = [*SIDE_FILES, CONFIG_FILE, "model*.safetensors*"]
         folder = Path(snapshot_download(repo_id, allow_patterns=patterns, **hub))
         if _weights_file(folder) is None:
             folder = Path(snapshot_download(repo_id, allow_patterns=["pytorch_model*.bin*"], **hub))
-    except GatedRepoError:
-        raise UserError(
-            f"{repo_id} is a gated repository: accept its conditions on the Hub, then log in with `hf auth login`"
-        ) from None
-    except RepositoryNotFoundError:
-        raise UserError(
-            f"{src!r} is neither a local folder nor a model repository on the Hub (or your token cannot see it)"
-        ) from None
-    except RevisionNotFoundError:
-        raise UserError(f"the Hub repository {repo_id} has no revision {revision!r}") from None
-    except LocalEntryNotFoundError as err:
-        cause = err.__cause__
-        reason = "HF_HUB_OFFLINE is set" if constants.HF_HUB_OFFLINE else first_line(cause or err, named=True)
-        raise UserError(
-            f"{src!r} is not a local folder, and the Hugging Face Hub is unreachable ({reason}) and has no cached "
-            f"copy{at}; download it where the Hub is reachable and pass the local folder"
-        ) from None
-    except HfHubHTTPError as err:
-        raise UserError(f"downloading {repo_id}{at} from the Hub failed: {first_line(err, named=True)}") from None
     return folder
 
 
@@ -183,14 +153,8 @@ def read_state_dict(folder: str | Path) -> dict[str, torch.Tensor]:
 
 def _load_config(folder: Path, model_type: str, config_class: type[PreTrainedConfig]) -> PreTrainedConfig:
     """config.json of `folder` as `config_class`, after checking it describes a `model_type` model."""
-    path = folder / CONFIG_FILE
-    if not path.is_file():
-        raise UserError(f"{folder} has no config.json: it is not a transformers checkpoint")
-    try:
-        raw = json.loads(path.read_text())
-    except ValueError as err:
-        raise UserError(f"{path} is not valid JSON: {err}") from None
-    found = raw.get("model_type") if isinstance(raw, dict) else None
+    raw = read_config(folder)
+    found = raw.get("model_type")
     if found != model_type:
         hint = ""
         if found == "pg_gpt2":
@@ -201,7 +165,7 @@ def _load_config(folder: Path, model_type: str, config_class: type[PreTrainedCon
     try:
         return config_class.from_dict(raw)
     except (ValueError, TypeError) as err:
-        raise UserError(f"{path} is not a valid {model_type} config: {first_line(err)}") from None
+        raise UserError(f"{folder / CONFIG_FILE} is not a valid {model_type} config: {first_line(err)}") from None
 
 
 def _build(
@@ -304,12 +268,16 @@ def convert_pg_checkpoint(
 # -- writing checkpoints -------------------------------------------------------------------------------------
 
 
-def _check_tokenizer(folder: Path) -> None:
-    """A checkpoint's tokenizer files travel with it: refuse them unless they make a working tokenizer."""
-    if any((folder / name).is_file() for name in TOKENIZER_FILES):
-        from ..data.tokenizer import load_tokenizer
+def checkpoint_tokenizer(folder: Path) -> PreTrainedTokenizerBase | None:
+    """The tokenizer of checkpoint `folder`, which travels with it, or `None` when it has no tokenizer files.
 
-        load_tokenizer(folder)
+    Files that do not make a working tokenizer are refused (`data.tokenizer.load_tokenizer`).
+    """
+    if not any((folder / name).is_file() for name in TOKENIZER_FILES):
+        return None
+    from ..data.tokenizer import load_tokenizer
+
+    return load_tokenizer(folder)
 
 
 def _convert(
@@ -330,7 +298,7 @@ def _convert(
     check_output_dir(dst, flag="DST", overwrite_flag=None if overwrite else "--overwrite")
     folder = resolve_checkpoint(src, revision, cache_dir, token)
     check_not_an_input(dst, "DST", {"the source checkpoint": folder}, inside=True)
-    _check_tokenizer(folder)
+    checkpoint_tokenizer(folder)
     model = load(folder)
     with staged(dst, "folder") as staging:
         try:
@@ -381,14 +349,11 @@ def convert_pg_to_gpt2(
 
 
 __all__ = [
+    "checkpoint_tokenizer",
     "convert_gpt2_checkpoint",
     "convert_gpt2_to_pg",
     "convert_pg_checkpoint",
     "convert_pg_to_gpt2",
-    "gpt2_config_to_pg",
-    "gpt2_state_dict_to_pg",
-    "pg_config_to_gpt2",
-    "pg_state_dict_to_gpt2",
     "read_state_dict",
     "resolve_checkpoint",
 ]

@@ -28,7 +28,7 @@ from pathlib import Path
 import numpy as np
 
 from ..common.errors import UserError
-from ..common.outputs import staged
+from ..common.outputs import TOKENIZER_FILE, staged
 from ..modeling_pg_gpt2 import PgGPT2ForCausalLM
 from .source import check_destination, load_source
 
@@ -87,12 +87,12 @@ def _tokenizer_vocabulary(folder: Path, vocab_size: int) -> tuple[list[str], lis
     64) become unused placeholder tokens, so that the token list covers every row of the embedding.
     """
     gguf = _gguf()
-    path = folder / "tokenizer.json"
+    path = folder / TOKENIZER_FILE
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise UserError(
-            f"{folder} has no tokenizer.json; a GGUF file carries its tokenizer: save it beside the model"
+            f"{folder} has no {TOKENIZER_FILE}; a GGUF file carries its tokenizer: save it beside the model"
         ) from None
     except (OSError, ValueError) as err:
         raise UserError(f"cannot read {path}: {err}") from None

@@ -1,21 +1,23 @@
 """What the ONNX and GGUF exports share: reading the source checkpoint and writing DST all at once.
 
 Both exports take a pg_gpt2 checkpoint (a `run_clm.py` output folder, a Hub id) or a transformers GPT-2
-one (converted on the fly, see `convert.py`) and refuse anything else in one line. Their output appears
+one (converted on the fly, see `convert.py`) and refuse anything else in one line, including what the
+loader of a model for use refuses (`generation.loader.check_model`: NaN weights, a tokenizer larger than
+the vocabulary): an export is a model for use elsewhere. Their output appears
 under its final name only once complete, so an interrupted or failed export never leaves a half-written
 DST behind (nor destroys the one it was asked to replace before the new one is ready).
 """
 
 from __future__ import annotations
 
-import json
 import shutil
 from pathlib import Path
 
 from ..common.errors import UserError
-from ..common.outputs import SIDE_FILES, check_not_an_input
+from ..common.outputs import SIDE_FILES, check_not_an_input, read_config
+from ..generation.loader import check_model
 from ..modeling_pg_gpt2 import PgGPT2ForCausalLM
-from .convert import convert_gpt2_checkpoint, convert_pg_checkpoint, resolve_checkpoint
+from .convert import checkpoint_tokenizer, convert_gpt2_checkpoint, convert_pg_checkpoint, resolve_checkpoint
 from .layout import gpt2_config_to_pg, gpt2_state_dict_to_pg
 
 # The checkpoints the exports read: pg_gpt2's own, and transformers' GPT-2 (same function, other layout).
@@ -24,14 +26,7 @@ SOURCE_TYPES = ("pg_gpt2", "gpt2")
 
 def source_model_type(folder: Path, what: str) -> str:
     """The `model_type` of checkpoint `folder`; a `UserError` unless it is one of `SOURCE_TYPES`."""
-    path = folder / "config.json"
-    try:
-        raw = json.loads(path.read_text())
-    except FileNotFoundError:
-        raise UserError(f"{folder} has no config.json: it is not a transformers checkpoint") from None
-    except (OSError, ValueError) as err:
-        raise UserError(f"cannot read {path}: {err}") from None
-    found = raw.get("model_type") if isinstance(raw, dict) else None
+    found = read_config(folder).get("model_type")
     if found not in SOURCE_TYPES:
         raise UserError(
             f"{folder} holds a {found!r} model; {what} exports pg_gpt2 checkpoints (run_clm.py outputs) "
@@ -44,10 +39,12 @@ def load_source(src: str | Path, what: str, revision: str | None = None) -> tupl
     """(the model of `src` as a `PgGPT2ForCausalLM` in eval mode and fp32, the local checkpoint folder).
 
     `src` is a pg_gpt2 or a GPT-2 checkpoint, a folder or a Hub id; `what` names the export in errors.
-    Both kinds go through the converter's checks (config and weights belong together), so a broken
-    checkpoint is a `UserError` here rather than a failure halfway through the export.
+    Both kinds go through the converter's checks (config and weights belong together) and the loader's
+    (`generation.loader.check_model`), so a broken checkpoint is a `UserError` here rather than a failure
+    halfway through the export or in the runtime that reads it.
     """
     folder = resolve_checkpoint(src, revision)
+    tokenizer = checkpoint_tokenizer(folder)
     if source_model_type(folder, what) == "gpt2":
         model = convert_gpt2_checkpoint(folder)
     else:
@@ -57,6 +54,7 @@ def load_source(src: str | Path, what: str, revision: str | None = None) -> tupl
         config = gpt2_config_to_pg(gpt2.config)
         model = PgGPT2ForCausalLM(config)
         model.load_state_dict(gpt2_state_dict_to_pg(gpt2.state_dict(), config), strict=True)
+    check_model(model, tokenizer, str(src))
     return model.float().eval(), folder
 
 

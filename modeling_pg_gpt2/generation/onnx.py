@@ -174,13 +174,4 @@ class OnnxCausalLM:
         return ids
 
 
-def load_onnx_for_generation(folder: str | os.PathLike, device: str | None = None):
-    """(tokenizer, `OnnxCausalLM`) of an ONNX export folder; device "cuda" picks onnxruntime's CUDA provider."""
-    from transformers import AutoTokenizer
-
-    providers = ["CUDAExecutionProvider", "CPUExecutionProvider"] if device and device.startswith("cuda") else None
-    model = OnnxCausalLM.from_pretrained(folder, providers=providers)
-    return AutoTokenizer.from_pretrained(folder), model
-
-
-__all__ = ["OnnxCausalLM", "load_onnx_for_generation", "ort_session"]
+__all__ = ["ONNX_FILE", "OnnxCausalLM", "ort_session"]

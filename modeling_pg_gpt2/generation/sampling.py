@@ -21,19 +21,19 @@ from pathlib import Path
 from typing import TextIO
 
 import torch
-from transformers import AutoModelForCausalLM, PreTrainedModel, TextStreamer, set_seed
-from transformers.utils import logging as hf_logging
+from transformers import TextStreamer, set_seed
 
-from ..common.errors import UserError, few, first_line
-from ..common.sources import check_pretrained_source
-from ..data.tokenizer import load_tokenizer
+from ..common.errors import UserError
+from ..data.tokenizer import pad_token_id, start_token_id
+from .loader import BACKENDS, LoadArguments, context_length, resolve_device
 
 logger = logging.getLogger(__name__)
 
 
 @dataclass
-class GenerationArguments:
-    """How to sample. The model and the prompts are the positional arguments of generate.py."""
+class GenerationArguments(LoadArguments):
+    """How to sample (and where the model comes from and runs). The model and the prompts are the positional
+    arguments of generate.py."""
 
     prompts_file: str | None = field(
         default=None,
@@ -50,21 +50,14 @@ class GenerationArguments:
     repetition_penalty: float = field(default=1.0, metadata={"help": "Penalty > 1 discourages repeating tokens."})
     num_return_sequences: int = field(default=1, metadata={"help": "Samples per prompt (streamed only when 1)."})
     seed: int | None = field(default=None, metadata={"help": "Random seed, for reproducible samples."})
-    device: str | None = field(default=None, metadata={"help": "cuda, mps or cpu (default: the best available)."})
     backend: str = field(
         default="torch",
         metadata={
             "help": "torch, or onnxruntime: decode with an ONNX export, a folder written by "
             "`python convert.py MODEL DST --to onnx` (no torch model is loaded).",
-            "choices": ["torch", "onnxruntime"],
+            "choices": list(BACKENDS),
         },
     )
-    trust_remote_code: bool = field(
-        default=False,
-        metadata={"help": "Run the model code of a Hub repository (pg_gpt2 models need no flag: the code is here)."},
-    )
-    revision: str = field(default="main", metadata={"help": "Branch, tag or commit of a Hub model."})
-    token: str | None = field(default=None, metadata={"help": "Hub token for private models."})
 
 
 def read_prompts(prompts: Sequence[str], prompts_file: str | None) -> list[str]:
@@ -106,76 +99,7 @@ def check_generation_arguments(args: GenerationArguments) -> None:
         raise UserError(f"--top_p must be in (0, 1] (1: no nucleus sampling), got {args.top_p}.")
     if not args.repetition_penalty > 0 or math.isinf(args.repetition_penalty):
         raise UserError(f"--repetition_penalty must be a positive number (1: none), got {args.repetition_penalty}.")
-    _device(args.device)
-
-
-def _device(requested: str | None) -> torch.device:
-    """The device `--device` names, checked to exist on this machine; by default the best one available."""
-    if requested:
-        try:
-            device = torch.device(requested)
-        except RuntimeError:
-            raise UserError(f"--device {requested!r} is not a device: use cuda, cuda:N, mps or cpu.") from None
-        if device.type == "cuda" and not torch.cuda.is_available():
-            built = f"built with CUDA {torch.version.cuda}" if torch.version.cuda else "built without CUDA"
-            raise UserError(
-                f"--device {requested}: CUDA is not available here (torch {torch.__version__}, {built}); "
-                "leave out --device or pass --device cpu."
-            )
-        if device.type == "cuda" and (device.index or 0) >= torch.cuda.device_count():
-            raise UserError(f"--device {requested}: this machine has {torch.cuda.device_count()} CUDA device(s).")
-        if device.type == "mps" and not torch.backends.mps.is_available():
-            raise UserError(f"--device {requested}: MPS (Apple GPU) is not available here; pass --device cpu.")
-        return device
-    if torch.cuda.is_available():
-        return torch.device("cuda")
-    if torch.backends.mps.is_available():
-        return torch.device("mps")
-    return torch.device("cpu")
-
-
-def load_for_generation(model_name_or_path: str | os.PathLike, args: GenerationArguments):
-    """The tokenizer and the model (eval mode, on the device) of a local folder or Hub id.
-
-    A missing folder, a folder without a real tokenizer (see `tokenizer.load_tokenizer`) and a model with
-    NaN or infinite weights (a diverged training run) are each a one-line `UserError`.
-    """
-    from .. import PgGPT2Config  # noqa: F401  (registers pg_gpt2 with the Auto classes)
-
-    model_name_or_path = os.fspath(model_name_or_path)
-    check_pretrained_source(model_name_or_path, "model", args.revision, args.token)
-    hub = {"revision": args.revision, "token": args.token, "trust_remote_code": args.trust_remote_code}
-    progress_bars = hf_logging.is_progress_bar_enabled()
-    hf_logging.disable_progress_bar()  # loading a small model is instant: keep the terminal for the text
-    try:
-        tokenizer = load_tokenizer(model_name_or_path, **hub)
-        model = AutoModelForCausalLM.from_pretrained(model_name_or_path, **hub)
-    except (OSError, ValueError) as err:
-        raise UserError(f"cannot load the model {model_name_or_path!r}: {first_line(err)}") from None
-    finally:
-        if progress_bars:
-            hf_logging.enable_progress_bar()
-    check_finite_weights(model, model_name_or_path)
-    return tokenizer, model.to(_device(args.device)).eval()
-
-
-def check_finite_weights(model: PreTrainedModel, model_name: str) -> None:
-    """Refuse a model with NaN or infinite weights: it can only generate garbage (its training diverged)."""
-    bad = [name for name, param in model.named_parameters() if not torch.isfinite(param).all()]
-    if bad:
-        raise UserError(
-            f"the model {model_name!r} has NaN or infinite weights ({few(bad, 1)}): its training diverged; use an "
-            "earlier checkpoint or train again with a lower learning rate"
-        )
-
-
-def context_length(config) -> int | None:
-    """The longest sequence the model attends over (`n_positions`, `max_position_embeddings`), if it has one."""
-    for name in ("n_positions", "max_position_embeddings"):
-        value = getattr(config, name, None)
-        if isinstance(value, int):
-            return value
-    return None
+    resolve_device(args.device)
 
 
 def generate_text(
@@ -192,17 +116,11 @@ def generate_text(
     """
     stream = sys.stdout if stream is None else stream
     check_generation_arguments(args)
-    if args.backend == "onnxruntime":
-        from .onnx import load_onnx_for_generation
-
-        tokenizer, model = load_onnx_for_generation(model_name_or_path, args.device)
-    else:
-        tokenizer, model = load_for_generation(model_name_or_path, args)
+    tokenizer, model = args.load(model_name_or_path, backend=args.backend)
     context = context_length(model.config)
-    start_id = tokenizer.bos_token_id if tokenizer.bos_token_id is not None else tokenizer.eos_token_id
     encoded = []
     for prompt in prompts:
-        ids = tokenizer(prompt, add_special_tokens=False)["input_ids"] if prompt else [start_id]
+        ids = tokenizer(prompt, add_special_tokens=False)["input_ids"] if prompt else [start_token_id(tokenizer)]
         if context is not None and len(ids) >= context:
             raise UserError(
                 f"the prompt {_preview(prompt)} is {len(ids)} tokens long, but the model's context is {context} "
@@ -238,7 +156,7 @@ def generate_text(
                 **(sampling if args.do_sample else {}),
                 repetition_penalty=args.repetition_penalty,
                 num_return_sequences=args.num_return_sequences,
-                pad_token_id=tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id,
+                pad_token_id=pad_token_id(tokenizer),
                 streamer=streamer,
             )
         texts = tokenizer.batch_decode(output, skip_special_tokens=True)
@@ -270,9 +188,7 @@ class _Streamer(TextStreamer):
 
 __all__ = [
     "GenerationArguments",
-    "check_finite_weights",
     "check_generation_arguments",
-    "context_length",
     "generate_text",
     "read_prompts",
 ]

@@ -19,7 +19,6 @@ Every failure a user can fix is a one-line `UserError`.
 
 from __future__ import annotations
 
-import contextlib
 import fnmatch
 import glob
 import json
@@ -28,20 +27,20 @@ import shutil
 import subprocess
 import sys
 import tempfile
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from ..common.errors import UserError, first_line
 from ..common.outputs import (
-    CONFIG_FILE,
     MODEL_CARD_FILE,
     MODEL_FILES,
     REPORT_PATTERNS,
     TOKENIZER_FILES,
     WEIGHT_PATTERNS,
+    read_config,
 )
+from ..common.sources import hub_errors
 from ..reports.model_card import check_model_card, gpt2_model_card, prepare_model_card
 
 VALIDATION_TIMEOUT_S = 1800
@@ -136,17 +135,6 @@ def remote_code_files(config: dict[str, Any], folder: Path | None = None) -> lis
     return sorted(files)
 
 
-def read_config_json(folder: Path) -> dict[str, Any]:
-    """The raw `config.json` of a model folder, as a dict (a missing or broken file is a `UserError`)."""
-    path = folder / CONFIG_FILE
-    if not path.is_file():
-        raise UserError(f"{folder} has no config.json: pass the --output_dir of run_clm.py (a saved model folder)")
-    try:
-        return json.loads(path.read_text())
-    except json.JSONDecodeError as err:
-        raise UserError(f"{path} is not valid JSON ({err})") from None
-
-
 def serving_note(config: dict[str, Any], folder: Path) -> str | None:
     """What to tell about a folder saved before serving support: its config.json maps no `AutoModel`, which vLLM's
     and SGLang's Transformers backends build, and its code's ignore patterns would drop the attention biases
@@ -168,7 +156,7 @@ def plan_upload(folder: Path, include: list[str] | tuple[str, ...] = (), remote_
     """
     from ..data.tokenizer import check_tokenizer_files
 
-    config = read_config_json(folder)
+    config = read_config(folder)
     top_level = {p.name for p in folder.iterdir() if p.is_file()}
     chosen = {name for name in top_level if any(fnmatch.fnmatch(name, p) for p in WEIGHT_PATTERNS)}
     if not any(name.endswith(".safetensors") for name in chosen):
@@ -273,48 +261,6 @@ def check_repo_id(repo_id: str) -> None:
         raise UserError(f"repo id {repo_id!r} is not valid: {first_line(err)}") from None
 
 
-@contextlib.contextmanager
-def hub_errors(repo_id: str, endpoint: str) -> Iterator[None]:
-    """Turn the Hub client's exceptions into one-line `UserError`s that say what to do."""
-    import httpx2
-    from huggingface_hub.errors import HfHubHTTPError, OfflineModeIsEnabled, RepositoryNotFoundError
-
-    try:
-        yield
-    except OfflineModeIsEnabled:
-        raise UserError("HF_HUB_OFFLINE is set: unset it to push to the Hub") from None
-    except RepositoryNotFoundError:
-        raise UserError(f"repository {repo_id} was not found on {endpoint}, or your token cannot see it") from None
-    except HfHubHTTPError as err:
-        raise _http_error(err, repo_id, endpoint) from None
-    except httpx2.TransportError as err:
-        raise UserError(f"the Hub at {endpoint} is unreachable ({err}); check your network or HF_ENDPOINT") from None
-    except RuntimeError as err:  # huggingface_hub wraps failed LFS uploads: report the cause
-        cause = err.__cause__
-        if isinstance(cause, HfHubHTTPError):
-            raise _http_error(cause, repo_id, endpoint) from None
-        if isinstance(cause, httpx2.TransportError):
-            raise UserError(f"the Hub at {endpoint} became unreachable during the upload ({cause})") from None
-        raise
-
-
-def _http_error(err: Any, repo_id: str, endpoint: str) -> UserError:
-    status = err.response.status_code if err.response is not None else None
-    server = (err.server_message or "").strip().splitlines()
-    detail = f": {server[0]}" if server else ""
-    if status == 401:
-        return UserError(
-            f"the Hub at {endpoint} rejected your token (401 Unauthorized): set HF_TOKEN to a valid token "
-            "or run `hf auth login`"
-        )
-    if status == 403:
-        return UserError(
-            f"your token has no write access to {repo_id} (403 Forbidden{detail}): use a token with the 'write' "
-            f"role for the namespace '{repo_id.split('/')[0]}'"
-        )
-    return UserError(f"the Hub at {endpoint} refused the push to {repo_id} ({status}{detail})")
-
-
 def _stage_gpt2(folder: Path, plan: UploadPlan, staging: Path, repo_id: str, card: Path) -> Path:
     """Write the native `gpt2` variant of `folder` into `staging`: converted weights, tokenizer, plots, and
     the gpt2 version of the prepared `card`."""
@@ -372,7 +318,7 @@ def push_to_hub(output_dir: str | Path, repo_id: str, args: PushArguments | None
 
     plan = plan_upload(folder, args.include)
     load_tokenizer(folder)  # a folder without a working tokenizer would load (and generate) for nobody
-    note = None if args.as_gpt2 else serving_note(read_config_json(folder), folder)
+    note = None if args.as_gpt2 else serving_note(read_config(folder), folder)
     if note:
         print(note)
 
@@ -415,10 +361,10 @@ def print_plan(plan: UploadPlan, title: str) -> None:
 
 
 def _upload(plan: UploadPlan, repo_id: str, args: PushArguments, token: str, target: str) -> str:
-    from huggingface_hub import HfApi, constants
+    from huggingface_hub import HfApi
 
     api = HfApi(token=token)
-    with hub_errors(repo_id, constants.ENDPOINT):
+    with hub_errors(repo_id, writing=True):
         user = api.whoami()["name"]
         api.create_repo(repo_id, private=args.private, exist_ok=True)
         if args.revision and not args.create_pr:  # a pull request targets an existing branch

@@ -24,6 +24,8 @@ def done(**report: Any) -> NoReturn:
     sys.exit(0)
 
 
+# This script runs in a clean interpreter (`python -I`) where the package cannot be imported, so it keeps its own
+# copy of `common.errors.first_line` (class name first) and of the start/pad fallbacks of `data.tokenizer`.
 def first_line(err: BaseException) -> str:
     lines = [line for line in str(err).splitlines() if line.strip()]
     return f"{type(err).__name__}: {lines[0] if lines else ''}"
@@ -56,7 +58,7 @@ def main(folder: str, expect_remote: bool) -> NoReturn:
     if ids.shape[1] == 0:
         start = tokenizer.bos_token_id if tokenizer.bos_token_id is not None else tokenizer.eos_token_id
         ids = torch.tensor([[start if start is not None else 0]])
-    pad = tokenizer.pad_token_id or tokenizer.eos_token_id or 0
+    pad = next((i for i in (tokenizer.pad_token_id, tokenizer.eos_token_id) if i is not None), 0)  # id 0 is a pad
     try:
         with torch.no_grad():
             logits = model(ids).logits

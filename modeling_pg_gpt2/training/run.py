@@ -56,7 +56,13 @@ from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
 from ..common.errors import CommandError, Interrupted, UserError
 from ..common.outputs import METRICS_FILE, check_not_an_input, check_output_dir, output_lock
-from ..data.blocks import DataTrainingArguments, check_streaming_arguments, prepare_datasets, streaming_datasets
+from ..data.blocks import (
+    DataTrainingArguments,
+    check_streaming_arguments,
+    default_block_size,
+    prepare_datasets,
+    streaming_datasets,
+)
 from ..data.collators import DocumentMaskingCollator
 from ..data.corpus import CorpusArguments
 from ..data.prepared import load_prepared, read_prepared_info
@@ -79,7 +85,7 @@ from .model_init import (
     build_model,
     count_parameters,
     hide_tied_weight_warning,
-    load_tokenizer,
+    run_tokenizer,
     set_generation_defaults,
 )
 from .optim import MUON, MuonAdamW, muon_adamw_kwargs
@@ -136,7 +142,7 @@ def _train(
         logger.info("--auto_bf16: training in %s on %s.", precision, training_args.device.type)
 
     set_seed(training_args.seed)  # before the model exists: Trainer seeds only after
-    tokenizer = load_tokenizer(model_args)
+    tokenizer = run_tokenizer(model_args)
     model, source = build_model(model_args, tokenizer)
     set_generation_defaults(model, tokenizer)
     if model.config.tie_word_embeddings:
@@ -154,8 +160,8 @@ def _train(
                 "The run in %s is complete (step %d, ended by %s): nothing to do. Pass a larger --max_steps to "
                 "train it further, or --overwrite_output_dir to start over.",
                 output_dir,
-                info.get("global_step", 0),
-                info["finished"],
+                info.global_step or 0,
+                info.finished,
             )
             return json.loads((output_dir / METRICS_FILE).read_text(encoding="utf-8"))
     if resume_from is not None:
@@ -205,8 +211,8 @@ def _train(
         if not all(bool(torch.isfinite(p).all()) for p in trainer.model.parameters()):
             raise CommandError(divergence_message("the weights are not finite", training_args, output_dir))
 
-        info = training_info(model_args, corpus_args, data_args, trainer, source, block_size, datasets)
-        info["finished"] = finish_reason(trainer, time_limit)
+        finished = finish_reason(trainer, time_limit)
+        info = training_info(model_args, corpus_args, data_args, trainer, source, block_size, datasets, finished)
         write_run_outputs(trainer, metrics, info)
     trainer.accelerator.wait_for_everyone()
     trainer.end()
@@ -230,7 +236,7 @@ def evaluate_only(
     source = model_args.model_name_or_path or _trained_model_in(Path(training_args.output_dir))
     # A recipe's from-scratch fields describe the model the run built, not one to build now.
     model_args = dataclasses.replace(model_args, model_name_or_path=source, config_name=None, config_overrides=None)
-    tokenizer = load_tokenizer(model_args)
+    tokenizer = run_tokenizer(model_args)
     model, source = build_model(model_args, tokenizer)
     datasets, corpus_args, block_size = _training_data(
         corpus_args, data_args, training_args, tokenizer, model.config.n_positions
@@ -288,7 +294,7 @@ def _training_data(
             )
         prepared = read_prepared_info(data_args.prepared_data)
         corpus_args = dataclasses.replace(corpus_args, **prepared.corpus)  # recorded in training_info.json
-    block_size = data_args.block_size or (prepared.block_size if prepared else min(n_positions, 1024))
+    block_size = data_args.block_size or (prepared.block_size if prepared else default_block_size(n_positions))
     if block_size > n_positions:
         raise UserError(
             f"--block_size {block_size} is larger than the model's context n_positions={n_positions}; "

@@ -8,7 +8,6 @@ the log. `training_info.json` is written last: its `finished` ([`finish_reason`]
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import logging
 from collections.abc import Mapping
@@ -22,11 +21,32 @@ from transformers import Trainer, TrainingArguments
 from ..common.outputs import METRICS_FILE, TRAINING_INFO_FILE
 from ..data.blocks import DataTrainingArguments
 from ..data.corpus import CorpusArguments
+from ..reports.run_record import RunInfo
 from .callbacks import TimeLimitCallback
 from .model_init import ModelArguments
 from .optim import MUON
 
 logger = logging.getLogger(__name__)
+
+# The training arguments a run records as they are, under their own names (each a field of `RunInfo`).
+RECORDED_ARGUMENTS = (
+    "world_size",
+    "per_device_train_batch_size",
+    "gradient_accumulation_steps",
+    "learning_rate",
+    "warmup_steps",
+    "weight_decay",
+    "max_grad_norm",
+    "document_masking",
+    "max_steps",
+    "num_train_epochs",
+    "max_train_minutes",
+    "seed",
+    "bf16",
+    "fp16",
+    "torch_compile",
+    "reuse_freed_memory",
+)
 
 
 def tokens_per_step(args: TrainingArguments, block_size: int) -> int:
@@ -49,63 +69,44 @@ def training_info(
     source: str,
     block_size: int,
     datasets: Mapping[str, Any],
-) -> dict[str, Any]:
-    """What the model card and later readers need to know about the run, beyond config.json and metrics.
+    finished: str | None = None,
+) -> RunInfo:
+    """The record of the run (`training_info.json`): what the model card and later readers need to know about it,
+    beyond config.json and metrics.json.
 
     `trainer.args` is the run's `CLMTrainingArguments`; `source` says where the model came from
-    (`model_init.build_model`); `datasets` holds the "train" and "validation" blocks.
+    (`model_init.build_model`); `datasets` holds the "train" and "validation" blocks; `finished`, what ended
+    training ([`finish_reason`]).
     """
     args = trainer.args
-    corpus = {
-        key: value
-        for key, value in dataclasses.asdict(corpus_args).items()
-        if value is not None and key not in ("preprocessing_num_workers",)
-    }
-    if data_args.streaming:  # a stream holds out its first documents (streaming_validation_documents) instead
-        for key in ("validation_split_percentage", "split_seed"):
-            corpus.pop(key, None)
     step_tokens = tokens_per_step(args, block_size)
-    return {
-        "model_source": source,
-        "tokenizer": model_args.tokenizer_name or model_args.model_name_or_path,
-        "corpus": corpus,
-        "block_size": block_size,
-        "streaming": data_args.streaming,
+    return RunInfo(
+        model_source=source,
+        tokenizer=model_args.tokenizer_name or model_args.model_name_or_path,
+        corpus=corpus_args,
+        block_size=block_size,
+        streaming=data_args.streaming,
         # A stream has no length: its blocks are counted as they are trained on (tokens_seen).
-        "train_blocks": None if data_args.streaming else len(datasets["train"]),
-        "validation_blocks": len(datasets["validation"]),
-        "streaming_validation_documents": data_args.streaming_validation_documents if data_args.streaming else None,
-        "world_size": args.world_size,
-        "per_device_train_batch_size": args.per_device_train_batch_size,
-        "gradient_accumulation_steps": args.gradient_accumulation_steps,
-        "tokens_per_step": step_tokens,
-        "global_step": trainer.state.global_step,
-        "tokens_seen": trainer.state.global_step * step_tokens,
-        "best_global_step": trainer.state.best_global_step,
-        "learning_rate": args.learning_rate,
-        "lr_scheduler_type": str(getattr(args.lr_scheduler_type, "value", args.lr_scheduler_type)),
-        "warmup_steps": args.warmup_steps,
-        "weight_decay": args.weight_decay,
-        "adam_betas": [args.adam_beta1, args.adam_beta2],
-        "max_grad_norm": args.max_grad_norm,
-        "optim": str(getattr(args.optim, "value", args.optim)),
-        "muon_learning_rate": args.muon_learning_rate if args.optim == MUON else None,
-        "document_masking": args.document_masking,
-        "max_steps": args.max_steps,
-        "num_train_epochs": args.num_train_epochs,
-        "max_train_minutes": args.max_train_minutes,
-        "seed": args.seed,
-        "bf16": args.bf16,
-        "fp16": args.fp16,
-        "torch_compile": args.torch_compile,
-        "reuse_freed_memory": args.reuse_freed_memory,
-        "attn_implementation": trainer.model.config._attn_implementation,
-        "device": str(args.device),
-        "versions": {"torch": torch.__version__, "transformers": transformers.__version__},
-    }
+        train_blocks=None if data_args.streaming else len(datasets["train"]),
+        validation_blocks=len(datasets["validation"]),
+        streaming_validation_documents=data_args.streaming_validation_documents if data_args.streaming else None,
+        tokens_per_step=step_tokens,
+        global_step=trainer.state.global_step,
+        tokens_seen=trainer.state.global_step * step_tokens,
+        best_global_step=trainer.state.best_global_step,
+        lr_scheduler_type=str(getattr(args.lr_scheduler_type, "value", args.lr_scheduler_type)),
+        adam_betas=[args.adam_beta1, args.adam_beta2],
+        optim=str(getattr(args.optim, "value", args.optim)),
+        muon_learning_rate=args.muon_learning_rate if args.optim == MUON else None,
+        attn_implementation=trainer.model.config._attn_implementation,
+        device=str(args.device),
+        versions={"torch": torch.__version__, "transformers": transformers.__version__},
+        finished=finished,
+        **{name: getattr(args, name) for name in RECORDED_ARGUMENTS},
+    )
 
 
-def write_run_outputs(trainer: Trainer, metrics: dict[str, float], info: dict[str, Any]) -> None:
+def write_run_outputs(trainer: Trainer, metrics: dict[str, float], info: RunInfo) -> None:
     """Save the model (the best one when load_best_model_at_end) and everything the run reports about itself.
 
     Every process takes part in saving the model (FSDP and DeepSpeed gather it); the main process writes the
@@ -128,8 +129,8 @@ def write_run_outputs(trainer: Trainer, metrics: dict[str, float], info: dict[st
     from ..reports.plots import write_plots
 
     write_plots(output_dir, trainer.state.log_history)
-    write_model_card(output_dir, **info)
-    (output_dir / TRAINING_INFO_FILE).write_text(json.dumps(info, indent=2) + "\n", encoding="utf-8")
+    write_model_card(output_dir, run=info)
+    info.write(output_dir)
     _log_summary(output_dir, metrics)
 
 

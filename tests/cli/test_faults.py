@@ -43,6 +43,7 @@ from modeling_pg_gpt2.common.outputs import LOCK_FILE, output_lock
 from modeling_pg_gpt2.data.corpus import CorpusArguments
 from modeling_pg_gpt2.data.tokenizer import TokenizerArguments, train_tokenizer
 from modeling_pg_gpt2.reports.model_card import write_model_card
+from modeling_pg_gpt2.reports.run_record import RunInfo
 from modeling_pg_gpt2.training.checkpoints import checkpoint_problem
 from modeling_pg_gpt2.training.hardware import SHARDING_ENGINES
 
@@ -216,7 +217,7 @@ def workspace(tmp_path_factory) -> Path:
     PgGPT2ForCausalLM(config).save_pretrained(model)
     tokenizer.save_pretrained(model)
     (model / "metrics.json").write_text(json.dumps({"eval_loss": 5.6, "eval_perplexity": 270.4}))
-    write_model_card(model, corpus={"train_file": "corpus"})
+    write_model_card(model, run=RunInfo(corpus=CorpusArguments(train_file="corpus")))
 
     (ws / "empty").mkdir()
     one_token = Tokenizer(models.WordLevel({"<|endoftext|>": 0}, unk_token="<|endoftext|>"))

@@ -2,10 +2,17 @@
 
 from __future__ import annotations
 
+from datasets import Dataset
 from hypothesis import given
 from hypothesis import strategies as st
 
-from modeling_pg_gpt2.data.blocks import _group_texts
+from modeling_pg_gpt2.data.blocks import (
+    DataTrainingArguments,
+    _group_texts,
+    default_block_size,
+    first_blocks,
+    sample_limits,
+)
 
 EOS = 0
 
@@ -35,3 +42,17 @@ def test_packing_keeps_the_token_stream_in_order(documents: list[list[int]], blo
     assert [token for block in packed["input_ids"] for token in block] == stream[
         : len(stream) // block_size * block_size
     ]
+
+
+def test_max_samples_keep_the_first_blocks_of_each_split():
+    blocks = Dataset.from_dict({"input_ids": [[i, i] for i in range(10)]})
+    assert first_blocks(blocks, 3)["input_ids"] == [[0, 0], [1, 1], [2, 2]]
+    assert first_blocks(blocks, None) is blocks and first_blocks(blocks, 50) is blocks
+    stream = blocks.to_iterable_dataset(num_shards=2)
+    assert [row["input_ids"] for row in first_blocks(stream, 4)] == [[0, 0], [1, 1], [2, 2], [3, 3]]
+    limits = sample_limits(DataTrainingArguments(max_train_samples=7, max_eval_samples=2))
+    assert limits == {"train": 7, "validation": 2}
+
+
+def test_the_default_block_is_the_context_at_most_gpt2s():
+    assert default_block_size(64) == 64 and default_block_size(1024) == 1024 and default_block_size(4096) == 1024

@@ -328,6 +328,6 @@ def test_hub_name_without_network_fails_in_seconds(tmp_path):
     assert result.returncode == 2, result.stderr
     error_lines = [line for line in result.stderr.splitlines() if line.startswith("error:")]
     assert len(error_lines) == 1
-    assert "cannot reach the Hugging Face Hub" in error_lines[0]
+    assert f"the Hub at {env['HF_ENDPOINT']} is unreachable" in error_lines[0]
     assert "--train_file PATH" in error_lines[0] and "--dataset_name shakespeare" in error_lines[0]
     assert float(result.stdout.split()[-1]) < 15  # "within a few seconds", not datasets' ~20 s retry loop

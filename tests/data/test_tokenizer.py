@@ -18,7 +18,7 @@ from helpers import ROOT
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from tokenizers import pre_tokenizers
-from transformers import AutoTokenizer
+from transformers import AutoTokenizer, PreTrainedTokenizerFast
 
 from modeling_pg_gpt2.common.errors import UserError
 from modeling_pg_gpt2.data.corpus import CorpusArguments, load_corpus
@@ -27,8 +27,11 @@ from modeling_pg_gpt2.data.tokenizer import (
     MAX_PRE_TOKEN_CHARS,
     REPORT_FILE,
     TokenizerArguments,
+    eos_token_id,
     format_report,
+    pad_token_id,
     split_for_pretokenization,
+    start_token_id,
     train_tokenizer,
     training_pre_tokenizer,
 )
@@ -276,3 +279,27 @@ def test_report_says_when_the_corpus_is_too_small_for_the_vocabulary(trained, tm
     )
     assert report["vocab_size"] == len(AutoTokenizer.from_pretrained(tmp_path)) < 5000
     assert f"allowed only {report['vocab_size']} of the 5000 tokens" in format_report(report, tmp_path)
+
+
+def test_special_token_fallbacks(tokenizer):
+    """GPT-2's <|endoftext|> starts, ends and pads; other tokenizers fall back bos -> eos and pad -> eos -> bos."""
+    endoftext = tokenizer.convert_tokens_to_ids(EOS_TOKEN)
+    assert start_token_id(tokenizer) == pad_token_id(tokenizer) == eos_token_id(tokenizer, "tok") == endoftext
+
+    def variant(**special: str) -> PreTrainedTokenizerFast:
+        return PreTrainedTokenizerFast(tokenizer_object=tokenizer.backend_tokenizer, **special)
+
+    no_pad = variant(bos_token="the", eos_token=EOS_TOKEN)
+    assert (start_token_id(no_pad), pad_token_id(no_pad)) == (no_pad.bos_token_id, endoftext)
+    eos_only = variant(eos_token=EOS_TOKEN)
+    assert start_token_id(eos_only) == pad_token_id(eos_only) == endoftext
+    bos_only = variant(bos_token=EOS_TOKEN)
+    assert start_token_id(bos_only) == pad_token_id(bos_only) == endoftext
+    with pytest.raises(UserError, match="the tokenizer 'bos-only' has no end-of-text"):
+        eos_token_id(bos_only, "bos-only")
+    bare = variant()
+    assert pad_token_id(bare) is None
+    with pytest.raises(UserError, match="neither a bos nor an eos token"):
+        start_token_id(bare)
+    padded = variant(eos_token=EOS_TOKEN, pad_token="the")
+    assert pad_token_id(padded) == padded.pad_token_id != endoftext

@@ -321,13 +321,17 @@ def test_hub_errors_are_one_line(hub, tmp_path: Path, monkeypatch: pytest.Monkey
     from huggingface_hub import constants
 
     monkeypatch.setattr(constants, "ENDPOINT", hub.url)  # read by the API client when created
-    with pytest.raises(UserError, match="'tester/nothing' is neither a local folder nor a model repository"):
+    with pytest.raises(
+        UserError, match=f"no such folder: tester/nothing, and {hub.url} has no repository tester/nothing"
+    ):
         resolve_checkpoint("tester/nothing", cache_dir=tmp_path)
     with pytest.raises(UserError, match="tester/tiny-gpt2 has no revision 'v9'"):
         resolve_checkpoint("tester/tiny-gpt2", revision="v9", cache_dir=tmp_path)
 
     monkeypatch.setattr(constants, "ENDPOINT", "http://127.0.0.1:9")  # nothing listens on the discard port
-    with pytest.raises(UserError, match=r"the Hugging Face Hub is unreachable \(ConnectError.*pass the local folder"):
+    with pytest.raises(
+        UserError, match=r"the Hub at http://127.0.0.1:9 is unreachable \(ConnectError.*pass an existing"
+    ):
         resolve_checkpoint("tester/tiny-gpt2", cache_dir=tmp_path)
 
 
@@ -341,8 +345,8 @@ def test_cli_offline_hub_id_fails_in_one_line(tmp_path: Path, monkeypatch, capsy
         run_cli(lambda: main(["openai-community/gpt2", "out"]))
     assert exited.value.code == 2
     lines = capsys.readouterr().err.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error: 'openai-community/gpt2' is not a local folder")
-    assert "Hub is unreachable (HF_HUB_OFFLINE is set)" in lines[0] and "pass the local folder" in lines[0]
+    assert len(lines) == 1 and lines[0].startswith("error: no such folder: openai-community/gpt2, and the Hub is ")
+    assert "switched off (HF_HUB_OFFLINE is set)" in lines[0] and "pass an existing checkpoint folder" in lines[0]
     assert not (tmp_path / "out").exists()
 
 

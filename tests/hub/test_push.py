@@ -30,9 +30,12 @@ from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import PreTrainedTokenizerFast, pipeline
 
 from modeling_pg_gpt2 import PgGPT2Config, PgGPT2ForCausalLM
-from modeling_pg_gpt2.hub.push import human_size, read_config_json, serving_note
+from modeling_pg_gpt2.common.outputs import read_config
+from modeling_pg_gpt2.data.corpus import CorpusArguments
+from modeling_pg_gpt2.hub.push import human_size, serving_note
 from modeling_pg_gpt2.reports.model_card import write_model_card
 from modeling_pg_gpt2.reports.plots import PLOTS
+from modeling_pg_gpt2.reports.run_record import RunInfo
 
 pytestmark = pytest.mark.slow  # every test pushes or loads through push_to_hub.py and transformers in subprocesses
 
@@ -161,7 +164,7 @@ def model_dir(tmp_path_factory) -> Path:
     for path, data in TRAINING_LEFTOVERS.items():
         (folder / path).parent.mkdir(parents=True, exist_ok=True)
         (folder / path).write_bytes(data)
-    write_model_card(folder, corpus={"dataset_name": "shakespeare"})
+    write_model_card(folder, run=RunInfo(corpus=CorpusArguments(dataset_name="shakespeare")))
     assert {p.name for p in folder.iterdir() if p.is_file()} >= EXPECTED_FILES
     return folder
 
@@ -258,7 +261,7 @@ def test_a_folder_saved_before_serving_support_is_pushed_with_a_note(tmp_path):
     PgGPT2ForCausalLM(PgGPT2Config(vocab_size=64, n_positions=16, n_embd=8, n_layer=1, n_head=2)).save_pretrained(
         tmp_path
     )
-    config = read_config_json(tmp_path)
+    config = read_config(tmp_path)
     assert serving_note(config, tmp_path) is None
     del config["auto_map"]["AutoModel"]
     note = serving_note(config, tmp_path)

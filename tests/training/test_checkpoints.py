@@ -12,6 +12,7 @@ from safetensors.torch import save_file
 from modeling_pg_gpt2.cli.arguments import make_parser, parse_arguments
 from modeling_pg_gpt2.data.blocks import DataTrainingArguments
 from modeling_pg_gpt2.data.corpus import CorpusArguments
+from modeling_pg_gpt2.reports.run_record import RunInfo
 from modeling_pg_gpt2.training.arguments import CLMTrainingArguments
 from modeling_pg_gpt2.training.checkpoints import asks_for_more, checkpoint_problem, find_resumable_checkpoint
 from modeling_pg_gpt2.training.model_init import ModelArguments
@@ -90,4 +91,4 @@ EPOCHS = {"finished": "max_steps", "max_steps": -1, "num_train_epochs": 3.0, "gl
 )
 def test_a_finished_run_trains_on_only_when_asked_for_more(info, flags, more):
     *_, args = parse_arguments(make_parser(DATACLASSES), ["--dataset_name", "x", "--output_dir", "x", *flags])
-    assert asks_for_more(info, args) is more
+    assert asks_for_more(RunInfo.from_dict(info), args) is more

@@ -41,7 +41,7 @@ from modeling_pg_gpt2.reports.plots import PLOTS
 from modeling_pg_gpt2.reports.plots import main as plots_main
 from modeling_pg_gpt2.training.arguments import CLMTrainingArguments
 from modeling_pg_gpt2.training.checkpoints import checkpoint_problem
-from modeling_pg_gpt2.training.model_init import ModelArguments, build_model, load_tokenizer
+from modeling_pg_gpt2.training.model_init import ModelArguments, build_model, run_tokenizer
 from modeling_pg_gpt2.training.run import train
 
 DATACLASSES = (ModelArguments, CorpusArguments, DataTrainingArguments, CLMTrainingArguments)
@@ -416,7 +416,7 @@ def test_continues_from_gpt2_weights_through_the_converter(tokenizer_dir, tmp_pa
     gpt2.save_pretrained(tmp_path / "gpt2")
     tokenizer.save_pretrained(tmp_path / "gpt2")
     args = ModelArguments(model_name_or_path=str(tmp_path / "gpt2"))
-    model, source = build_model(args, load_tokenizer(args))
+    model, source = build_model(args, run_tokenizer(args))
     assert isinstance(model, PgGPT2ForCausalLM) and "converted" in source
     ids = torch.randint(0, len(tokenizer), (2, 20))
     with torch.no_grad():
@@ -425,7 +425,7 @@ def test_continues_from_gpt2_weights_through_the_converter(tokenizer_dir, tmp_pa
 
 def test_continues_from_a_pg_gpt2_checkpoint(trained):
     args = ModelArguments(model_name_or_path=str(trained), config_overrides="resid_pdrop=0.0")
-    model, _ = build_model(args, load_tokenizer(args))
+    model, _ = build_model(args, run_tokenizer(args))
     assert model.config.resid_pdrop == 0.0
     state = model.state_dict()
     for name, tensor in weights(trained).items():

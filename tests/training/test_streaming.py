@@ -22,7 +22,7 @@ from modeling_pg_gpt2.data.blocks import DataTrainingArguments, streaming_datase
 from modeling_pg_gpt2.data.corpus import CorpusArguments
 from modeling_pg_gpt2.reports.plots import PLOTS
 from modeling_pg_gpt2.training.checkpoints import checkpoint_problem
-from modeling_pg_gpt2.training.model_init import ModelArguments, load_tokenizer
+from modeling_pg_gpt2.training.model_init import ModelArguments, run_tokenizer
 from modeling_pg_gpt2.training.streaming import STREAM_STATE_FILE
 
 pytestmark = pytest.mark.slow
@@ -117,7 +117,7 @@ def test_validation_documents_are_never_in_the_training_stream(workspace, tokeni
     for name, path in zip(names, sorted(folder.iterdir()), strict=True):
         path.write_text(f"Document {name}.\n" + path.read_text(encoding="utf-8"), encoding="utf-8")
     (folder / "act05.txt").write_text((folder / "act00.txt").read_text(encoding="utf-8"), encoding="utf-8")
-    tokenizer = load_tokenizer(ModelArguments(tokenizer_name=str(tokenizer_dir)))
+    tokenizer = run_tokenizer(ModelArguments(tokenizer_name=str(tokenizer_dir)))
     data_args = DataTrainingArguments(streaming=True, streaming_validation_documents=2)
     datasets = streaming_datasets(CorpusArguments(train_file=str(folder)), data_args, _args(), tokenizer, 16)
 
@@ -132,7 +132,7 @@ def test_validation_documents_are_never_in_the_training_stream(workspace, tokeni
 
 
 def test_two_ranks_split_the_stream_without_sharing_a_document(corpus, tokenizer_dir):
-    tokenizer = load_tokenizer(ModelArguments(tokenizer_name=str(tokenizer_dir)))
+    tokenizer = run_tokenizer(ModelArguments(tokenizer_name=str(tokenizer_dir)))
     corpus_args = CorpusArguments(train_file=str(corpus))
     data_args = DataTrainingArguments(streaming=True, streaming_validation_documents=3)
     documents = _documents(corpus)
