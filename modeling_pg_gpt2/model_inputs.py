@@ -13,6 +13,7 @@ import inspect
 from typing import Any
 
 import torch
+import transformers
 from transformers import PretrainedConfig
 from transformers.cache_utils import Cache, DynamicCache
 from transformers.masking_utils import create_causal_mask, find_packed_sequence_indices
@@ -99,6 +100,20 @@ def check_inputs(
             )
 
 
+def check_paged_cache(cache: Any, position_ids: torch.Tensor | None) -> None:
+    """Refuse a paged cache (continuous batching: `generate_batch`, `transformers serve --continuous-batching`) that
+    this transformers release hands over in another form, or without the positions of its packed sequences."""
+    if "kwargs" not in inspect.signature(cache.update).parameters:
+        raise ValueError(
+            f"Continuous batching with pg_gpt2 needs transformers >= 5.24 (this is {transformers.__version__}, whose "
+            "paged cache works another way); upgrade transformers, or generate with `generate()`."
+        )
+    if position_ids is None:
+        raise ValueError(
+            f"A {type(cache).__name__} packs many sequences into one row; pass their position_ids with the input."
+        )
+
+
 def attention_mask_for_layers(
     config: PretrainedConfig,
     attention_mask: torch.Tensor | None,
@@ -115,8 +130,11 @@ def attention_mask_for_layers(
     dtype-min above the diagonal. Everything else gets the mask transformers builds for the implementation:
     padding, static caches, chunked prefill, flash, flex; and packed documents (`packed_positions`: position
     ids given without an attention mask, restarting at 0 for each document), which transformers only looks
-    for without a cache, so an empty cache is left out of that call.
+    for without a cache, so an empty cache is left out of that call. A paged cache (continuous batching) comes
+    with the mask its packed batch needs (None for flash attention), which is used as it is.
     """
+    if cache is not None and not isinstance(cache, Cache):  # paged: continuous batching made the mask for its batch
+        return attention_mask
     compiling = torch.compiler.is_compiling()  # reading values synchronises and would break the graph
     past_length = cache.get_seq_length() if cache is not None else 0  # a tensor for a StaticCache
     fresh = cache is None or (type(cache) is DynamicCache and past_length == 0)

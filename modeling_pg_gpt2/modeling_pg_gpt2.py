@@ -39,7 +39,7 @@ from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 from .batched_matvec import BatchedMatvecLinear
 from .configuration_pg_gpt2 import PgGPT2Config
 from .fused_loss import fused_head_loss
-from .model_inputs import attention_mask_for_layers, check_inputs
+from .model_inputs import attention_mask_for_layers, check_inputs, check_paged_cache
 
 # transformers 5.24 renamed the KV-cache argument and output field from `past_key_values` to `cache`.
 _CACHE_FIELD = "cache" if "cache" in CausalLMOutputWithPast.__dataclass_fields__ else "past_key_values"
@@ -48,6 +48,14 @@ _CACHE_FIELD = "cache" if "cache" in CausalLMOutputWithPast.__dataclass_fields__
 # ships that file and these entries, so that a causal-LM folder also loads as any of the heads.
 _HEADS = ("SequenceClassification", "TokenClassification", "QuestionAnswering")
 TASK_HEADS = {f"AutoModelFor{head}": f"task_heads.PgGPT2For{head}" for head in _HEADS}
+# Every Auto class the package registers, written into each saved config.json (transformers writes only the saved
+# class's). Serving engines build the bare model with `AutoModel.from_config(config, trust_remote_code=True)`
+# (vLLM's and SGLang's Transformers backends) and put their own head on it.
+AUTO_MAP = {
+    "AutoModel": "modeling_pg_gpt2.PgGPT2Model",
+    "AutoModelForCausalLM": "modeling_pg_gpt2.PgGPT2ForCausalLM",
+    **TASK_HEADS,
+}
 
 
 def eager_attention_forward(
@@ -109,7 +117,10 @@ class PgGPT2Attention(nn.Module):
         q, k, v = self.c_attn(hidden_states).view(B, T, 3, self.n_head, self.head_dim).unbind(dim=2)
         q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)
         if cache is not None:  # append this step's keys/values and attend over all S of them
-            k, v = cache.update(k, v, self.layer_idx)
+            # With the kwargs, as transformers' own models pass them: continuous batching's paged cache reads from
+            # them where each packed sequence's tokens go and fills in (in place) what its attention needs; the
+            # other caches ignore them.
+            k, v = cache.update(k, v, self.layer_idx, kwargs=kwargs)
 
         dropout = self.config.attn_pdrop if self.training else 0.0
         # eager, sdpa (its fused causal kernel when there is no mask), flash, flex, kernels from the Hub...
@@ -181,8 +192,10 @@ class PgGPT2PreTrainedModel(PreTrainedModel):
     _supports_flex_attn = True
     _supports_attention_backend = True
     _can_compile_fullgraph = True
-    # OpenAI's checkpoints carry the causal mask as buffers; we build masks on the fly.
-    _keys_to_ignore_on_load_unexpected = [r"attn\.bias", r"attn\.masked_bias"]
+    # OpenAI's checkpoints carry the causal mask as buffers (`h.0.attn.bias`, `h.0.attn.masked_bias`); we build
+    # masks on the fly. Anchored: vLLM drops every checkpoint key these match (with re.search), not only unexpected
+    # ones, and an unanchored `attn\.bias` would drop each `attn.c_attn.bias` and serve NaN.
+    _keys_to_ignore_on_load_unexpected = [r"(?:^|\.)attn\.bias$", r"(?:^|\.)attn\.masked_bias$"]
 
     def _init_weights(self, module: nn.Module) -> None:
         """GPT-2 init: N(0, 0.02) everywhere, residual projections N(0, 0.02 / sqrt(2 * n_layer)).
@@ -197,10 +210,11 @@ class PgGPT2PreTrainedModel(PreTrainedModel):
             init.normal_(module.weight, mean=0.0, std=std)
 
     def save_pretrained(self, save_directory: str | Path, *args: Any, **kwargs: Any) -> None:
-        """`PreTrainedModel.save_pretrained`, plus `task_heads.py` and its `auto_map` entries (see TASK_HEADS)."""
+        """`PreTrainedModel.save_pretrained`, plus `task_heads.py` and an `auto_map` entry for every Auto class
+        (AUTO_MAP; entries the config already has are kept)."""
         heads = Path(inspect.getfile(PgGPT2PreTrainedModel)).with_name("task_heads.py")
         if self._auto_class is not None and heads.is_file():
-            self.config.auto_map = {**TASK_HEADS, **(getattr(self.config, "auto_map", None) or {})}
+            self.config.auto_map = {**AUTO_MAP, **(getattr(self.config, "auto_map", None) or {})}
             Path(save_directory).mkdir(parents=True, exist_ok=True)  # before a push_to_hub=True upload
             shutil.copy(heads, Path(save_directory) / heads.name)
         super().save_pretrained(save_directory, *args, **kwargs)
@@ -255,14 +269,19 @@ class PgGPT2Model(PgGPT2PreTrainedModel):
         use_cache = use_cache if use_cache is not None else config.use_cache
         if use_cache and cache is None and not (self.training and torch.is_grad_enabled()):
             cache = DynamicCache(config=config)
-        past_length = cache.get_seq_length() if cache is not None else 0  # a tensor for a StaticCache
+        paged = cache is not None and not isinstance(cache, Cache)
+        if paged and not torch.compiler.is_compiling():
+            check_paged_cache(cache, position_ids)
+        # A StaticCache's length is a tensor. Continuous batching's paged cache holds many sequences of different
+        # lengths packed in one row: it has no single length, and its caller passes the positions and the mask.
+        past_length = cache.get_seq_length() if cache is not None and not paged else 0
         # The checks compare values (a StaticCache's length, the ids): inside a compiled graph (generate's
         # compiled decoding step) each would be a graph break, and generate has checked lengths already.
         if not torch.compiler.is_compiling():
             check_inputs(config, input_ids, inputs_embeds, attention_mask, token_type_ids, position_ids, past_length)
         B, T = input_ids.shape if input_ids is not None else inputs_embeds.shape[:2]
 
-        packed = position_ids is not None and attention_mask is None and T > 1
+        packed = position_ids is not None and attention_mask is None and T > 1 and not paged
         if position_ids is None:
             if attention_mask is not None and attention_mask.ndim == 2:
                 # Count only real tokens, so a left-padded prompt gets the positions it has alone. Any non-zero

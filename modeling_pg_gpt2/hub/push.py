@@ -135,6 +135,18 @@ def remote_code_files(config: dict[str, Any], folder: Path | None = None) -> lis
     return sorted(files)
 
 
+def serving_note(config: dict[str, Any], folder: Path) -> str | None:
+    """What to tell about a folder saved before serving support: its config.json maps no `AutoModel`, which vLLM's
+    and SGLang's Transformers backends build, and its code's ignore patterns would drop the attention biases
+    there. It is published as it is (transformers loads it); None for a folder saved since."""
+    if "AutoModel" in (config.get("auto_map") or {}):
+        return None
+    return (
+        f"note: {folder} was saved before serving support (config.json's auto_map has no AutoModel): vLLM and "
+        "SGLang will not load the published model. Save it again with this package first (docs/serving.md)."
+    )
+
+
 def plan_upload(folder: Path, include: list[str] | tuple[str, ...] = (), remote_code: bool = True) -> UploadPlan:
     """Choose the files to upload from a saved model folder, or explain with a `UserError` what is missing.
 
@@ -306,6 +318,9 @@ def push_to_hub(output_dir: str | Path, repo_id: str, args: PushArguments | None
 
     plan = plan_upload(folder, args.include)
     load_tokenizer(folder)  # a folder without a working tokenizer would load (and generate) for nobody
+    note = None if args.as_gpt2 else serving_note(read_config(folder), folder)
+    if note:
+        print(note)
 
     # What is uploaded is staged beside the folder, which the push never changes: the card published
     # names the repository (the gpt2 export gets its own version of it).

@@ -20,6 +20,7 @@ from __future__ import annotations
 import json
 import math
 import re
+import shlex
 from pathlib import Path
 from typing import Any
 
@@ -241,6 +242,7 @@ def build_model_card(
         how="pre-trained from scratch" if from_scratch else f"trained further from the {source}",
         corpus=corpus_text,
         model_ref=model_ref,
+        model_ref_shell=shlex.quote(model_ref),
         prompt=json.dumps(example_prompt or "The"),
         block_size=run.block_size or "?",
         validation=validation,
@@ -308,21 +310,27 @@ def check_model_card(path: Path, remote_code: bool = True, shown: Path | None = 
         )
 
 
-# A model reference in a usage snippet: `model="..."` or `.from_pretrained("..."`.
+# A model reference in a usage snippet: `model="..."` or `.from_pretrained("..."`; in a shell command, the model
+# `vllm serve` serves (a word, or a quoted path).
 _SNIPPET_MODEL = re.compile(r"""(model=|from_pretrained\()(\s*)(["'])[^"'\n]+\3""")
+_COMMAND_MODEL = re.compile(r"""(vllm serve )('[^'\n]*'|[^\s'"]+)""")
 _CODE_BLOCK = re.compile(r"```python\n.*?```", re.DOTALL)
+_SHELL_BLOCK = re.compile(r"```bash\n.*?```", re.DOTALL)
 
 
 def name_repo_in_snippets(text: str, repo_id: str) -> str:
-    """Point the model references in a card's ```python blocks at `repo_id`.
+    """Point the model references in a card's ```python and ```bash blocks at `repo_id`.
 
-    `model="..."` and `.from_pretrained("..."` change; the rest of the card is left as it is.
+    `model="..."`, `.from_pretrained("..."` and `vllm serve ...` change; the rest of the card is left as it is.
     """
 
     def point_at_repo(block: re.Match[str]) -> str:
         return _SNIPPET_MODEL.sub(lambda m: f"{m[1]}{m[2]}{m[3]}{repo_id}{m[3]}", block[0])
 
-    return _CODE_BLOCK.sub(point_at_repo, text)
+    def serve_repo(block: re.Match[str]) -> str:
+        return _COMMAND_MODEL.sub(lambda m: f"{m[1]}{repo_id}", block[0])
+
+    return _SHELL_BLOCK.sub(serve_repo, _CODE_BLOCK.sub(point_at_repo, text))
 
 
 def prepare_model_card(folder: Path, destination: Path, repo_id: str | None) -> str | None:
@@ -355,8 +363,9 @@ def gpt2_model_card(card_path: Path, destination: Path, repo_id: str) -> None:
     card.data.tags = [tag for tag in card.data.tags or [] if tag != "custom_code"]
     parts = re.split(r"(```.*?```)", card.text, flags=re.DOTALL)  # odd indices: code blocks
     for i, part in enumerate(parts):
-        if i % 2:
+        if i % 2:  # vLLM serves transformers' GPT-2 natively
             parts[i] = re.sub(r",?\s*trust_remote_code=True,?", lambda m: "," if m[0].endswith(",") else "", part)
+            parts[i] = re.sub(r" --model-impl transformers| --trust-remote-code", "", parts[i])
         else:
             parts[i] = _REMOTE_CODE_SENTENCE.sub("", part)
     note = (

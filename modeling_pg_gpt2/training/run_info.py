@@ -115,6 +115,11 @@ def write_run_outputs(trainer: Trainer, metrics: dict[str, float], info: RunInfo
     output_dir = Path(trainer.args.output_dir)
     if trainer.is_world_process_zero():  # no stale completion record next to the files now rewritten
         (output_dir / TRAINING_INFO_FILE).unlink(missing_ok=True)
+    # The tokenizer saved with the model says the model's context (as GPT-2's says 1024): pipelines truncate to
+    # it, and servers (vLLM) take it as a bound. Set only now, after the corpus was tokenized and cached.
+    tokenizer = trainer.processing_class
+    if tokenizer is not None:
+        tokenizer.model_max_length = min(tokenizer.model_max_length, trainer.model.config.n_positions)
     trainer.save_model()  # tokenizer included
     if not trainer.is_world_process_zero():
         return

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from helpers import ROOT
 
-from modeling_pg_gpt2.cli import commands
+from modeling_pg_gpt2.cli import commands, serve
 
 tomllib = pytest.importorskip("tomllib")  # Python >= 3.11
 
@@ -28,7 +28,7 @@ SCRIPTS = {
 def test_every_script_has_a_command_and_every_command_loads() -> None:
     targets = {name: EntryPoint(name, value, "console_scripts").load() for name, value in DECLARED.items()}
     assert all(callable(target) for target in targets.values())
-    assert set(targets.values()) == {*SCRIPTS.values(), commands.convert}
+    assert set(targets.values()) == {*SCRIPTS.values(), commands.convert, serve.main}  # serve: transformers serve
     for script, function in SCRIPTS.items():  # the script is a front that calls the command's function
         assert f"from modeling_pg_gpt2.cli.commands import {function.__name__}" in (ROOT / script).read_text()
 

@@ -30,8 +30,9 @@ from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import PreTrainedTokenizerFast, pipeline
 
 from modeling_pg_gpt2 import PgGPT2Config, PgGPT2ForCausalLM
+from modeling_pg_gpt2.common.outputs import read_config
 from modeling_pg_gpt2.data.corpus import CorpusArguments
-from modeling_pg_gpt2.hub.push import human_size
+from modeling_pg_gpt2.hub.push import human_size, serving_note
 from modeling_pg_gpt2.reports.model_card import write_model_card
 from modeling_pg_gpt2.reports.plots import PLOTS
 from modeling_pg_gpt2.reports.run_record import RunInfo
@@ -246,11 +247,25 @@ def published(hub, model_dir, tmp_path_factory) -> dict:
         (push, changed, REPO, env, "--revision", "dev", "--commit_message", "Better perplexity"),
         (push, model_dir, GPT2_REPO, env, "--as_gpt2"),
     )
-    for result in (again, branch, gpt2):
+    for result in (first, again, branch, gpt2):
         assert result.returncode == 0, result.stderr
+        assert "serving support" not in result.stdout
     return {
         "first": first, "again": again, "branch": branch, "gpt2": gpt2, "commits": commits_after_first, "card": card
     }  # fmt: skip
+
+
+def test_a_folder_saved_before_serving_support_is_pushed_with_a_note(tmp_path):
+    """Its code would serve NaN in vLLM if its config gained the AutoModel entry, so it is published as it is
+    (transformers loads it), with a note; a folder saved now gets none (the pushes below print none)."""
+    PgGPT2ForCausalLM(PgGPT2Config(vocab_size=64, n_positions=16, n_embd=8, n_layer=1, n_head=2)).save_pretrained(
+        tmp_path
+    )
+    config = read_config(tmp_path)
+    assert serving_note(config, tmp_path) is None
+    del config["auto_map"]["AutoModel"]
+    note = serving_note(config, tmp_path)
+    assert note.startswith(f"note: {tmp_path} was saved before serving support") and "docs/serving.md" in note
 
 
 def test_uploads_exactly_the_model_files(hub, model_dir, published):
@@ -274,6 +289,7 @@ def test_uploads_exactly_the_model_files(hub, model_dir, published):
     for name in PLOT_FILES:
         assert f"]({name})" in card.text, f"the card does not show {name}"
     assert f'model="{REPO}"' in card.text and f'from_pretrained("{REPO}"' in card.text
+    assert f"vllm serve {REPO} --model-impl transformers --trust-remote-code --dtype float32" in card.text
     assert str(model_dir) not in card.text
 
 
@@ -352,6 +368,7 @@ def test_as_gpt2_pushes_a_native_gpt2_repository(hub, published):
     assert "custom_code" not in card.data.tags
     assert "trust_remote_code=True" not in card.text
     assert f'model="{GPT2_REPO}"' in card.text
+    assert f"vllm serve {GPT2_REPO} --dtype float32\n" in card.text  # vLLM's own GPT-2, no remote code
 
 
 @pytest.fixture

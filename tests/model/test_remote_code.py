@@ -34,8 +34,8 @@ CHILD = textwrap.dedent(
     sys.modules["modeling_pg_gpt2"] = None  # the package must not be importable here
     import torch, transformers
     from transformers import (
-        AutoModelForCausalLM, AutoModelForQuestionAnswering, AutoModelForSequenceClassification,
-        AutoModelForTokenClassification, AutoTokenizer, pipeline,
+        AutoConfig, AutoModel, AutoModelForCausalLM, AutoModelForQuestionAnswering,
+        AutoModelForSequenceClassification, AutoModelForTokenClassification, AutoTokenizer, pipeline,
     )
 
     folder, prompts = sys.argv[1], json.loads(sys.argv[2])
@@ -65,6 +65,11 @@ CHILD = textwrap.dedent(
                 out = head_model(**batch)
                 result = [list(out.start_logits.shape), list(out.end_logits.shape)]
         heads[type(head_model).__name__] = {"body": body.tolist(), "result": result}
+    # The bare model, built the way vLLM's and SGLang's Transformers backends build it, then given the weights.
+    bare = AutoModel.from_config(AutoConfig.from_pretrained(folder, trust_remote_code=True), trust_remote_code=True)
+    bare.load_state_dict(AutoModel.from_pretrained(folder, trust_remote_code=True).state_dict())
+    with torch.no_grad():
+        heads[type(bare).__name__] = {"body": bare.eval()(**batch).last_hidden_state.tolist(), "result": None}
     classifier = AutoModelForSequenceClassification.from_pretrained(sys.argv[3], trust_remote_code=True)
     with torch.no_grad():
         classifier_logits = classifier(**batch).logits
@@ -140,6 +145,7 @@ def test_save_pretrained_writes_auto_map_and_exactly_the_source_files(saved_fold
     assert config["model_type"] == "pg_gpt2"
     assert config["auto_map"] == {
         "AutoConfig": "configuration_pg_gpt2.PgGPT2Config",
+        "AutoModel": "modeling_pg_gpt2.PgGPT2Model",
         "AutoModelForCausalLM": "modeling_pg_gpt2.PgGPT2ForCausalLM",
         **HEADS_AUTO_MAP,
     }
@@ -196,7 +202,8 @@ def test_fresh_process_loads_with_trust_remote_code_and_generates_the_same(saved
         body = model.transformer(**batch).last_hidden_state
     heads = child["heads"]
     assert set(heads) == {
-        f"PgGPT2For{task}" for task in ("SequenceClassification", "TokenClassification", "QuestionAnswering")
+        "PgGPT2Model",
+        *(f"PgGPT2For{task}" for task in ("SequenceClassification", "TokenClassification", "QuestionAnswering")),
     }
     for name, head in heads.items():
         assert (torch.tensor(head["body"]) - body).abs().max().item() <= 1e-5, name

@@ -83,7 +83,9 @@ def test_run_writes_every_output(trained):
 
     config = json.loads((trained / "config.json").read_text())
     assert config["model_type"] == "pg_gpt2" and "AutoModelForCausalLM" in config["auto_map"]
-    assert config["vocab_size"] == len(AutoTokenizer.from_pretrained(trained))  # vocab follows the tokenizer
+    tokenizer = AutoTokenizer.from_pretrained(trained)
+    assert config["vocab_size"] == len(tokenizer)  # vocab follows the tokenizer
+    assert tokenizer.model_max_length == config["n_positions"] == 64  # the context, for pipelines and servers
     generation = json.loads((trained / "generation_config.json").read_text())
     assert generation["pad_token_id"] == generation["eos_token_id"] == config["eos_token_id"]
 
