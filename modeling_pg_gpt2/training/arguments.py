@@ -68,8 +68,8 @@ class CLMTrainingArguments(TrainingArguments):
     early_stopping_patience: int | None = field(
         default=None,
         metadata={
-            "help": "Stop after this many evaluations without a better eval loss (default: never).",
-            RANGE: at_least(1),
+            "help": "Stop after this many evaluations without a better eval loss (default, or 0: never).",
+            RANGE: at_least(1, also=(0,), note="0: never"),
         },
     )
     early_stopping_threshold: float = field(
