@@ -29,7 +29,7 @@ lint: install
 	$(BIN)/ruff check .
 
 test: lint test-oldest
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -n auto --dist loadfile --durations=15
 
 test-oldest: install $(OLDEST_VENV)/.installed
 	PG_GPT2_REMOTE_PYTHON=$(abspath $(OLDEST_VENV))/bin/python PG_GPT2_REMOTE_TRANSFORMERS=$(OLDEST_TRANSFORMERS) \
