@@ -84,7 +84,7 @@ def train_baseline(argv: list[str], minutes: float, result_file: Path) -> None:
     from modeling_pg_gpt2.evaluation.metrics import ComputeLMMetrics, preprocess_logits_for_metrics
     from modeling_pg_gpt2.export.layout import pg_config_to_gpt2, pg_state_dict_to_gpt2
     from modeling_pg_gpt2.training.arguments import CLMTrainingArguments
-    from modeling_pg_gpt2.training.callbacks import TimeLimitCallback
+    from modeling_pg_gpt2.training.callbacks import ScheduleCallback
     from modeling_pg_gpt2.training.model_init import ModelArguments, build_model, run_tokenizer
 
     transformers.logging.set_verbosity_error()
@@ -112,7 +112,7 @@ def train_baseline(argv: list[str], minutes: float, result_file: Path) -> None:
         data_collator=default_data_collator,
         compute_metrics=ComputeLMMetrics(tokenizer),
         preprocess_logits_for_metrics=preprocess_logits_for_metrics,
-        callbacks=[TimeLimitCallback(minutes)],
+        callbacks=[ScheduleCallback(minutes)],
     )
     train_metrics = trainer.train().metrics
     eval_metrics = trainer.evaluate()

@@ -174,14 +174,15 @@ def folder_digest(folder: Path) -> dict[str, str]:
 
 
 def base_flags(corpus: Path, tokenizer_dir: Path) -> list[str]:
-    """The run every test starts from: 30 steps of a 2-layer, 32-wide model, evaluated every 10."""
+    """The run every test starts from: 30 steps of a 2-layer, 32-wide model, evaluated every 10 (every value
+    given: the automatic recipe is off, tests/training/test_auto_recipe.py runs it)."""
     return [
         "--train_file", str(corpus), "--validation_split_percentage", "10",
         "--tokenizer_name", str(tokenizer_dir), "--config_name", "tiny", "--config_overrides", MODEL,
         "--block_size", "64", "--per_device_train_batch_size", "8", "--per_device_eval_batch_size", "8",
         "--max_steps", "30", "--eval_steps", "10", "--save_steps", "10", "--logging_steps", "5",
         "--learning_rate", "3e-3", "--warmup_steps", "3", "--lr_scheduler_type", "cosine",
-        "--seed", "0", "--early_stopping_patience", "3", "--disable_tqdm", "true",
+        "--seed", "0", "--early_stopping_patience", "3", "--disable_tqdm", "true", "--auto_recipe", "false",
     ]  # fmt: skip
 
 

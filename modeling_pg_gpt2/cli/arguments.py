@@ -115,6 +115,20 @@ def parse_arguments(parser: HfArgumentParser, argv: Sequence[str] | None = None)
     return tuple(parsed)
 
 
+def given_fields(parser: HfArgumentParser, argv: Sequence[str] | None = None) -> set[str]:
+    """The fields the user set, by a flag or a recipe field (what an automatic choice must not override).
+
+    Call it on arguments `parse_arguments` accepted: the recipe, if any, is read again but not checked again.
+    """
+    argv = list(sys.argv[1:] if argv is None else argv)
+    recipe: set[str] = set()
+    if argv and argv[0].endswith(RECIPE_SUFFIXES):
+        recipe = set(yaml.safe_load(Path(argv.pop(0)).read_text(encoding="utf-8")) or {})
+    flags = _flags_given(parser, argv)
+    replaced = {name for flag in flags for name in REPLACES.get(flag, ())} - flags
+    return (recipe - replaced) | flags
+
+
 def read_recipe(parser: HfArgumentParser, recipe: Path) -> dict[str, Any]:
     """The fields of a recipe file, each checked against the type of its flag."""
     if not recipe.is_file():
@@ -215,4 +229,12 @@ def _flags_given(parser: HfArgumentParser, argv: Sequence[str]) -> set[str]:
     return {options[token.split("=", 1)[0]] for token in argv if token.split("=", 1)[0] in options}
 
 
-__all__ = ["REPLACES", "ArgumentParser", "HelpFormatter", "make_parser", "parse_arguments", "read_recipe"]
+__all__ = [
+    "REPLACES",
+    "ArgumentParser",
+    "HelpFormatter",
+    "given_fields",
+    "make_parser",
+    "parse_arguments",
+    "read_recipe",
+]

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from ..common.errors import command
-from .arguments import ArgumentParser, make_parser, parse_arguments
+from .arguments import ArgumentParser, given_fields, make_parser, parse_arguments
 
 
 @command
@@ -39,7 +39,8 @@ def train(argv: Sequence[str] | None = None) -> dict[str, float]:
     """
     from ..training.run import train as run_training
 
-    return run_training(*parse_arguments(parser("train"), argv))
+    train_parser = parser("train")
+    return run_training(*parse_arguments(train_parser, argv), given=given_fields(train_parser, argv))
 
 
 def _train_parser() -> ArgumentParser:

@@ -63,6 +63,9 @@ METRICS_FILE = "metrics.json"
 TRAINING_INFO_FILE = "training_info.json"
 MODEL_CARD_FILE = "README.md"
 REPORT_PATTERNS = (METRICS_FILE, "*.png", MODEL_CARD_FILE)
+# What the automatic recipe chose (read again when the run resumes) and the tokenizer it trained.
+RECIPE_FILE = "recipe.json"
+RUN_TOKENIZER_DIR = "tokenizer"
 
 # Held (flock) by the run writing to the folder; records its pid and host for whoever finds it taken.
 LOCK_FILE = ".run.lock"
@@ -291,7 +294,9 @@ __all__ = [
     "METRICS_FILE",
     "MODEL_CARD_FILE",
     "MODEL_FILES",
+    "RECIPE_FILE",
     "REPORT_PATTERNS",
+    "RUN_TOKENIZER_DIR",
     "SIDE_FILES",
     "TOKENIZER_CONFIG_FILE",
     "TOKENIZER_FILE",

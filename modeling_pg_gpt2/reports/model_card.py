@@ -207,6 +207,7 @@ def build_model_card(
             for name in task_names(metrics)
         ],
         ("Best checkpoint (step)", run.best_global_step),
+        ("Training ended by", run.finished),
         ("Final training loss (mean over the run)", metrics.get("train_loss")),
         ("Training time (s)", metrics.get("train_runtime")),
         ("Training throughput (tokens/s)", metrics.get("train_tokens_per_second")),
@@ -217,6 +218,10 @@ def build_model_card(
         ("Kind", tokenizer_config.get("tokenizer_class")),
         ("Vocabulary", config.get("vocab_size")),
         ("End of text", f"`{tokenizer_config['eos_token']}`" if tokenizer_config.get("eos_token") else None),
+    ]
+    recipe_rows = [
+        (f"`{name}`", f"{_format(choice['value'])} ({choice['reason']})")
+        for name, choice in (run.recipe or {}).items()
     ]
     plots = [(name, title) for name, (_, title, _, _) in PLOTS.items() if (folder / name).exists()]
     plots += [TASKS_PLOT] if (folder / TASKS_PLOT[0]).exists() else []
@@ -252,6 +257,7 @@ def build_model_card(
         architecture_table=_table(arch),
         hyper_parameters_table=_table(hyper),
         results_table=_table(results_rows),
+        recipe_table=_table(recipe_rows) if recipe_rows else "",
         plots=plots,
     )
 

@@ -59,6 +59,7 @@ class RunInfo:
     max_steps: int | None = None
     num_train_epochs: float | None = None
     max_train_minutes: float | None = None
+    plateau_patience: int | None = None
     seed: int | None = None
     bf16: bool | None = None
     fp16: bool | None = None
@@ -67,7 +68,8 @@ class RunInfo:
     attn_implementation: str | None = None
     device: str | None = None
     versions: dict[str, str] | None = None
-    finished: str | None = None  # what ended training ("max_steps", "time budget", "early stopping"): written last
+    recipe: dict[str, dict[str, Any]] | None = None  # the automatic recipe: {field: {"value", "reason"}}
+    finished: str | None = None  # what ended training ("max_steps", "time budget", "plateau", "early stopping"): last
 
     def to_dict(self) -> dict[str, Any]:
         """The record as `training_info.json` holds it: the fields in order, the corpus as the options it was

@@ -72,6 +72,32 @@ class CLMTrainingArguments(TrainingArguments):
             RANGE: at_least(1, also=(0,), note="0: never"),
         },
     )
+    auto_recipe: bool = field(
+        default=True,
+        metadata={
+            "help": "Training from scratch: choose every recipe value not given (tokenizer size, model shape, batch, "
+            "learning rate and schedule, dropout, steps, evaluations) from the corpus size, --max_train_minutes and "
+            "the speed measured at start; without --tokenizer_name a tokenizer is trained on the training split. "
+            "Each choice and its reason are logged and recorded (recipe.json, training_info.json, the card); a "
+            "flag or recipe field you give wins. Pass false for transformers' plain defaults."
+        },
+    )
+    plateau_patience: int | None = field(
+        default=None,
+        metadata={
+            "help": "After this many evaluations without a better eval loss, decay the learning rate to its end over "
+            "the next --plateau_decay_fraction of the steps so far, evaluate, and stop (the best model is kept). "
+            "Default: never (the automatic recipe sets it).",
+            RANGE: at_least(1),
+        },
+    )
+    plateau_decay_fraction: float = field(
+        default=0.2,
+        metadata={
+            "help": "--plateau_patience: the decay's length, as a fraction of the steps trained when it starts.",
+            RANGE: Range(0, 1, above=True),
+        },
+    )
     early_stopping_threshold: float = field(
         default=0.0,
         metadata={"help": "Smallest eval-loss improvement that counts for early stopping.", RANGE: at_least(0)},

@@ -23,7 +23,7 @@ from transformers import PretrainedConfig, Trainer, TrainingArguments
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
 from ..common.errors import CommandError, UserError, disk_full_message, is_disk_full
-from ..common.outputs import LOCK_FILE, check_output_dir, read_config, weights_problem
+from ..common.outputs import LOCK_FILE, RECIPE_FILE, RUN_TOKENIZER_DIR, check_output_dir, read_config, weights_problem
 from ..reports.run_record import RunInfo
 from .streaming import STREAM_STATE_FILE
 
@@ -168,8 +168,9 @@ def _is_run_artifact(path: Path) -> bool:
     from ..reports.plots import PLOTS
 
     if path.is_dir():
-        return path.name == "runs" or re.fullmatch(rf"{PREFIX_CHECKPOINT_DIR}-\d+", path.name) is not None
-    return path.name in PLOTS
+        checkpoint = re.fullmatch(rf"{PREFIX_CHECKPOINT_DIR}-\d+", path.name) is not None
+        return checkpoint or path.name in ("runs", RUN_TOKENIZER_DIR)
+    return path.name in PLOTS or path.name == RECIPE_FILE
 
 
 @contextlib.contextmanager

@@ -130,6 +130,21 @@ def _build_config(base: dict[str, Any], overrides: dict[str, Any]) -> PgGPT2Conf
         raise UserError(str(err)) from None
 
 
+def named_config(name: str) -> PgGPT2Config:
+    """The config `--config_name` names: a preset, a folder holding config.json, or a config JSON file."""
+    if name in PRESETS:
+        return PgGPT2Config.from_preset(name)
+    if Path(name).exists():
+        try:
+            return PgGPT2Config.from_pretrained(name)
+        except (OSError, ValueError) as err:
+            raise UserError(f"cannot read the config {name!r}: {first_line(err)}") from None
+    raise UserError(
+        f"unknown --config_name {name!r}: use a preset ({', '.join(PRESETS)}), a folder with config.json, "
+        "or a config JSON file."
+    )
+
+
 def build_config(model_args: ModelArguments, tokenizer: PreTrainedTokenizerBase) -> PgGPT2Config:
     """The config of a model trained from scratch: preset or file, overrides, vocabulary of the tokenizer."""
     name = model_args.config_name or "gpt2"
@@ -138,19 +153,7 @@ def build_config(model_args: ModelArguments, tokenizer: PreTrainedTokenizerBase)
         raise UserError(
             f"vocab_size follows the tokenizer ({len(tokenizer)} tokens); remove vocab_size from --config_overrides."
         )
-    if name in PRESETS:
-        base = PgGPT2Config.from_preset(name)
-    elif Path(name).exists():
-        try:
-            base = PgGPT2Config.from_pretrained(name)
-        except (OSError, ValueError) as err:
-            raise UserError(f"cannot read the config {name!r}: {first_line(err)}") from None
-    else:
-        raise UserError(
-            f"unknown --config_name {name!r}: use a preset ({', '.join(PRESETS)}), a folder with config.json, "
-            "or a config JSON file."
-        )
-    base = _config_fields(base)
+    base = _config_fields(named_config(name))
     special = {
         "vocab_size": len(tokenizer),
         "eos_token_id": tokenizer.eos_token_id,
@@ -248,6 +251,7 @@ __all__ = [
     "build_model",
     "count_parameters",
     "hide_tied_weight_warning",
+    "named_config",
     "parse_config_overrides",
     "run_tokenizer",
     "set_generation_defaults",

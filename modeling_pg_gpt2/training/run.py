@@ -37,7 +37,7 @@ import json
 import logging
 import shutil
 import tempfile
-from collections.abc import Mapping
+from collections.abc import Mapping, Set
 from pathlib import Path
 from typing import Any
 
@@ -75,7 +75,8 @@ from ..evaluation.metrics import (
 )
 from ..evaluation.tasks import EvalTasksCallback
 from .arguments import CLMTrainingArguments
-from .callbacks import DivergenceCallback, InterruptCallback, PlotCallback, TimeLimitCallback
+from .auto_recipe import apply_auto_recipe, recorded
+from .callbacks import DivergenceCallback, InterruptCallback, PlotCallback, ScheduleCallback
 from .checkpoints import (
     asks_for_more,
     check_resumable_with,
@@ -102,17 +103,27 @@ from .throughput import ThroughputCallback, flops_per_token
 
 logger = logging.getLogger(__name__)
 
+# What each `training_info.json` "finished" value means, for the log.
+STOPPED_BY = {
+    "max_steps": "--max_steps reached",
+    "time budget": "--max_train_minutes used up, the learning rate decayed to its end",
+    "plateau": "validation stopped improving: the learning rate was decayed to its end",
+    "early stopping": "--early_stopping_patience evaluations without a better loss",
+}
+
 
 def train(
     model_args: ModelArguments,
     corpus_args: CorpusArguments,
     data_args: DataTrainingArguments,
     training_args: CLMTrainingArguments,
+    given: Set[str] = frozenset(),
 ) -> dict[str, float]:
     """Run a whole pre-training job (see the module docstring) and return the final metrics.
 
-    Re-run on the folder of a finished run, it changes nothing and returns that run's metrics, unless
-    asked to train further (see [`asks_for_more`]). A second run on a folder in use is refused.
+    `given` names the fields the user set (flags, recipe fields): the automatic recipe chooses the others
+    (`auto_recipe`). Re-run on the folder of a finished run, it changes nothing and returns that run's
+    metrics, unless asked to train further (see [`asks_for_more`]). A second run on a folder in use is refused.
     """
     for args in (model_args, corpus_args, data_args, training_args):  # arguments made in code, not parsed
         check_ranges(args)
@@ -128,7 +139,7 @@ def train(
     output_dir = check_output_dir(training_args.output_dir, overwrite_flag=None)  # a file, or not writable
     lock = output_lock(output_dir) if training_args.process_index == 0 else contextlib.nullcontext()
     with lock:
-        return _train(model_args, corpus_args, data_args, training_args)
+        return _train(model_args, corpus_args, data_args, training_args, given)
 
 
 def _train(
@@ -136,6 +147,7 @@ def _train(
     corpus_args: CorpusArguments,
     data_args: DataTrainingArguments,
     training_args: CLMTrainingArguments,
+    given: Set[str],
 ) -> dict[str, float]:
     resume_from = resolve_resume(training_args)  # first: refuses a folder that holds something else
     eval_tasks = EvalTasksCallback(training_args.eval_tasks, training_args.seed)  # reads the files: fails early
@@ -148,10 +160,12 @@ def _train(
             "--optim muon: torch.optim.Muon orthogonalises its updates in bf16, which this CPU emulates (no "
             "AVX512-BF16 or AMX): steps are about 10x slower than AdamW's here (bench/RESULTS.md)."
         )
-    if training_args.auto_bf16:
+    model_args, data_args, training_args, recipe = apply_auto_recipe(
+        model_args, corpus_args, data_args, training_args, given
+    )
+    if training_args.auto_bf16:  # after the recipe, which may turn it on
         precision = "bf16 autocast" if training_args.bf16 else "fp16 autocast" if training_args.fp16 else "fp32"
         logger.info("--auto_bf16: training in %s on %s.", precision, training_args.device.type)
-
     set_seed(training_args.seed)  # before the model exists: Trainer seeds only after
     tokenizer = run_tokenizer(model_args)
     model, source = build_model(model_args, tokenizer)
@@ -192,8 +206,10 @@ def _train(
     )
 
     divergence, interrupt = DivergenceCallback(), InterruptCallback()
-    time_limit = TimeLimitCallback(training_args.max_train_minutes) if training_args.max_train_minutes else None
-    callbacks: list[TrainerCallback] = [PlotCallback(), divergence, interrupt, *filter(None, [time_limit])]
+    callbacks: list[TrainerCallback] = [PlotCallback(), divergence, interrupt]
+    if training_args.max_train_minutes or training_args.plateau_patience:
+        minutes, patience = training_args.max_train_minutes, training_args.plateau_patience
+        callbacks.append(ScheduleCallback(minutes, patience, training_args.plateau_decay_fraction))
     if training_args.early_stopping_patience:
         callbacks.append(
             EarlyStoppingCallback(training_args.early_stopping_patience, training_args.early_stopping_threshold)
@@ -226,8 +242,18 @@ def _train(
         if not all(bool(torch.isfinite(p).all()) for p in trainer.model.parameters()):
             raise CommandError(divergence_message("the weights are not finite", training_args, output_dir))
 
-        finished = finish_reason(trainer, time_limit)
-        info = training_info(model_args, corpus_args, data_args, trainer, source, block_size, datasets, finished)
+        finished = finish_reason(trainer)
+        info = training_info(
+            model_args, corpus_args, data_args, trainer, source, block_size, datasets, finished, recorded(recipe)
+        )
+        best = trainer.state.best_global_step if training_args.load_best_model_at_end else None
+        kept = f"step {best}'s, the best validation loss" if best else "the last"
+        logger.info(
+            "Training ended at step %d (%s); the model kept is %s.",
+            trainer.state.global_step,
+            STOPPED_BY[finished],
+            kept,
+        )
         write_run_outputs(trainer, metrics, info)
     trainer.accelerator.wait_for_everyone()
     trainer.end()

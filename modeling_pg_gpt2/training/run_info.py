@@ -22,7 +22,7 @@ from ..common.outputs import METRICS_FILE, TRAINING_INFO_FILE
 from ..data.blocks import DataTrainingArguments
 from ..data.corpus import CorpusArguments
 from ..reports.run_record import RunInfo
-from .callbacks import TimeLimitCallback
+from .callbacks import ScheduleCallback
 from .model_init import ModelArguments
 from .optim import MUON
 
@@ -41,6 +41,7 @@ RECORDED_ARGUMENTS = (
     "max_steps",
     "num_train_epochs",
     "max_train_minutes",
+    "plateau_patience",
     "seed",
     "bf16",
     "fp16",
@@ -54,10 +55,12 @@ def tokens_per_step(args: TrainingArguments, block_size: int) -> int:
     return args.per_device_train_batch_size * args.gradient_accumulation_steps * args.world_size * block_size
 
 
-def finish_reason(trainer: Trainer, time_limit: TimeLimitCallback | None) -> str:
-    """What ended training: "time budget", "max_steps" or "early stopping"."""
-    if time_limit is not None and time_limit.used_up:
-        return "time budget"
+def finish_reason(trainer: Trainer) -> str:
+    """What ended training: "time budget", "plateau" (decayed after validation stopped improving), "max_steps"
+    or "early stopping"."""
+    for callback in trainer.callback_handler.callbacks:  # a resumed run's Trainer restores a new instance
+        if isinstance(callback, ScheduleCallback) and (callback.used_up or callback.plateaued):
+            return "time budget" if callback.used_up else "plateau"
     return "max_steps" if trainer.state.global_step >= trainer.state.max_steps else "early stopping"
 
 
@@ -70,13 +73,14 @@ def training_info(
     block_size: int,
     datasets: Mapping[str, Any],
     finished: str | None = None,
+    recipe: dict[str, dict[str, Any]] | None = None,
 ) -> RunInfo:
     """The record of the run (`training_info.json`): what the model card and later readers need to know about it,
     beyond config.json and metrics.json.
 
     `trainer.args` is the run's `CLMTrainingArguments`; `source` says where the model came from
     (`model_init.build_model`); `datasets` holds the "train" and "validation" blocks; `finished`, what ended
-    training ([`finish_reason`]).
+    training ([`finish_reason`]); `recipe`, the automatic recipe's choices (`auto_recipe.recorded`).
     """
     args = trainer.args
     step_tokens = tokens_per_step(args, block_size)
@@ -101,6 +105,7 @@ def training_info(
         attn_implementation=trainer.model.config._attn_implementation,
         device=str(args.device),
         versions={"torch": torch.__version__, "transformers": transformers.__version__},
+        recipe=recipe,
         finished=finished,
         **{name: getattr(args, name) for name in RECORDED_ARGUMENTS},
     )

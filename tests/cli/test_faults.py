@@ -185,7 +185,7 @@ def context(tmp_path_factory, tokenizer_dir) -> dict[str, Any]:
         "config_name": "tiny", "config_overrides": MODEL, "block_size": 64, "per_device_train_batch_size": 8,
         "per_device_eval_batch_size": 8, "max_steps": STEPS, "eval_steps": EVERY, "save_steps": EVERY,
         "logging_steps": 4, "learning_rate": 3e-3, "warmup_steps": 3, "lr_scheduler_type": "cosine", "seed": 0,
-        "disable_tqdm": True,
+        "disable_tqdm": True, "auto_recipe": False,
     }  # fmt: skip
     recipe.write_text(json.dumps(values, indent=1), encoding="utf-8")  # JSON is YAML
     finished = root / "finished"

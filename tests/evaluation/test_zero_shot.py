@@ -391,7 +391,8 @@ def test_run_clm_scores_eval_tasks_at_every_evaluation(model_dir, tmp_path):
         "--config_name", "tiny", "--config_overrides", "n_layer=2,n_embd=32,n_head=2,n_positions=32",
         "--block_size", "32", "--per_device_train_batch_size", "8", "--max_steps", "20", "--eval_steps", "10",
         "--save_steps", "10", "--logging_steps", "5", "--learning_rate", "3e-3", "--seed", "0",
-        "--disable_tqdm", "true", "--report_to", "none", "--output_dir", out, "--eval_tasks", tasks,
+        "--disable_tqdm", "true", "--report_to", "none", "--auto_recipe", "false",
+        "--output_dir", out, "--eval_tasks", tasks,
     ]  # fmt: skip
     run = subprocess.run(
         [sys.executable, "run_clm.py", *map(str, flags)], cwd=ROOT, env=ENV, capture_output=True, text=True

@@ -20,8 +20,8 @@ KEYS = [
     "streaming_validation_documents", "world_size", "per_device_train_batch_size", "gradient_accumulation_steps",
     "tokens_per_step", "global_step", "tokens_seen", "best_global_step", "learning_rate", "lr_scheduler_type",
     "warmup_steps", "weight_decay", "adam_betas", "max_grad_norm", "optim", "muon_learning_rate",
-    "document_masking", "max_steps", "num_train_epochs", "max_train_minutes", "seed", "bf16", "fp16",
-    "torch_compile", "reuse_freed_memory", "attn_implementation", "device", "versions", "finished",
+    "document_masking", "max_steps", "num_train_epochs", "max_train_minutes", "plateau_patience", "seed", "bf16",
+    "fp16", "torch_compile", "reuse_freed_memory", "attn_implementation", "device", "versions", "recipe", "finished",
 ]  # fmt: skip
 # A training_info.json written before streaming, Muon, document masking and `finished` were recorded.
 OLD = {
@@ -44,6 +44,10 @@ def full_record(**changes) -> RunInfo:
         adam_betas=[0.9, 0.95],
         versions={"torch": "2.13.0"},
         streaming=False,
+        recipe={
+            "vocab_size": {"value": 512, "reason": "corpus 0.30 MB"},
+            "max_steps": {"value": 90, "reason": "given"},
+        },
     )
     return RunInfo(**{**values, **changes})
 
@@ -109,6 +113,7 @@ def test_every_row_of_the_card_shows_the_record(tmp_path: Path, streaming: bool)
     for name in ("model_source", "optim", "learning_rate", "seed", "device", "global_step", "tokens_per_step"):
         assert f"<{name}>" in card, name
     assert "license: apache-2.0" in card and "| Document masking | yes |" in card
+    assert "| `vocab_size` | 512 (corpus 0.30 MB) |" in card and "| `max_steps` | 90 (given) |" in card
     held_out = "the first 3 documents of the stream validate" if streaming else "7% of the documents are held out"
     assert held_out in card
 

@@ -46,7 +46,7 @@ def streamed_flags(corpus: Path, tokenizer_dir: Path) -> list[str]:
         "--block_size", "64", "--per_device_train_batch_size", "8", "--per_device_eval_batch_size", "8",
         "--max_steps", "30", "--eval_steps", "10", "--save_steps", "10", "--logging_steps", "5",
         "--learning_rate", "3e-3", "--warmup_steps", "3", "--lr_scheduler_type", "cosine",
-        "--seed", "0", "--disable_tqdm", "true",
+        "--seed", "0", "--disable_tqdm", "true", "--auto_recipe", "false",
     ]  # fmt: skip
 
 

@@ -1,0 +1,248 @@
+"""The automatic recipe: what a run on your own text trains, chosen from the corpus size, the time budget and
+the machine's measured speed.
+
+`run_clm.py --train_file essays/ --max_train_minutes 10 --output_dir out` names no tokenizer, model or
+hyper-parameter: [`choose_recipe`] picks them, each with its reason in a few words, and every flag the user
+gives (on the command line or in a recipe file) wins over the choice. It is a pure function of
+
+- `corpus_bytes`: the UTF-8 bytes of the training split (what one pass over the data is);
+- `budget_minutes`: `--max_train_minutes` (`None`: no time budget, `--max_steps` or a default decides);
+- `speed`: the training speed measured at start on this machine ([`Speed`]: a cost per optimizer step that
+  does not grow with the model, and a rate of FLOPs), from which the speed of any shape is estimated;
+
+and of the values the user fixed. The rules, and the measurements behind each, are in bench/RESULTS.md
+("Your own text"): a small corpus gets a small byte-level vocabulary (so each token is seen often enough),
+a model sized so the budget's tokens make a few passes at most through the data it can memorise, dropout
+and weight decay that grow with the number of passes, and a warm-up-stable-decay schedule whose decay the
+run starts early when validation stops improving (`plateau_patience`).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+# The shapes timed at start (the demo's model and the smallest candidate): others are estimated from them.
+REFERENCE = {"n_layer": 4, "n_embd": 256, "n_head": 4, "n_positions": 128, "vocab_size": 2048}
+SMALL = {"n_layer": 2, "n_embd": 128, "n_head": 2, "n_positions": 128, "vocab_size": 2048}
+# Candidate shapes, smallest first: (n_layer, n_embd, n_head, context).
+SHAPES = [
+    (2, 128, 2, 128),
+    (4, 128, 4, 128),
+    (4, 192, 4, 128),
+    (4, 256, 4, 128),
+    (6, 256, 4, 128),
+    (6, 384, 6, 256),
+    (8, 512, 8, 256),
+    (12, 768, 12, 512),
+]
+BATCH_SEQUENCES = 16  # blocks per optimizer step
+# Training tokens per non-embedding parameter: Chinchilla's 20 picks 2 x 128 models for a few minutes on a CPU,
+# where larger ones learn more per minute (bench/RESULTS.md, "Your own text": 4 x 128 beat 4 x 256 at 1 MB
+# and 3 tokens a parameter; 4 x 256 at 1 wins on 4.75 MB); this many keeps the model learning to the end.
+TOKENS_PER_PARAMETER = 2
+EVALUATIONS = 10  # per run: enough to see a peak, few enough to keep the budget for training
+MIN_STEPS, DEFAULT_STEPS = 100, 2000
+# The fields the recipe chooses, as run_clm.py names them (the keys of `Recipe.values`).
+FIELDS = (
+    "vocab_size",
+    "n_layer",
+    "n_embd",
+    "n_head",
+    "n_positions",
+    "block_size",
+    "dropout",
+    "per_device_train_batch_size",
+    "learning_rate",
+    "lr_scheduler_type",
+    "decay_fraction",
+    "warmup_steps",
+    "weight_decay",
+    "max_steps",
+    "eval_steps",
+    "plateau_patience",
+    "auto_bf16",
+    "document_masking",
+)
+
+
+@dataclass
+class Recipe:
+    """The chosen values (run_clm.py's field names) and, for each, why (a few words for the log and the card)."""
+
+    values: dict[str, Any] = field(default_factory=dict)
+    reasons: dict[str, str] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)  # what a user should know about the run as a whole
+
+    def set(self, name: str, value: Any, reason: str, fixed: Mapping[str, Any]) -> Any:
+        """Record `value` for `name` with its reason, unless the user fixed it (their value wins)."""
+        if name in fixed:
+            self.values[name], self.reasons[name] = fixed[name], "given"
+        else:
+            self.values[name], self.reasons[name] = value, reason
+        return self.values[name]
+
+
+def vocab_for(corpus_bytes: int) -> int:
+    """The byte-level BPE size for a corpus: about one token type per 1 KB, a power of two in [512, 32768]."""
+    return int(min(32768, max(512, 2 ** round(math.log2(max(corpus_bytes, 1) / 1024)))))
+
+
+def flops_per_token(n_layer: int, n_embd: int, vocab_size: int, context: int) -> float:
+    """Training FLOPs per token of a GPT-2 shape (6 per matrix weight plus attention, as `throughput` counts)."""
+    return 6 * (12 * n_layer * n_embd**2 + vocab_size * n_embd) + 12 * n_layer * n_embd * context
+
+
+def parameters(n_layer: int, n_embd: int, vocab_size: int, context: int) -> int:
+    """Parameters of a GPT-2 shape with tied embeddings (biases and LayerNorms included)."""
+    return 12 * n_layer * n_embd**2 + 13 * n_layer * n_embd + (vocab_size + context) * n_embd + 2 * n_embd
+
+
+@dataclass(frozen=True)
+class Speed:
+    """This machine's training speed: seconds per optimizer step = `step_seconds` + FLOPs / `flops_per_second`.
+
+    A small model's step is mostly the fixed cost (Python, the optimizer's many small launches), a large
+    one's mostly arithmetic, so one measured shape cannot predict both: [`measure_speed`] times two.
+    """
+
+    step_seconds: float
+    flops_per_second: float
+
+    @classmethod
+    def from_timings(cls, small: tuple[float, float], large: tuple[float, float]) -> Speed:
+        """The speed through two timings `(FLOPs per step, seconds per step)` of a small and a large shape."""
+        (small_flops, small_seconds), (large_flops, large_seconds) = small, large
+        if large_seconds <= small_seconds:  # timing noise: treat the step as all arithmetic
+            return cls(0.0, large_flops / large_seconds)
+        rate = (large_flops - small_flops) / (large_seconds - small_seconds)
+        return cls(max(0.0, small_seconds - small_flops / rate), rate)
+
+    def tokens_per_second(self, shape: tuple[int, int, int, int], vocab: int, batch: int = BATCH_SEQUENCES) -> float:
+        """Training tokens per second of a shape `(n_layer, n_embd, n_head, context)` at `batch` blocks a step."""
+        n_layer, n_embd, _, context = shape
+        tokens = batch * context
+        arithmetic = tokens * flops_per_token(n_layer, n_embd, vocab, context) / self.flops_per_second
+        return tokens / (self.step_seconds + arithmetic)
+
+
+def choose_recipe(
+    corpus_bytes: int,
+    budget_minutes: float | None,
+    speed: Speed | None,
+    fixed: Mapping[str, Any] | None = None,
+    bytes_per_token: float | None = None,
+    validation_bytes: int | None = None,
+) -> Recipe:
+    """The recipe for a corpus of `corpus_bytes`, a budget and a measured speed; `fixed` are the user's values.
+
+    `bytes_per_token` is the tokenizer's compression when it is known (a given tokenizer); otherwise the
+    compression of a byte-level BPE of the chosen size is estimated. With a budget, the number of steps is
+    the budget at the estimated speed; without one, `max_steps` must be fixed or `DEFAULT_STEPS` is used.
+    `validation_bytes` (the held-out text) bounds the context: validation needs two blocks at least.
+    """
+    fixed = dict(fixed or {})
+    recipe = Recipe()
+    megabytes = corpus_bytes / 1e6
+    vocab = recipe.set("vocab_size", vocab_for(corpus_bytes), f"corpus {megabytes:.2f} MB", fixed)
+    bytes_per_token = bytes_per_token or _estimated_bytes_per_token(vocab)
+    corpus_tokens = max(1, round(corpus_bytes / bytes_per_token))
+
+    shape = _choose_shape(corpus_tokens, budget_minutes, speed, vocab, fixed)
+    n_layer, n_embd, n_head, context = shape
+    fits = _context_that_fits(corpus_tokens, validation_bytes and validation_bytes / bytes_per_token)
+    shortened = "n_positions" not in fixed and fits < context
+    if shortened:
+        context = fits
+        shape = (n_layer, n_embd, n_head, context)
+    rate = speed.tokens_per_second(shape, vocab) if speed else None
+    why_shape = (
+        f"~{rate * budget_minutes * 60 / 1e6:.1f}M tokens in {budget_minutes:g} min at {rate:,.0f} tokens/s"
+        if rate and budget_minutes
+        else "the default shape without a time budget"
+    )
+    recipe.set("n_layer", n_layer, why_shape, fixed)
+    recipe.set("n_embd", n_embd, why_shape, fixed)
+    recipe.set("n_head", n_head, why_shape, fixed)
+    why_context = "the longest context of which the text fills 20 blocks" if shortened else why_shape
+    context = recipe.set("n_positions", context, why_context, fixed)
+    block = recipe.set("block_size", context, "the model's context", fixed)
+    batch = recipe.set("per_device_train_batch_size", BATCH_SEQUENCES, "16 blocks a step", fixed)
+
+    step_tokens = batch * block
+    if "max_steps" in fixed:
+        steps = recipe.set("max_steps", None, "", fixed)
+    elif rate and budget_minutes:
+        rate = speed.tokens_per_second(shape, vocab, batch)
+        steps = max(MIN_STEPS, int(rate * budget_minutes * 60 / step_tokens))
+        recipe.set("max_steps", steps, f"{budget_minutes:g} min at ~{rate / step_tokens:.1f} steps/s", fixed)
+    else:
+        steps = recipe.set("max_steps", DEFAULT_STEPS, "no time budget", fixed)
+    passes = steps * step_tokens / corpus_tokens
+    dropout = 0.0 if passes < 2 else 0.1 if passes < 8 else 0.2
+    recipe.set("dropout", dropout, f"corpus {megabytes:.2f} MB, ~{passes:.1f} passes", fixed)
+    recipe.set("weight_decay", 0.1, "AdamW's usual decay for GPT-2", fixed)
+    lr = 2e-3 if n_embd <= 256 else 1e-3 if n_embd <= 512 else 6e-4
+    recipe.set("learning_rate", lr, f"{n_embd} wide", fixed)
+    recipe.set("lr_scheduler_type", "warmup_stable_decay", "decays early on a plateau", fixed)
+    recipe.set("decay_fraction", 0.4, "the last 40% of the steps", fixed)
+    recipe.set("warmup_steps", min(100, max(10, steps // 50)), "2% of the steps", fixed)
+    recipe.set("eval_steps", max(10, steps // EVALUATIONS), f"{EVALUATIONS} evaluations", fixed)
+    recipe.set("plateau_patience", 3, "3 evaluations without a better loss: anneal and stop", fixed)
+    recipe.set("auto_bf16", True, "bf16 matrix products where the hardware has them: about twice as fast", fixed)
+    recipe.set("document_masking", True, "each document trains from position 0, as it is generated", fixed)
+    if corpus_tokens < step_tokens * 10:
+        recipe.notes.append(
+            f"the corpus ({corpus_bytes:,} bytes, ~{corpus_tokens:,} tokens) is tiny for training a language model: "
+            f"~{passes:,.0f} passes; the model will mostly memorise it"
+        )
+    return recipe
+
+
+def _context_that_fits(corpus_tokens: int, validation_tokens: float | None) -> int:
+    """The longest power-of-two context (16 at least) of which the corpus fills 20 blocks and the held-out text 2."""
+    room = corpus_tokens / 20 if validation_tokens is None else min(corpus_tokens / 20, validation_tokens / 2)
+    return max(16, 2 ** int(math.log2(max(room, 1))))
+
+
+def _estimated_bytes_per_token(vocab: int) -> float:
+    """A byte-level BPE's compression on English prose as its vocabulary grows (bench: 512 -> 2.3, 8192 -> 3.6)."""
+    return 1.0 + 0.3 * math.log2(vocab / 64)
+
+
+def _choose_shape(
+    corpus_tokens: int,
+    budget_minutes: float | None,
+    speed: Speed | None,
+    vocab: int,
+    fixed: Mapping[str, Any],
+) -> tuple[int, int, int, int]:
+    """The largest candidate shape whose budget of tokens is still TOKENS_PER_PARAMETER times its non-embedding
+    parameters (those that grow with depth and width; the embeddings' share of a tiny model is large)."""
+    default = tuple(REFERENCE[k] for k in ("n_layer", "n_embd", "n_head", "n_positions"))
+    if not (budget_minutes and speed):
+        chosen = default
+    else:
+        chosen = SHAPES[0]
+        for shape in SHAPES:
+            n_layer, n_embd, _, context = shape
+            budget_tokens = speed.tokens_per_second(shape, vocab) * budget_minutes * 60
+            if budget_tokens >= TOKENS_PER_PARAMETER * 12 * n_layer * n_embd**2:
+                chosen = shape
+    names = ("n_layer", "n_embd", "n_head", "n_positions")
+    return tuple(fixed.get(name, value) for name, value in zip(names, chosen, strict=True))
+
+
+__all__ = [
+    "FIELDS",
+    "REFERENCE",
+    "SMALL",
+    "Recipe",
+    "Speed",
+    "choose_recipe",
+    "flops_per_token",
+    "parameters",
+    "vocab_for",
+]

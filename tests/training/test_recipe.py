@@ -1,0 +1,100 @@
+"""The automatic recipe as a pure function of (corpus bytes, time budget, measured speed), at its edges.
+
+The numbers the rules produce are measured in bench/RESULTS.md ("Your own text"); these tests hold what must
+stay true whatever the calibration: sizes grow with the corpus and the budget, regularisation grows with the
+passes, a given value always wins, and a corpus too small for the budget is said, never silent.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from modeling_pg_gpt2.training.recipe import FIELDS, REFERENCE, Speed, choose_recipe, parameters, vocab_for
+
+MB = 1_000_000
+SPEED = Speed(step_seconds=0.02, flops_per_second=1.5e11)  # about a 2-core CPU's in fp32
+
+
+def test_every_field_is_chosen_with_a_reason() -> None:
+    recipe = choose_recipe(MB, 8, SPEED)
+    assert set(recipe.values) == set(FIELDS) == set(recipe.reasons)
+    assert all(reason and reason != "given" for reason in recipe.reasons.values())
+
+
+def test_a_10_kb_corpus_gets_the_smallest_choices_and_a_warning_that_the_model_will_memorise() -> None:
+    recipe = choose_recipe(10_000, 8, SPEED)
+    values = recipe.values
+    assert values["vocab_size"] == vocab_for(0) >= 257  # every byte and <|endoftext|> at least
+    assert values["dropout"] == max(choose_recipe(size, 8, SPEED).values["dropout"] for size in (10_000, MB, 500 * MB))
+    assert any("memorise" in note for note in recipe.notes)
+
+
+def test_a_500_mb_corpus_gets_a_large_vocabulary_no_dropout_and_no_warning() -> None:
+    recipe = choose_recipe(500 * MB, 8, SPEED)
+    values = recipe.values
+    assert values["vocab_size"] > choose_recipe(MB, 8, SPEED).values["vocab_size"]
+    assert values["dropout"] == 0.0 and not recipe.notes  # less than one pass in 8 minutes
+
+
+@pytest.mark.parametrize("corpus", [10_000, MB, 500 * MB])
+def test_a_larger_budget_never_chooses_a_smaller_model_or_fewer_steps(corpus: int) -> None:
+    previous = None
+    for minutes in (1, 2, 4, 8, 30, 240):
+        values = choose_recipe(corpus, minutes, SPEED).values
+        size = parameters(values["n_layer"], values["n_embd"], values["vocab_size"], values["n_positions"])
+        if previous is not None:
+            assert size >= previous[0] and values["max_steps"] >= previous[1], minutes
+        previous = (size, values["max_steps"])
+
+
+def test_a_budget_of_one_minute_still_trains_a_useful_number_of_steps() -> None:
+    values = choose_recipe(MB, 1, SPEED).values
+    assert values["max_steps"] >= 100 and values["eval_steps"] < values["max_steps"]
+    assert values["warmup_steps"] < values["max_steps"] // 4
+
+
+def test_without_a_budget_or_a_speed_the_reference_shape_and_the_default_steps() -> None:
+    values = choose_recipe(MB, None, None).values
+    assert (values["n_layer"], values["n_embd"], values["n_positions"]) == tuple(
+        REFERENCE[name] for name in ("n_layer", "n_embd", "n_positions")
+    )
+    assert values["max_steps"] > 0
+
+
+def test_max_steps_given_is_kept_and_decides_the_passes() -> None:
+    short = choose_recipe(MB, None, None, fixed={"max_steps": 50})
+    long = choose_recipe(MB, None, None, fixed={"max_steps": 50_000})
+    assert short.values["max_steps"] == 50 and short.reasons["max_steps"] == "given"
+    assert long.values["dropout"] > short.values["dropout"]  # many passes over 1 MB: regularise
+    assert long.values["eval_steps"] > short.values["eval_steps"]
+
+
+def test_every_given_value_wins_and_says_so() -> None:
+    fixed = {"vocab_size": 4000, "n_layer": 3, "n_embd": 96, "learning_rate": 5e-4, "dropout": 0.3, "block_size": 64}
+    recipe = choose_recipe(MB, 8, SPEED, fixed=fixed)
+    for name, value in fixed.items():
+        assert recipe.values[name] == value and recipe.reasons[name] == "given", name
+
+
+def test_the_choice_is_a_pure_function() -> None:
+    assert choose_recipe(3 * MB, 4, SPEED) == choose_recipe(3 * MB, 4, SPEED)
+
+
+def test_the_speed_of_two_timed_shapes_predicts_a_third() -> None:
+    # A machine where a step costs 10 ms plus its FLOPs at 100 GFLOP/s: the timings are made by hand.
+    step_seconds, rate = 0.010, 1e11
+
+    def timing(flops: float) -> tuple[float, float]:
+        return flops, step_seconds + flops / rate
+
+    speed = Speed.from_timings(timing(2e9), timing(4e10))
+    assert speed.step_seconds == pytest.approx(step_seconds) and speed.flops_per_second == pytest.approx(rate)
+    shape, vocab = (4, 192, 4, 128), 1024
+    tokens = 16 * 128
+    flops = tokens * (6 * (12 * 4 * 192**2 + vocab * 192) + 12 * 4 * 192 * 128)
+    assert speed.tokens_per_second(shape, vocab) == pytest.approx(tokens / timing(flops)[1])
+
+
+def test_a_noisy_timing_never_gives_a_negative_cost() -> None:
+    speed = Speed.from_timings((1e9, 0.05), (4e10, 0.04))  # the larger shape timed faster: noise
+    assert speed.step_seconds == 0.0 and speed.flops_per_second == pytest.approx(4e10 / 0.04)
