@@ -155,7 +155,7 @@ def _run_clm(command: list[str], out: Path) -> dict:
         "steps": info["global_step"],
         "best_step": info["best_global_step"],
         "finished": info["finished"],
-        "recipe": {name: choice["value"] for name, choice in (info.get("recipe") or {}).items()},
+        "choices": {name: choice["value"] for name, choice in (info.get("recipe") or {}).items()},
         "wall_seconds": round(time.monotonic() - start, 1),
     }
 
@@ -250,13 +250,22 @@ def write_plot(results: list[dict], path: Path) -> None:
     columns = min(3, len(corpora))
     rows = math.ceil(len(corpora) / columns)
     figure, axes = plt.subplots(rows, columns, figsize=(5 * columns, 3.6 * rows), squeeze=False)
+    colours = dict(zip(RECIPES, ("tab:blue", "tab:orange", "tab:green"), strict=True))
     for axis, corpus in zip(axes.flat, corpora, strict=False):
         for recipe in RECIPES:
-            points = sorted(
-                (r["minutes"], r["bits_per_byte"]) for r in results if (r["corpus"], r["recipe"]) == (corpus, recipe)
+            rows = sorted(
+                (r for r in results if (r["corpus"], r["recipe"]) == (corpus, recipe)), key=lambda r: r["minutes"]
             )
-            if points:
-                axis.plot(*zip(*points, strict=True), marker="o", label=recipe)
+            if not rows:
+                continue
+            # The evaluations of the longest run as a line (nanoGPT's are its own 20-batch estimates), and the
+            # score of the model each run kept as a point.
+            curve = rows[-1]["curve"]
+            axis.plot(*zip(*curve, strict=True), color=colours[recipe], alpha=0.6, label=f"{recipe}, during the run")
+            points = [(r["minutes"], r["bits_per_byte"]) for r in rows]
+            axis.plot(*zip(*points, strict=True), "o", color=colours[recipe], label=f"{recipe}, model kept")
+        kept = [r["bits_per_byte"] for r in results if r["corpus"] == corpus]
+        axis.set_ylim(min(kept) * 0.95, max(kept) * 1.25)  # the first evaluations would flatten the rest
         axis.set_title(corpus)
         axis.set_xlabel("training minutes")
         axis.set_ylabel("validation bits per byte")
@@ -297,11 +306,17 @@ def main() -> None:
     parser.add_argument("--nanogpt", type=Path, default=NANOGPT, help="the folder of run_char_cpu.sh")
     parser.add_argument("--out", type=Path, default=REPO / "outputs" / "bench-corpus-sizes", help="corpora, runs")
     parser.add_argument("--record", type=Path, default=REPO / "bench" / "corpus_sizes", help="JSON and plot kept")
+    parser.add_argument("--replot", action="store_true", help="only redraw the record from OUT/results.json")
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
-    corpora = build_corpora(args.out / "corpora")
+    if args.replot:
+        args.corpora, args.recipes = [], []
+    corpora = build_corpora(args.out / "corpora") if args.corpora else {}
     results_file = args.out / "results.json"
     results = json.loads(results_file.read_text()) if results_file.exists() else []
+    for row in results:  # written before the automatic recipe's choices had a key of their own
+        if isinstance(row["recipe"], dict):
+            row["choices"], row["recipe"] = row["recipe"], "auto"
     speed = nanogpt_iterations_per_second(args.nanogpt) if "nanogpt" in args.recipes else None
     machine = machine_description(torch.device("cpu"))
     print(f"{machine}; nanoGPT: {speed or 0:.2f} iterations/s", flush=True)

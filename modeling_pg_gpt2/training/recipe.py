@@ -39,9 +39,10 @@ SHAPES = [
     (12, 768, 12, 512),
 ]
 BATCH_SEQUENCES = 16  # blocks per optimizer step
-# Training tokens per non-embedding parameter: Chinchilla's 20 picks 2 x 128 models for a few minutes on a CPU,
-# where larger ones learn more per minute (bench/RESULTS.md, "Your own text": 4 x 128 beat 4 x 256 at 1 MB
-# and 3 tokens a parameter; 4 x 256 at 1 wins on 4.75 MB); this many keeps the model learning to the end.
+# Training tokens per non-embedding parameter. Chinchilla's 20 picks 2 x 128 for a few CPU minutes, where larger
+# models learn more per minute (4 x 128 beat 4 x 256 at 1 MB and ~3 tokens a parameter). Provisional: on the
+# 4.75 MB plays the demo's 4 x 256 (~1 token a parameter in 8 minutes) beats this rule's 4 x 192
+# (bench/RESULTS.md, "Your own text").
 TOKENS_PER_PARAMETER = 2
 EVALUATIONS = 10  # per run: enough to see a peak, few enough to keep the budget for training
 MIN_STEPS, DEFAULT_STEPS = 100, 2000
