@@ -34,7 +34,17 @@ from ..modeling_pg_gpt2 import PgGPT2ForCausalLM
 from .arguments import CLMTrainingArguments
 from .hardware import native_bf16
 from .model_init import ModelArguments, named_config, parse_config_overrides
-from .recipe import BATCH_SEQUENCES, FIELDS, REFERENCE, SMALL, Recipe, Speed, choose_recipe, flops_per_token
+from .recipe import (
+    BATCH_SEQUENCES,
+    FIELDS,
+    REFERENCE,
+    SMALL,
+    TRAINING_FIELDS,
+    Recipe,
+    Speed,
+    choose_recipe,
+    flops_per_token,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -155,22 +165,7 @@ def _with_recipe(
     )
     if "block_size" not in given:
         data_args = dataclasses.replace(data_args, block_size=values["block_size"])
-    training: dict[str, Any] = {
-        name: values[name]
-        for name in (
-            "per_device_train_batch_size",
-            "learning_rate",
-            "lr_scheduler_type",
-            "warmup_steps",
-            "weight_decay",
-            "max_steps",
-            "eval_steps",
-            "plateau_patience",
-            "auto_bf16",
-            "document_masking",
-        )
-        if name not in given
-    }
+    training: dict[str, Any] = {name: values[name] for name in TRAINING_FIELDS if name not in given}
     if "eval_steps" not in given and "save_steps" not in given:
         training["save_steps"] = values["eval_steps"]
     if values.get("decay_fraction") and "lr_scheduler_kwargs" not in given:

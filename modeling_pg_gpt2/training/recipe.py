@@ -46,19 +46,13 @@ BATCH_SEQUENCES = 16  # blocks per optimizer step
 TOKENS_PER_PARAMETER = 2
 EVALUATIONS = 10  # per run: enough to see a peak, few enough to keep the budget for training
 MIN_STEPS, DEFAULT_STEPS = 100, 2000
-# The fields the recipe chooses, as run_clm.py names them (the keys of `Recipe.values`).
-FIELDS = (
-    "vocab_size",
-    "n_layer",
-    "n_embd",
-    "n_head",
-    "n_positions",
-    "block_size",
-    "dropout",
+# The fields the recipe chooses, as run_clm.py names them (the keys of `Recipe.values`): the model's and the data's,
+# the training arguments it sets as they are, and `decay_fraction`, which becomes warmup_stable_decay's kwargs.
+MODEL_FIELDS = ("vocab_size", "n_layer", "n_embd", "n_head", "n_positions", "block_size", "dropout")
+TRAINING_FIELDS = (
     "per_device_train_batch_size",
     "learning_rate",
     "lr_scheduler_type",
-    "decay_fraction",
     "warmup_steps",
     "weight_decay",
     "max_steps",
@@ -67,6 +61,7 @@ FIELDS = (
     "auto_bf16",
     "document_masking",
 )
+FIELDS = (*MODEL_FIELDS, *TRAINING_FIELDS, "decay_fraction")
 
 
 @dataclass
@@ -238,10 +233,12 @@ def _choose_shape(
 
 __all__ = [
     "FIELDS",
+    "MODEL_FIELDS",
     "REFERENCE",
     "SMALL",
     "Recipe",
     "Speed",
+    "TRAINING_FIELDS",
     "choose_recipe",
     "flops_per_token",
     "parameters",
