@@ -88,12 +88,17 @@ def vocab_for(corpus_bytes: int) -> int:
 
 def flops_per_token(n_layer: int, n_embd: int, vocab_size: int, context: int) -> float:
     """Training FLOPs per token of a GPT-2 shape (6 per matrix weight plus attention, as `throughput` counts)."""
-    return 6 * (12 * n_layer * n_embd**2 + vocab_size * n_embd) + 12 * n_layer * n_embd * context
+    return 6 * (matrix_parameters(n_layer, n_embd) + vocab_size * n_embd) + 12 * n_layer * n_embd * context
+
+
+def matrix_parameters(n_layer: int, n_embd: int) -> int:
+    """The weights of the attention and MLP matrices: the parameters that grow with depth and width."""
+    return 12 * n_layer * n_embd**2
 
 
 def parameters(n_layer: int, n_embd: int, vocab_size: int, context: int) -> int:
     """Parameters of a GPT-2 shape with tied embeddings (biases and LayerNorms included)."""
-    return 12 * n_layer * n_embd**2 + 13 * n_layer * n_embd + (vocab_size + context) * n_embd + 2 * n_embd
+    return matrix_parameters(n_layer, n_embd) + 13 * n_layer * n_embd + (vocab_size + context) * n_embd + 2 * n_embd
 
 
 @dataclass(frozen=True)
@@ -171,9 +176,9 @@ def choose_recipe(
     if "max_steps" in fixed:
         steps = recipe.set("max_steps", None, "", fixed)
     elif rate and budget_minutes:
-        rate = speed.tokens_per_second(shape, vocab, batch)
-        steps = max(MIN_STEPS, int(rate * budget_minutes * 60 / step_tokens))
-        recipe.set("max_steps", steps, f"{budget_minutes:g} min at ~{rate / step_tokens:.1f} steps/s", fixed)
+        steps_per_second = speed.tokens_per_second(shape, vocab, batch) / step_tokens  # at the batch chosen or given
+        steps = max(MIN_STEPS, int(steps_per_second * budget_minutes * 60))
+        recipe.set("max_steps", steps, f"{budget_minutes:g} min at ~{steps_per_second:.1f} steps/s", fixed)
     else:
         steps = recipe.set("max_steps", DEFAULT_STEPS, "no time budget", fixed)
     passes = steps * step_tokens / corpus_tokens
@@ -225,7 +230,7 @@ def _choose_shape(
         for shape in SHAPES:
             n_layer, n_embd, _, context = shape
             budget_tokens = speed.tokens_per_second(shape, vocab) * budget_minutes * 60
-            if budget_tokens >= TOKENS_PER_PARAMETER * 12 * n_layer * n_embd**2:
+            if budget_tokens >= TOKENS_PER_PARAMETER * matrix_parameters(n_layer, n_embd):
                 chosen = shape
     names = ("n_layer", "n_embd", "n_head", "n_positions")
     return tuple(fixed.get(name, value) for name, value in zip(names, chosen, strict=True))
@@ -241,6 +246,7 @@ __all__ = [
     "TRAINING_FIELDS",
     "choose_recipe",
     "flops_per_token",
+    "matrix_parameters",
     "parameters",
     "vocab_for",
 ]
