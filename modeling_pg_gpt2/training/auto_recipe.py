@@ -34,6 +34,7 @@ from ..modeling_pg_gpt2 import PgGPT2ForCausalLM
 from .arguments import CLMTrainingArguments
 from .hardware import native_bf16
 from .model_init import ModelArguments, named_config, parse_config_overrides
+from .optim import MuonAdamW, hidden_matrices
 from .recipe import (
     BATCH_SEQUENCES,
     FIELDS,
@@ -119,7 +120,7 @@ def _choose(
         vocab = fixed.get("vocab_size") or choose_recipe(train_bytes, None, None, fixed).values["vocab_size"]
         device = training_args.device
         bf16 = training_args.bf16 or ("auto_bf16" not in given and native_bf16(device.type))  # as the run will
-        speed = measure_speed(vocab, bf16, device)
+        speed = measure_speed(vocab, bf16, device, fixed.get("attn_implementation"))
     held_out = corpus_bytes(corpus["validation"])
     return choose_recipe(train_bytes, training_args.max_train_minutes, speed, fixed, bytes_per_token, held_out)
 
@@ -134,6 +135,8 @@ def _fixed_values(
     fixed = {name: getattr(training_args, name) for name in given & set(FIELDS) if hasattr(training_args, name)}
     if "block_size" in given and data_args.block_size:
         fixed["block_size"] = data_args.block_size
+    if "attn_implementation" in given and model_args.attn_implementation:
+        fixed["attn_implementation"] = model_args.attn_implementation
     if "lr_scheduler_kwargs" in given:
         fixed["decay_fraction"] = None  # the user's schedule settings are theirs: the recipe adds none
     if model_args.config_name is not None:  # a preset or config file: its shape is the user's
@@ -162,10 +165,12 @@ def _with_recipe(
         model_args,
         config_name=model_args.config_name or "gpt2",
         config_overrides=",".join(f"{name}={value}" for name, value in overrides.items()),
+        # a run folder of an earlier release resumes with what it recorded (the recipe chose no attention then)
+        attn_implementation=values.get("attn_implementation", model_args.attn_implementation),
     )
     if "block_size" not in given:
         data_args = dataclasses.replace(data_args, block_size=values["block_size"])
-    training: dict[str, Any] = {name: values[name] for name in TRAINING_FIELDS if name not in given}
+    training: dict[str, Any] = {name: values[name] for name in TRAINING_FIELDS if name in values and name not in given}
     if "eval_steps" not in given and "save_steps" not in given:
         training["save_steps"] = values["eval_steps"]
     if values.get("decay_fraction") and "lr_scheduler_kwargs" not in given:
@@ -197,30 +202,54 @@ def _bytes_per_token(tokenizer: Any, documents: Any, sample_bytes: int = 1_000_0
     return size / max(tokens, 1)
 
 
-def measure_speed(vocab_size: int, bf16: bool, device: torch.device, steps: int = 6) -> Speed:
+def measure_speed(
+    vocab_size: int, bf16: bool, device: torch.device, attention: str | None = None, steps: int = 6
+) -> Speed:
     """This machine's training speed, from a few optimizer steps of a small and of the reference shape.
 
-    The model, optimizer and precision are a real run's (AdamW, the fused head loss, bf16 autocast when the
-    run uses it); the data is random, which costs the same. Two warm-up steps of each are not counted.
+    The model, optimizer and precision are a real run's (fused AdamW, the fused head loss, bf16 autocast when
+    the run uses it, no dropout); the data is random, which costs the same. Without an `attention` given, the
+    reference shape is timed with eager and with sdpa attention and the faster is kept (`Speed.attention`);
+    it is timed with Muon too (`Speed.muon_cost`). Two warm-up steps of each timing are not counted.
     """
-    timings = [_time_steps({**shape, "vocab_size": vocab_size}, bf16, device, steps) for shape in (SMALL, REFERENCE)]
-    speed = Speed.from_timings(*timings)
+    reference, small = {**REFERENCE, "vocab_size": vocab_size}, {**SMALL, "vocab_size": vocab_size}
+    candidates = [attention] if attention else ["eager", "sdpa"]
+    by_attention = {name: _time_steps(reference, name, bf16, device, steps) for name in candidates}
+    attention = min(by_attention, key=lambda name: by_attention[name][1])
+    timings = [_time_steps(small, attention, bf16, device, steps), by_attention[attention]]
+    _, muon_seconds = _time_steps(reference, attention, bf16, device, steps, muon=True)
+    speed = dataclasses.replace(
+        Speed.from_timings(*timings), muon_cost=muon_seconds / timings[1][1], attention=attention
+    )
     logger.info(
         "Automatic recipe: timed %d steps of two shapes (%s): %.0f ms a step whatever the model, then %.1f "
-        "GFLOP/s (%s).",
+        "GFLOP/s (%s, %s attention%s); with Muon, the larger shape's step takes %.2fx AdamW's.",
         steps,
         ", ".join(f"{seconds * 1000:.0f} ms a step" for _, seconds in timings),
         speed.step_seconds * 1000,
         speed.flops_per_second / 1e9,
         "bf16" if bf16 else "fp32",
+        attention,
+        "".join(f"; {name} {seconds * 1000:.0f} ms" for name, (_, seconds) in by_attention.items())
+        if len(by_attention) > 1
+        else "",
+        speed.muon_cost,
     )
     return speed
 
 
-def _time_steps(shape: Mapping[str, int], bf16: bool, device: torch.device, steps: int) -> tuple[float, float]:
-    """`(FLOPs, median seconds)` of one optimizer step of `shape` on 16 blocks."""
-    model = PgGPT2ForCausalLM(PgGPT2Config(**shape)).to(device).train()
-    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
+def _time_steps(
+    shape: Mapping[str, int], attention: str, bf16: bool, device: torch.device, steps: int, muon: bool = False
+) -> tuple[float, float]:
+    """`(FLOPs, median seconds)` of one optimizer step of `shape` on 16 blocks, with AdamW or with Muon."""
+    config = PgGPT2Config(**shape, resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0)
+    config._attn_implementation = attention
+    model = PgGPT2ForCausalLM(config).to(device).train()
+    fused = True if device.type in ("cpu", "cuda") else None  # as the run's optimizer (optim.py)
+    if muon:
+        optimizer = MuonAdamW(model.parameters(), muon_params=hidden_matrices(model), lr=1e-4, fused=fused)
+    else:
+        optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=fused)
     batch = torch.randint(shape["vocab_size"], (BATCH_SEQUENCES, shape["n_positions"]), device=device)
     autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16)
     times = []

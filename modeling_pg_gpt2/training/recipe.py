@@ -13,8 +13,9 @@ gives (on the command line or in a recipe file) wins over the choice. It is a pu
 and of the values the user fixed. The rules, and the measurements behind each, are in bench/RESULTS.md
 ("Your own text"): a small corpus gets a small byte-level vocabulary (so each token is seen often enough),
 a model sized so the budget's tokens make a few passes at most through the data it can memorise, dropout
-and weight decay that grow with the number of passes, and a warm-up-stable-decay schedule whose decay the
-run starts early when validation stops improving (`plateau_patience`).
+and weight decay that grow with the number of passes, Muon for the hidden matrices where its step is cheap
+here, and a warm-up-stable-decay schedule whose decay the run starts early when validation stops improving
+(`plateau_patience`).
 """
 
 from __future__ import annotations
@@ -23,6 +24,8 @@ import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
+
+from .optim import MUON
 
 # The shapes timed at start (the demo's model and the smallest candidate): others are estimated from them.
 REFERENCE = {"n_layer": 4, "n_embd": 256, "n_head": 4, "n_positions": 128, "vocab_size": 2048}
@@ -44,13 +47,34 @@ BATCH_SEQUENCES = 16  # blocks per optimizer step
 # 4.75 MB plays the demo's 4 x 256 (~1 token a parameter in 8 minutes) beats this rule's 4 x 192
 # (bench/RESULTS.md, "Your own text").
 TOKENS_PER_PARAMETER = 2
+# Muon for the hidden matrices (optim.py) when its step, timed alone, costs at most this many AdamW steps: at
+# 1 MB and 8 minutes it ended 3.7% lower in bits per byte than AdamW in the same minutes although the timing
+# put its step at 1.47x AdamW's (in a whole training step the difference is smaller; bench/RESULTS.md, "Your
+# own text"). Where the CPU has no bf16 instructions its step costs ~10 AdamW steps, and AdamW is kept.
+MUON_MAX_COST = 2.0
+ADAMW = "adamw_torch_fused"
 EVALUATIONS = 10  # per run: enough to see a peak, few enough to keep the budget for training
 MIN_STEPS, DEFAULT_STEPS = 100, 2000
+# With a time budget, max_steps is this much above the steps the timing predicts: a run that steps faster than
+# predicted would otherwise end early with budget left, while one that steps slower loses nothing (the schedule
+# follows the clock, callbacks.ScheduleCallback). The timing's Muon step (1.5x AdamW's) overstates its share of a
+# whole training step: a run with Muon made 5.7 steps/s where the timing predicted 6.1 for AdamW.
+STEPS_MARGIN = 1.2
 # The fields the recipe chooses, as run_clm.py names them (the keys of `Recipe.values`): the model's and the data's,
 # the training arguments it sets as they are, and `decay_fraction`, which becomes warmup_stable_decay's kwargs.
-MODEL_FIELDS = ("vocab_size", "n_layer", "n_embd", "n_head", "n_positions", "block_size", "dropout")
+MODEL_FIELDS = (
+    "vocab_size",
+    "n_layer",
+    "n_embd",
+    "n_head",
+    "n_positions",
+    "block_size",
+    "dropout",
+    "attn_implementation",
+)
 TRAINING_FIELDS = (
     "per_device_train_batch_size",
+    "optim",
     "learning_rate",
     "lr_scheduler_type",
     "warmup_steps",
@@ -106,11 +130,16 @@ class Speed:
     """This machine's training speed: seconds per optimizer step = `step_seconds` + FLOPs / `flops_per_second`.
 
     A small model's step is mostly the fixed cost (Python, the optimizer's many small launches), a large
-    one's mostly arithmetic, so one measured shape cannot predict both: [`measure_speed`] times two.
+    one's mostly arithmetic, so one measured shape cannot predict both: [`measure_speed`] times two. It
+    also times eager against sdpa attention (`attention`: on a CPU in bf16, eager's plain products were
+    faster) and a Muon step against an AdamW step (`muon_cost`): Muon's orthogonalisation runs in bf16,
+    cheap where the hardware multiplies bf16 and ten times dearer where it is emulated.
     """
 
     step_seconds: float
     flops_per_second: float
+    muon_cost: float | None = None  # a Muon step's time over an AdamW step's (None: not measured)
+    attention: str | None = None  # the attention implementation that timed faster, eager or sdpa (None: not timed)
 
     @classmethod
     def from_timings(cls, small: tuple[float, float], large: tuple[float, float]) -> Speed:
@@ -170,15 +199,29 @@ def choose_recipe(
     why_context = "the longest context of which the text fills 20 blocks" if shortened else why_shape
     context = recipe.set("n_positions", context, why_context, fixed)
     block = recipe.set("block_size", context, "the model's context", fixed)
+    if speed and speed.attention:
+        recipe.set("attn_implementation", speed.attention, "the faster attention in the timing here", fixed)
+    else:
+        recipe.set("attn_implementation", "sdpa", "transformers' default (no timing)", fixed)
     batch = recipe.set("per_device_train_batch_size", BATCH_SEQUENCES, "16 blocks a step", fixed)
 
+    muon_cost = speed.muon_cost if speed else None
+    muon = muon_cost is not None and muon_cost <= MUON_MAX_COST
+    if muon:
+        why_optim = f"Muon for the hidden matrices: a step {muon_cost:.2f}x AdamW's here, fewer steps to a loss"
+    elif muon_cost is None:
+        why_optim = "AdamW: Muon's step cost not measured"
+    else:
+        why_optim = f"AdamW: a Muon step costs {muon_cost:.1f}x AdamW's here"
+    recipe.set("optim", MUON if muon else ADAMW, why_optim, fixed)
     step_tokens = batch * block
     if "max_steps" in fixed:
         steps = recipe.set("max_steps", None, "", fixed)
     elif rate and budget_minutes:
         steps_per_second = speed.tokens_per_second(shape, vocab, batch) / step_tokens  # at the batch chosen or given
-        steps = max(MIN_STEPS, int(steps_per_second * budget_minutes * 60))
-        recipe.set("max_steps", steps, f"{budget_minutes:g} min at ~{steps_per_second:.1f} steps/s", fixed)
+        steps = max(MIN_STEPS, int(STEPS_MARGIN * steps_per_second * budget_minutes * 60))
+        why_steps = f"{budget_minutes:g} min at ~{steps_per_second:.1f} steps/s, x{STEPS_MARGIN:g}: the clock ends it"
+        recipe.set("max_steps", steps, why_steps, fixed)
     else:
         steps = recipe.set("max_steps", DEFAULT_STEPS, "no time budget", fixed)
     passes = steps * step_tokens / corpus_tokens
@@ -237,8 +280,10 @@ def _choose_shape(
 
 
 __all__ = [
+    "ADAMW",
     "FIELDS",
     "MODEL_FIELDS",
+    "MUON_MAX_COST",
     "REFERENCE",
     "SMALL",
     "Recipe",

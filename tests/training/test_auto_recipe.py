@@ -19,6 +19,8 @@ import torch
 from helpers import ROOT, kill_at_first_checkpoint, run_clm, weights, write_corpus
 from transformers import AutoTokenizer
 
+from modeling_pg_gpt2.training.recipe import MUON_MAX_COST
+
 pytestmark = pytest.mark.slow
 
 SMALL = ("--config_overrides", "n_layer=2,n_embd=64,n_head=2")  # a given shape: fast, and it must win
@@ -72,6 +74,25 @@ def test_a_flag_wins_over_the_recipe(workspace, corpus):
     recipe = json.loads((out / "recipe.json").read_text())
     assert recipe["values"]["learning_rate"] == 0.0007 and recipe["reasons"]["learning_rate"] == "given"
     assert json.loads((out / "training_info.json").read_text())["learning_rate"] == 0.0007
+
+
+def test_a_time_budget_times_the_machine_and_trains_with_the_optimizer_the_timing_chose(workspace, corpus):
+    """With `--max_train_minutes` the recipe times eager and sdpa attention and AdamW and Muon steps here, and
+    picks by their cost (a CPU with bf16 instructions gets Muon, one without keeps AdamW): the run trains with
+    what the recipe recorded."""
+    out = workspace / "budget"
+    result = run_clm("--train_file", corpus, "--max_train_minutes", "0.05", *SMALL, "--output_dir", out)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "Automatic recipe: timed 6 steps of two shapes" in result.stderr
+    cost = float(result.stderr.split("the larger shape's step takes ")[1].split("x")[0])
+    recipe = json.loads((out / "recipe.json").read_text())
+    optim = recipe["values"]["optim"]
+    assert optim == ("muon" if cost <= MUON_MAX_COST else "adamw_torch_fused"), recipe["reasons"]["optim"]
+    info = json.loads((out / "training_info.json").read_text())
+    assert info["optim"] == optim and info["finished"] == "time budget"
+    attention = recipe["values"]["attn_implementation"]
+    assert attention in ("eager", "sdpa") and f"{attention} attention" in result.stderr
+    assert info["attn_implementation"] == attention
 
 
 @pytest.mark.parametrize("form", ["file", "glob"])

@@ -9,7 +9,16 @@ from __future__ import annotations
 
 import pytest
 
-from modeling_pg_gpt2.training.recipe import FIELDS, REFERENCE, Speed, choose_recipe, parameters, vocab_for
+from modeling_pg_gpt2.training.recipe import (
+    ADAMW,
+    FIELDS,
+    MUON_MAX_COST,
+    REFERENCE,
+    Speed,
+    choose_recipe,
+    parameters,
+    vocab_for,
+)
 
 MB = 1_000_000
 SPEED = Speed(step_seconds=0.02, flops_per_second=1.5e11)  # about a 2-core CPU's in fp32
@@ -71,9 +80,30 @@ def test_max_steps_given_is_kept_and_decides_the_passes() -> None:
 
 def test_every_given_value_wins_and_says_so() -> None:
     fixed = {"vocab_size": 4000, "n_layer": 3, "n_embd": 96, "learning_rate": 5e-4, "dropout": 0.3, "block_size": 64}
+    fixed["optim"] = "sgd"
     recipe = choose_recipe(MB, 8, SPEED, fixed=fixed)
     for name, value in fixed.items():
         assert recipe.values[name] == value and recipe.reasons[name] == "given", name
+
+
+def test_muon_where_its_measured_step_is_cheap_adamw_where_it_is_dear_or_unmeasured() -> None:
+    cheap = Speed(SPEED.step_seconds, SPEED.flops_per_second, muon_cost=1.1)
+    dear = Speed(SPEED.step_seconds, SPEED.flops_per_second, muon_cost=10.0)  # bf16 emulated: ~10x AdamW's
+    with_muon = choose_recipe(MB, 8, cheap)
+    assert with_muon.values["optim"] == "muon" and "1.10x" in with_muon.reasons["optim"]
+    without = choose_recipe(MB, 8, dear)
+    assert without.values["optim"] == ADAMW and "10.0x" in without.reasons["optim"]
+    assert choose_recipe(MB, 8, SPEED).values["optim"] == choose_recipe(MB, None, None).values["optim"] == ADAMW
+    at_the_limit = Speed(SPEED.step_seconds, SPEED.flops_per_second, muon_cost=MUON_MAX_COST)
+    assert choose_recipe(MB, 8, at_the_limit).values["optim"] == "muon"
+
+
+def test_the_attention_that_timed_faster_unless_given() -> None:
+    timed = Speed(SPEED.step_seconds, SPEED.flops_per_second, attention="eager")
+    assert choose_recipe(MB, 8, timed).values["attn_implementation"] == "eager"
+    assert choose_recipe(MB, None, None).values["attn_implementation"] == "sdpa"  # transformers' default
+    given = choose_recipe(MB, 8, timed, fixed={"attn_implementation": "sdpa"})
+    assert given.values["attn_implementation"] == "sdpa" and given.reasons["attn_implementation"] == "given"
 
 
 def test_the_choice_is_a_pure_function() -> None:
