@@ -210,7 +210,8 @@ def measure_speed(
     The model, optimizer and precision are a real run's (fused AdamW, the fused head loss, bf16 autocast when
     the run uses it, no dropout); the data is random, which costs the same. Without an `attention` given, the
     reference shape is timed with eager and with sdpa attention and the faster is kept (`Speed.attention`);
-    it is timed with Muon too (`Speed.muon_cost`). Two warm-up steps of each timing are not counted.
+    it is timed with Muon (`Speed.muon_cost`) and with dropout (`Speed.dropout_cost`) too. Two warm-up steps
+    of each timing are not counted.
     """
     reference, small = {**REFERENCE, "vocab_size": vocab_size}, {**SMALL, "vocab_size": vocab_size}
     candidates = [attention] if attention else ["eager", "sdpa"]
@@ -218,12 +219,16 @@ def measure_speed(
     attention = min(by_attention, key=lambda name: by_attention[name][1])
     timings = [_time_steps(small, attention, bf16, device, steps), by_attention[attention]]
     _, muon_seconds = _time_steps(reference, attention, bf16, device, steps, muon=True)
+    _, dropout_seconds = _time_steps(reference, attention, bf16, device, steps, dropout=0.1)
     speed = dataclasses.replace(
-        Speed.from_timings(*timings), muon_cost=muon_seconds / timings[1][1], attention=attention
+        Speed.from_timings(*timings),
+        muon_cost=muon_seconds / timings[1][1],
+        dropout_cost=dropout_seconds / timings[1][1],
+        attention=attention,
     )
     logger.info(
         "Automatic recipe: timed %d steps of two shapes (%s): %.0f ms a step whatever the model, then %.1f "
-        "GFLOP/s (%s, %s attention%s); with Muon, the larger shape's step takes %.2fx AdamW's.",
+        "GFLOP/s (%s, %s attention%s); the larger shape's step takes %.2fx as long with Muon, %.2fx with dropout.",
         steps,
         ", ".join(f"{seconds * 1000:.0f} ms a step" for _, seconds in timings),
         speed.step_seconds * 1000,
@@ -234,15 +239,22 @@ def measure_speed(
         if len(by_attention) > 1
         else "",
         speed.muon_cost,
+        speed.dropout_cost,
     )
     return speed
 
 
 def _time_steps(
-    shape: Mapping[str, int], attention: str, bf16: bool, device: torch.device, steps: int, muon: bool = False
+    shape: Mapping[str, int],
+    attention: str,
+    bf16: bool,
+    device: torch.device,
+    steps: int,
+    muon: bool = False,
+    dropout: float = 0.0,
 ) -> tuple[float, float]:
     """`(FLOPs, median seconds)` of one optimizer step of `shape` on 16 blocks, with AdamW or with Muon."""
-    config = PgGPT2Config(**shape, resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0)
+    config = PgGPT2Config(**shape, resid_pdrop=dropout, embd_pdrop=dropout, attn_pdrop=dropout)
     config._attn_implementation = attention
     model = PgGPT2ForCausalLM(config).to(device).train()
     fused = True if device.type in ("cpu", "cuda") else None  # as the run's optimizer (optim.py)

@@ -43,23 +43,31 @@ SHAPES = [
 ]
 BATCH_SEQUENCES = 16  # blocks per optimizer step
 # Training tokens per non-embedding parameter. Chinchilla's 20 picks 2 x 128 for a few CPU minutes, where larger
-# models learn more per minute (4 x 128 beat 4 x 256 at 1 MB and ~3 tokens a parameter). Provisional: on the
-# 4.75 MB plays the demo's 4 x 256 (~1 token a parameter in 8 minutes) beats this rule's 4 x 192
-# (bench/RESULTS.md, "Your own text").
+# models learn more per minute (4 x 128 beat 4 x 256 at 1 MB and ~3 tokens a parameter, with AdamW).
 TOKENS_PER_PARAMETER = 2
+# And at most this many non-embedding parameters per token of the corpus: a larger model memorises a small corpus
+# before it generalises (0.25 MB, 8 minutes, Muon, dropout 0.1: 4 x 128, 4.9 per token, 2.769 bits per byte;
+# 4 x 256, 19.6 per token, 2.780-2.817). It gives 4 x 192 for 1 MB, where the budget alone would give 4 x 256.
+PARAMETERS_PER_CORPUS_TOKEN = 5
 # Muon for the hidden matrices (optim.py) when its step, timed alone, costs at most this many AdamW steps: at
 # 1 MB and 8 minutes it ended 3.7% lower in bits per byte than AdamW in the same minutes although the timing
 # put its step at 1.47x AdamW's (in a whole training step the difference is smaller; bench/RESULTS.md, "Your
 # own text"). Where the CPU has no bf16 instructions its step costs ~10 AdamW steps, and AdamW is kept.
 MUON_MAX_COST = 2.0
 ADAMW = "adamw_torch_fused"
+# Dropout 0 below the first number of passes (as estimated from the timing, which runs ahead of a real run by up
+# to 2x), 0.1 below the second, 0.2 above. On a CPU dropout makes a step ~1.5x as long (drawing the masks), so it
+# must buy more than it costs: at 1 MB (~18 passes estimated) none won (2.259 bits per byte, 2.344 with 0.2); at
+# 0.25 MB (~90) 0.1 won (2.769-2.817 against 2.823 with 0.2 and 2.842 with none, which peaked after 5 passes).
+DROPOUT_PASSES = (32, 256)
 EVALUATIONS = 10  # per run: enough to see a peak, few enough to keep the budget for training
 MIN_STEPS, DEFAULT_STEPS = 100, 2000
 # With a time budget, max_steps is this much above the steps the timing predicts: a run that steps faster than
 # predicted would otherwise end early with budget left, while one that steps slower loses nothing (the schedule
-# follows the clock, callbacks.ScheduleCallback). The timing's Muon step (1.5x AdamW's) overstates its share of a
-# whole training step: a run with Muon made 5.7 steps/s where the timing predicted 6.1 for AdamW.
-STEPS_MARGIN = 1.2
+# follows the clock, callbacks.ScheduleCallback). The prediction divides by the timed Muon and dropout costs, and
+# the timing's Muon cost overstates its share of a whole step at 192 wide (a run made 5.7 steps/s where the
+# timing predicted 6.1 for AdamW and 1.41x for Muon) and understates it at 256 (3.9 against 5.4 and 1.46x).
+STEPS_MARGIN = 1.5
 # The fields the recipe chooses, as run_clm.py names them (the keys of `Recipe.values`): the model's and the data's,
 # the training arguments it sets as they are, and `decay_fraction`, which becomes warmup_stable_decay's kwargs.
 MODEL_FIELDS = (
@@ -132,13 +140,15 @@ class Speed:
     A small model's step is mostly the fixed cost (Python, the optimizer's many small launches), a large
     one's mostly arithmetic, so one measured shape cannot predict both: [`measure_speed`] times two. It
     also times eager against sdpa attention (`attention`: on a CPU in bf16, eager's plain products were
-    faster) and a Muon step against an AdamW step (`muon_cost`): Muon's orthogonalisation runs in bf16,
-    cheap where the hardware multiplies bf16 and ten times dearer where it is emulated.
+    faster), a Muon step against an AdamW step (`muon_cost`: Muon's orthogonalisation runs in bf16, cheap where
+    the hardware multiplies bf16 and ten times dearer where it is emulated) and a step with dropout against one
+    without (`dropout_cost`: drawing the masks cost 1.6x on a 2-core CPU); the rates are without dropout.
     """
 
     step_seconds: float
     flops_per_second: float
     muon_cost: float | None = None  # a Muon step's time over an AdamW step's (None: not measured)
+    dropout_cost: float | None = None  # a step's time with dropout over one without (None: not measured)
     attention: str | None = None  # the attention implementation that timed faster, eager or sdpa (None: not timed)
 
     @classmethod
@@ -215,25 +225,37 @@ def choose_recipe(
         why_optim = f"AdamW: a Muon step costs {muon_cost:.1f}x AdamW's here"
     recipe.set("optim", MUON if muon else ADAMW, why_optim, fixed)
     step_tokens = batch * block
+    steps_per_second = speed.tokens_per_second(shape, vocab, batch) / step_tokens if rate and budget_minutes else None
+    costs = {"Muon": speed.muon_cost} if steps_per_second and recipe.values["optim"] == MUON else {}
+    if "max_steps" in fixed:
+        planned = fixed["max_steps"]
+    elif steps_per_second:
+        planned = steps_per_second / math.prod(costs.values()) * budget_minutes * 60
+    else:
+        planned = DEFAULT_STEPS
+    passes = planned * step_tokens / corpus_tokens  # without dropout, which would slow the steps
+    dropout = recipe.set("dropout", _dropout_for(passes), f"corpus {megabytes:.2f} MB, ~{passes:.1f} passes", fixed)
     if "max_steps" in fixed:
         steps = recipe.set("max_steps", None, "", fixed)
-    elif rate and budget_minutes:
-        steps_per_second = speed.tokens_per_second(shape, vocab, batch) / step_tokens  # at the batch chosen or given
-        steps = max(MIN_STEPS, int(STEPS_MARGIN * steps_per_second * budget_minutes * 60))
-        why_steps = f"{budget_minutes:g} min at ~{steps_per_second:.1f} steps/s, x{STEPS_MARGIN:g}: the clock ends it"
-        recipe.set("max_steps", steps, why_steps, fixed)
+    elif steps_per_second:
+        if dropout and speed.dropout_cost:
+            costs["dropout"] = speed.dropout_cost
+        steps_per_second /= math.prod(costs.values())
+        planned = steps_per_second * budget_minutes * 60
+        steps = max(MIN_STEPS, int(STEPS_MARGIN * planned))
+        slower = ", ".join(f"x{cost:.2f} for {name}" for name, cost in costs.items()) or "as timed"
+        why_steps = f"{budget_minutes:g} min at ~{steps_per_second:.1f} steps/s ({slower}), "
+        recipe.set("max_steps", steps, why_steps + f"x{STEPS_MARGIN:g}: the clock ends it", fixed)
     else:
         steps = recipe.set("max_steps", DEFAULT_STEPS, "no time budget", fixed)
-    passes = steps * step_tokens / corpus_tokens
-    dropout = 0.0 if passes < 2 else 0.1 if passes < 8 else 0.2
-    recipe.set("dropout", dropout, f"corpus {megabytes:.2f} MB, ~{passes:.1f} passes", fixed)
     recipe.set("weight_decay", 0.1, "AdamW's usual decay for GPT-2", fixed)
     lr = 2e-3 if n_embd <= 256 else 1e-3 if n_embd <= 512 else 6e-4
     recipe.set("learning_rate", lr, f"{n_embd} wide", fixed)
     recipe.set("lr_scheduler_type", "warmup_stable_decay", "decays early on a plateau", fixed)
     recipe.set("decay_fraction", 0.4, "the last 40% of the steps", fixed)
-    recipe.set("warmup_steps", min(100, max(10, steps // 50)), "2% of the steps", fixed)
-    recipe.set("eval_steps", max(10, steps // EVALUATIONS), f"{EVALUATIONS} evaluations", fixed)
+    planned = int(min(planned, steps))  # the steps expected, before the margin
+    recipe.set("warmup_steps", min(100, max(10, planned // 50)), "2% of the steps", fixed)
+    recipe.set("eval_steps", max(10, planned // EVALUATIONS), f"{EVALUATIONS} evaluations", fixed)
     recipe.set("plateau_patience", 3, "3 evaluations without a better loss: anneal and stop", fixed)
     recipe.set("auto_bf16", True, "bf16 matrix products where the hardware has them: about twice as fast", fixed)
     recipe.set("document_masking", True, "each document trains from position 0, as it is generated", fixed)
@@ -243,6 +265,11 @@ def choose_recipe(
             f"~{passes:,.0f} passes; the model will mostly memorise it"
         )
     return recipe
+
+
+def _dropout_for(passes: float) -> float:
+    """Dropout for the passes a run will make through its data: none while they are few, more as they grow."""
+    return 0.0 if passes < DROPOUT_PASSES[0] else 0.1 if passes < DROPOUT_PASSES[1] else 0.2
 
 
 def _context_that_fits(corpus_tokens: int, validation_tokens: float | None) -> int:
@@ -264,7 +291,8 @@ def _choose_shape(
     fixed: Mapping[str, Any],
 ) -> tuple[int, int, int, int]:
     """The largest candidate shape whose budget of tokens is still TOKENS_PER_PARAMETER times its non-embedding
-    parameters (those that grow with depth and width; the embeddings' share of a tiny model is large)."""
+    parameters (those that grow with depth and width; the embeddings' share of a tiny model is large), and that
+    has at most PARAMETERS_PER_CORPUS_TOKEN of them for each token of the corpus."""
     default = tuple(REFERENCE[k] for k in ("n_layer", "n_embd", "n_head", "n_positions"))
     if not (budget_minutes and speed):
         chosen = default
@@ -272,8 +300,12 @@ def _choose_shape(
         chosen = SHAPES[0]
         for shape in SHAPES:
             n_layer, n_embd, _, context = shape
+            weights = matrix_parameters(n_layer, n_embd)
             budget_tokens = speed.tokens_per_second(shape, vocab) * budget_minutes * 60
-            if budget_tokens >= TOKENS_PER_PARAMETER * matrix_parameters(n_layer, n_embd):
+            if (
+                budget_tokens >= TOKENS_PER_PARAMETER * weights
+                and weights <= PARAMETERS_PER_CORPUS_TOKEN * corpus_tokens
+            ):
                 chosen = shape
     names = ("n_layer", "n_embd", "n_head", "n_positions")
     return tuple(fixed.get(name, value) for name, value in zip(names, chosen, strict=True))
@@ -284,6 +316,9 @@ __all__ = [
     "FIELDS",
     "MODEL_FIELDS",
     "MUON_MAX_COST",
+    "PARAMETERS_PER_CORPUS_TOKEN",
+    "STEPS_MARGIN",
+    "EVALUATIONS",
     "REFERENCE",
     "SMALL",
     "Recipe",

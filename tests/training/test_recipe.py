@@ -11,11 +11,15 @@ import pytest
 
 from modeling_pg_gpt2.training.recipe import (
     ADAMW,
+    EVALUATIONS,
     FIELDS,
     MUON_MAX_COST,
+    PARAMETERS_PER_CORPUS_TOKEN,
     REFERENCE,
+    STEPS_MARGIN,
     Speed,
     choose_recipe,
+    matrix_parameters,
     parameters,
     vocab_for,
 )
@@ -54,6 +58,14 @@ def test_a_larger_budget_never_chooses_a_smaller_model_or_fewer_steps(corpus: in
         if previous is not None:
             assert size >= previous[0] and values["max_steps"] >= previous[1], minutes
         previous = (size, values["max_steps"])
+
+
+def test_a_small_corpus_caps_the_model_that_a_large_budget_would_choose() -> None:
+    fast = Speed(step_seconds=0.02, flops_per_second=4e11)  # a budget that affords 4 x 256 on any corpus
+    small, large = choose_recipe(MB // 4, 8, fast).values, choose_recipe(5 * MB, 8, fast).values
+    tokens = MB // 4 / 1.9  # a 512-token BPE's compression
+    assert matrix_parameters(small["n_layer"], small["n_embd"]) <= PARAMETERS_PER_CORPUS_TOKEN * tokens
+    assert matrix_parameters(large["n_layer"], large["n_embd"]) > matrix_parameters(small["n_layer"], small["n_embd"])
 
 
 def test_a_budget_of_one_minute_still_trains_a_useful_number_of_steps() -> None:
@@ -96,6 +108,17 @@ def test_muon_where_its_measured_step_is_cheap_adamw_where_it_is_dear_or_unmeasu
     assert choose_recipe(MB, 8, SPEED).values["optim"] == choose_recipe(MB, None, None).values["optim"] == ADAMW
     at_the_limit = Speed(SPEED.step_seconds, SPEED.flops_per_second, muon_cost=MUON_MAX_COST)
     assert choose_recipe(MB, 8, at_the_limit).values["optim"] == "muon"
+
+
+def test_the_steps_allow_for_the_measured_cost_of_dropout_and_muon_and_the_evaluations_for_the_margin() -> None:
+    costly = Speed(SPEED.step_seconds, SPEED.flops_per_second, muon_cost=1.5, dropout_cost=1.6)
+    for corpus in (10_000, 500 * MB):  # many passes (dropout) and less than one (none)
+        plain, measured = choose_recipe(corpus, 8, SPEED).values, choose_recipe(corpus, 8, costly).values
+        slower = 1.5 * (1.6 if measured["dropout"] else 1.0)
+        assert measured["max_steps"] == pytest.approx(plain["max_steps"] / slower, rel=0.01), corpus
+        # max_steps is the prediction with a margin; the evaluations are spread over the prediction
+        assert measured["max_steps"] // measured["eval_steps"] == int(EVALUATIONS * STEPS_MARGIN)
+    assert choose_recipe(10_000, 8, costly).values["dropout"] > choose_recipe(500 * MB, 8, costly).values["dropout"]
 
 
 def test_the_attention_that_timed_faster_unless_given() -> None:
