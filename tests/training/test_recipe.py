@@ -15,6 +15,8 @@ from modeling_pg_gpt2.training.recipe import (
     FIELDS,
     MUON_MAX_COST,
     PARAMETERS_PER_CORPUS_TOKEN,
+    PASSES_PER_DROPOUT,
+    PASSES_WITHOUT_DROPOUT,
     REFERENCE,
     STEPS_MARGIN,
     Speed,
@@ -112,13 +114,26 @@ def test_muon_where_its_measured_step_is_cheap_adamw_where_it_is_dear_or_unmeasu
 
 def test_the_steps_allow_for_the_measured_cost_of_dropout_and_muon_and_the_evaluations_for_the_margin() -> None:
     costly = Speed(SPEED.step_seconds, SPEED.flops_per_second, muon_cost=1.5, dropout_cost=1.6)
-    for corpus in (10_000, 500 * MB):  # many passes (dropout) and less than one (none)
-        plain, measured = choose_recipe(corpus, 8, SPEED).values, choose_recipe(corpus, 8, costly).values
-        slower = 1.5 * (1.6 if measured["dropout"] else 1.0)
-        assert measured["max_steps"] == pytest.approx(plain["max_steps"] / slower, rel=0.01), corpus
+    for dropout in (0.0, 0.1):  # 500 MB: less than one pass, the clock ends the run
+        fixed = {"dropout": dropout}
+        plain = choose_recipe(500 * MB, 8, SPEED, fixed).values
+        measured = choose_recipe(500 * MB, 8, costly, fixed).values
+        slower = 1.5 * (1.6 if dropout else 1.0)
+        assert measured["max_steps"] == pytest.approx(plain["max_steps"] / slower, rel=0.01), dropout
         # max_steps is the prediction with a margin; the evaluations are spread over the prediction
         assert measured["max_steps"] // measured["eval_steps"] == int(EVALUATIONS * STEPS_MARGIN)
-    assert choose_recipe(10_000, 8, costly).values["dropout"] > choose_recipe(500 * MB, 8, costly).values["dropout"]
+
+
+def test_a_small_corpus_ends_the_run_after_the_passes_that_repay_its_dropout() -> None:
+    fast = Speed(step_seconds=0.02, flops_per_second=4e11)  # ~14 estimated passes over 1 MB in 8 minutes
+    tokens = MB / 2.2  # a 1024-token BPE's compression
+    for dropout, passes in ((0.0, PASSES_WITHOUT_DROPOUT), (0.1, PASSES_WITHOUT_DROPOUT + 0.1 * PASSES_PER_DROPOUT)):
+        recipe = choose_recipe(MB, 8, fast, fixed={"dropout": dropout})
+        made = recipe.values["max_steps"] * 16 * recipe.values["block_size"] / tokens
+        assert made == pytest.approx(passes, rel=0.01) and "memorise" in recipe.reasons["max_steps"], dropout
+        assert recipe.values["eval_steps"] == recipe.values["max_steps"] // EVALUATIONS
+    no_dropout = {"dropout": 0.0}  # more minutes then buy no more passes (without it, they buy dropout)
+    assert choose_recipe(MB, 60, fast, no_dropout).values == choose_recipe(MB, 8, fast, no_dropout).values
 
 
 def test_the_attention_that_timed_faster_unless_given() -> None:
