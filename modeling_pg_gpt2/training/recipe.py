@@ -12,10 +12,10 @@ gives (on the command line or in a recipe file) wins over the choice. It is a pu
 
 and of the values the user fixed. The rules, and the measurements behind each, are in bench/RESULTS.md
 ("Your own text"): a small corpus gets a small byte-level vocabulary (so each token is seen often enough),
-a model sized so the budget's tokens make a few passes at most through the data it can memorise, dropout
-and weight decay that grow with the number of passes, Muon for the hidden matrices where its step is cheap
-here, and a warm-up-stable-decay schedule whose decay the run starts early when validation stops improving
-(`plateau_patience`).
+a model sized for the budget's tokens but no larger than the corpus can teach, dropout where the run would
+otherwise make many passes, Muon for the hidden matrices and the attention kernel where the timing here says
+so, and a warm-up-stable-decay schedule that ends after the passes that pay on a small corpus and whose decay
+the run starts early when validation stops improving (`plateau_patience`).
 """
 
 from __future__ import annotations
