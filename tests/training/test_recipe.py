@@ -125,15 +125,15 @@ def test_the_steps_allow_for_the_measured_cost_of_dropout_and_muon_and_the_evalu
 
 
 def test_a_small_corpus_ends_the_run_after_the_passes_that_repay_its_dropout() -> None:
-    fast = Speed(step_seconds=0.02, flops_per_second=4e11)  # ~14 estimated passes over 1 MB in 8 minutes
+    fast = Speed(step_seconds=0.02, flops_per_second=4e11)  # ~50 estimated passes over 1 MB in 30 minutes
     tokens = MB / 2.2  # a 1024-token BPE's compression
     for dropout, passes in ((0.0, PASSES_WITHOUT_DROPOUT), (0.1, PASSES_WITHOUT_DROPOUT + 0.1 * PASSES_PER_DROPOUT)):
-        recipe = choose_recipe(MB, 8, fast, fixed={"dropout": dropout})
+        recipe = choose_recipe(MB, 30, fast, fixed={"dropout": dropout})
         made = recipe.values["max_steps"] * 16 * recipe.values["block_size"] / tokens
         assert made == pytest.approx(passes, rel=0.01) and "memorise" in recipe.reasons["max_steps"], dropout
         assert recipe.values["eval_steps"] == recipe.values["max_steps"] // EVALUATIONS
     no_dropout = {"dropout": 0.0}  # more minutes then buy no more passes (without it, they buy dropout)
-    assert choose_recipe(MB, 60, fast, no_dropout).values == choose_recipe(MB, 8, fast, no_dropout).values
+    assert choose_recipe(MB, 60, fast, no_dropout).values == choose_recipe(MB, 30, fast, no_dropout).values
 
 
 def test_the_attention_that_timed_faster_unless_given() -> None:
