@@ -233,11 +233,13 @@ def choose_recipe(
     recipe.set("optim", MUON if muon else ADAMW, why_optim, fixed)
     step_tokens = batch * block
     steps_per_second = speed.tokens_per_second(shape, vocab, batch) / step_tokens if rate and budget_minutes else None
-    costs = {"Muon": speed.muon_cost} if steps_per_second and recipe.values["optim"] == MUON else {}
+    costs: dict[str, float] = {}  # what makes a step dearer than the timing's (AdamW, no dropout)
+    if steps_per_second and recipe.values["optim"] == MUON and speed.muon_cost:
+        costs["Muon"] = speed.muon_cost
     if "max_steps" in fixed:
         planned = fixed["max_steps"]
     elif steps_per_second:
-        planned = steps_per_second / math.prod(costs.values()) * budget_minutes * 60
+        planned = steps_per_second / costs.get("Muon", 1.0) * budget_minutes * 60
     else:
         planned = DEFAULT_STEPS
     passes = planned * step_tokens / corpus_tokens  # without dropout, which would slow the steps
@@ -247,8 +249,8 @@ def choose_recipe(
     elif steps_per_second:
         if dropout and speed.dropout_cost:
             costs["dropout"] = speed.dropout_cost
-        steps_per_second /= math.prod(costs.values())
-        planned = steps_per_second * budget_minutes * 60
+            planned /= speed.dropout_cost
+        steps_per_second = planned / (budget_minutes * 60)
         enough = (PASSES_WITHOUT_DROPOUT + PASSES_PER_DROPOUT * dropout) * corpus_tokens / step_tokens
         if planned > enough:  # the data ends the run, not the clock: the schedule decays by the last useful pass
             planned = steps = max(MIN_STEPS, int(enough))
@@ -326,16 +328,16 @@ def _choose_shape(
 
 __all__ = [
     "ADAMW",
+    "EVALUATIONS",
     "FIELDS",
     "MODEL_FIELDS",
     "MUON_MAX_COST",
     "PARAMETERS_PER_CORPUS_TOKEN",
     "PASSES_PER_DROPOUT",
     "PASSES_WITHOUT_DROPOUT",
-    "STEPS_MARGIN",
-    "EVALUATIONS",
     "REFERENCE",
     "SMALL",
+    "STEPS_MARGIN",
     "Recipe",
     "Speed",
     "TRAINING_FIELDS",

@@ -81,7 +81,10 @@ def test_a_time_budget_times_the_machine_and_trains_with_the_optimizer_the_timin
     picks by their cost (a CPU with bf16 instructions gets Muon, one without keeps AdamW): the run trains with
     what the recipe recorded."""
     out = workspace / "budget"
-    result = run_clm("--train_file", corpus, "--max_train_minutes", "0.05", *SMALL, "--output_dir", out)
+    # max_steps out of reach: the clock ends the run on a machine of any speed (the recipe's own max_steps, a
+    # number of passes on this small corpus, could come first on a fast one)
+    budget = ("--max_train_minutes", "0.05", "--max_steps", "1000000")
+    result = run_clm("--train_file", corpus, *budget, *SMALL, "--output_dir", out)
     assert result.returncode == 0, result.stderr[-3000:]
     assert "Automatic recipe: timed 6 steps of two shapes" in result.stderr
     cost = float(result.stderr.split("the larger shape's step takes ")[1].split("x")[0])
