@@ -19,6 +19,8 @@ from modeling_pg_gpt2.training.recipe import (
     PASSES_WITHOUT_DROPOUT,
     REFERENCE,
     STEPS_MARGIN,
+    WEIGHT_DECAY,
+    WEIGHT_DECAY_MANY_PASSES,
     Speed,
     choose_recipe,
     matrix_parameters,
@@ -134,6 +136,18 @@ def test_a_small_corpus_ends_the_run_after_the_passes_that_repay_its_dropout() -
         assert recipe.values["eval_steps"] == recipe.values["max_steps"] // EVALUATIONS
     no_dropout = {"dropout": 0.0}  # more minutes then buy no more passes (without it, they buy dropout)
     assert choose_recipe(MB, 60, fast, no_dropout).values == choose_recipe(MB, 30, fast, no_dropout).values
+
+
+def test_weight_decay_grows_when_the_data_not_the_clock_bounds_the_run() -> None:
+    def passes(recipe) -> float:  # as the recipe estimates them, before dropout slows the steps
+        return float(recipe.reasons["dropout"].split("~")[1].split(" passes")[0])
+
+    few, many = choose_recipe(500 * MB, 8, SPEED), choose_recipe(MB // 4, 8, SPEED)
+    assert passes(few) <= PASSES_WITHOUT_DROPOUT < passes(many)
+    assert few.values["weight_decay"] == WEIGHT_DECAY < WEIGHT_DECAY_MANY_PASSES == many.values["weight_decay"]
+    assert "memorising" in many.reasons["weight_decay"]
+    given = choose_recipe(MB // 4, 8, SPEED, fixed={"weight_decay": 0.0})
+    assert given.values["weight_decay"] == 0.0 and given.reasons["weight_decay"] == "given"
 
 
 def test_the_attention_that_timed_faster_unless_given() -> None:
