@@ -1,10 +1,11 @@
-"""Time to quality: validation bits per byte against training minutes for the CPU demo's recipe.
+"""Time to quality: validation bits per byte against training minutes for the plain CPU recipe.
 
-What a user of `make demo` gets is the model its minutes buy. This benchmark trains the demo recipe for
+What a user of a CPU recipe gets is the model its minutes buy. This benchmark trains the plain CPU recipe
+(configs/shakespeare-cpu.yaml, which `make demo` ran until it switched to the automatic recipe) for
 a fixed budget of training minutes (`--max_train_minutes`; evaluations are not counted) and evaluates on
 the whole held-out split every `--eval_steps` steps, for
 
-- `new`: today's recipe, configs/shakespeare-cpu.yaml, exactly as `make demo` runs it;
+- `new`: today's recipe, configs/shakespeare-cpu.yaml, as `python run_clm.py configs/shakespeare-cpu.yaml` runs it;
 - `old`: the recipe it replaced (bench/recipes/shakespeare-cpu-2026-11.yaml, kept for this comparison);
 - `gpt2`: today's recipe with transformers' `GPT2LMHeadModel` (same initial weights, same Trainer, data,
   optimizer, precision, schedule and callbacks: only the model class differs), for reference;
