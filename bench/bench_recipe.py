@@ -1,11 +1,11 @@
-"""Recipe benchmark: the `run_clm.py` CPU demo recipe against GPT2LMHeadModel with the Trainer's defaults.
+"""Recipe benchmark: `run_clm.py`'s plain CPU recipe against GPT2LMHeadModel with the Trainer's defaults.
 
 Both runs train the same model shape from the same initial weights on the same packed Shakespeare
 blocks, with the recipe's hyper-parameters (batch, learning rate and schedule, warm-up, weight decay,
 betas, clipping, seed) and the same wall-clock budget (`--minutes`). What differs is what the recipe
 chooses for speed:
 
-- pg_gpt2: `python run_clm.py configs/shakespeare-cpu.yaml`, exactly as the demo runs it (its
+- pg_gpt2: `python run_clm.py configs/shakespeare-cpu.yaml`, the plain CPU recipe as it is (its
   optimizer, precision, attention, thread and compile settings, packing), in the environment this
   script was started in;
 - baseline: transformers' `GPT2LMHeadModel` in a plain `Trainer` with its defaults for everything
