@@ -307,6 +307,12 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=REPO / "outputs" / "bench-corpus-sizes", help="corpora, runs")
     parser.add_argument("--record", type=Path, default=REPO / "bench" / "corpus_sizes", help="JSON and plot kept")
     parser.add_argument("--replot", action="store_true", help="only redraw the record from OUT/results.json")
+    parser.add_argument(
+        "--nanogpt_speed",
+        type=float,
+        help="nanoGPT's iterations/s as an earlier start of the bench measured them (its log's first line): "
+        "re-running a cell then gives nanoGPT the iterations of the cells it is compared with",
+    )
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     if args.replot:
@@ -317,7 +323,9 @@ def main() -> None:
     for row in results:  # written before the automatic recipe's choices had a key of their own
         if isinstance(row["recipe"], dict):
             row["choices"], row["recipe"] = row["recipe"], "auto"
-    speed = nanogpt_iterations_per_second(args.nanogpt) if "nanogpt" in args.recipes else None
+    speed = args.nanogpt_speed
+    if speed is None and "nanogpt" in args.recipes:
+        speed = nanogpt_iterations_per_second(args.nanogpt)
     machine = machine_description(torch.device("cpu"))
     print(f"{machine}; nanoGPT: {speed or 0:.2f} iterations/s", flush=True)
     for corpus_name in args.corpora:
