@@ -8,18 +8,25 @@ both (`torch.optim.Muon`, `torch.optim.AdamW`); [`MuonAdamW`] is the one optimiz
 that the Trainer needs: one `step`, one `zero_grad`, one learning-rate schedule scaling every group's own
 rate, and one state dict saved in each checkpoint, so a resumed run continues exactly.
 
+torch's Muon runs its Newton-Schulz iterations in bf16: cheap on a GPU or a CPU that multiplies bf16 natively
+(AVX512-BF16, AMX), about 27 AdamW steps on a CPU that only emulates it (AVX2). There [`Fp32Muon`] runs the
+same iterations in fp32 and the same update otherwise, so Muon pays on both kinds of CPU.
+
     >>> muon = (MuonAdamW, muon_adamw_kwargs(model, args))  # doctest: +SKIP
     >>> trainer = Trainer(model, args, optimizer_cls_and_kwargs=muon)  # doctest: +SKIP
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable
 from typing import Any
 
 import torch
 from torch import nn
 from transformers import PreTrainedModel, TrainingArguments
+
+from .hardware import native_bf16
 
 # The value of `--optim` that selects it (transformers' own optimizer names are an enum without it).
 MUON = "muon"
@@ -40,8 +47,63 @@ def hidden_matrices(model: PreTrainedModel) -> list[nn.Parameter]:
     return matrices
 
 
+def newton_schulz(
+    matrix: torch.Tensor, coefficients: tuple[float, float, float], steps: int, eps: float
+) -> torch.Tensor:
+    """Muon's orthogonalisation of `matrix` (out, in) = U S V^T in fp32: about U V^T, by `steps` quintic iterations.
+
+    The iterations of torch's Muon (Keller Jordan's coefficients push every singular value towards 0.5-1.5
+    rather than exactly 1, which trains as well), in fp32 instead of bf16.
+    """
+    a, b, c = coefficients
+    tall = matrix.size(0) > matrix.size(1)
+    x = matrix.float().T if tall else matrix.float()  # (small, large): the Gram matrix is small x small
+    x = x / x.norm().clamp(min=eps)  # Frobenius norm 1, so the spectral norm is at most 1
+    for _ in range(steps):
+        gram = x @ x.T
+        x = torch.addmm(x, torch.addmm(gram, gram, gram, beta=b, alpha=c), x, beta=a)  # a x + (b G + c G^2) x
+    return x.T if tall else x
+
+
+class Fp32Muon(torch.optim.Muon):
+    """`torch.optim.Muon` with its Newton-Schulz iterations in fp32 ([`newton_schulz`]) instead of bf16.
+
+    For a device that emulates bf16 products (a CPU without AVX512-BF16 or AMX), where torch's bf16
+    iterations cost many times an AdamW step. The same arguments, update (Nesterov momentum, decoupled weight
+    decay, the learning rate scaled by the matrix's shape as `adjust_lr_fn` says) and state as torch's Muon:
+    a checkpoint of either loads into the other, so a run may resume on the other kind of machine.
+    """
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        """One Muon update of every parameter that has a gradient."""
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        for group in self.param_groups:
+            params, grads, buffers = [], [], []
+            self._init_group(group, params, grads, buffers)  # torch's checks and momentum buffers
+            momentum, lr = group["momentum"], group["lr"]
+            for param, grad, buffer in zip(params, grads, buffers, strict=True):
+                buffer.lerp_(grad, 1 - momentum)
+                update = grad.lerp(buffer, momentum) if group["nesterov"] else buffer
+                update = newton_schulz(update, group["ns_coefficients"], group["ns_steps"], group["eps"])
+                out, into = param.shape
+                if group["adjust_lr_fn"] == "match_rms_adamw":  # an update of AdamW's RMS, 0.2
+                    scale = 0.2 * math.sqrt(max(out, into))
+                else:  # "original" (None): spectral norm lr * sqrt(max(1, out / in))
+                    scale = math.sqrt(max(1.0, out / into))
+                param.mul_(1 - lr * group["weight_decay"])
+                param.add_(update.to(param.dtype), alpha=-lr * scale)
+        return loss
+
+
 class MuonAdamW(torch.optim.Optimizer):
     """`torch.optim.Muon` on `muon_params`, `torch.optim.AdamW` on every other parameter, as one optimizer.
+
+    Muon is torch's where the parameters' device multiplies bf16 natively, [`Fp32Muon`] elsewhere
+    (`fp32_newton_schulz`).
 
     Args:
         params: the parameters or parameter groups to train (the Trainer passes two groups: with and without
@@ -55,6 +117,8 @@ class MuonAdamW(torch.optim.Optimizer):
         betas, eps: AdamW's.
         momentum: Muon's momentum (Nesterov).
         fused: AdamW's fused kernel (None: torch's default choice).
+        fp32_newton_schulz: Muon's iterations in fp32 ([`Fp32Muon`]) or in bf16 (torch's Muon); None: fp32
+            where the parameters' device has no native bf16 products. The state is the same either way.
 
     The AdamW groups come first in `param_groups`, so a learning rate read from the first group (the Trainer's
     log) is AdamW's. `param_groups` and `state` hold both optimizers' groups and state: a scheduler scales
@@ -73,6 +137,7 @@ class MuonAdamW(torch.optim.Optimizer):
         weight_decay: float = 0.0,
         momentum: float = 0.95,
         fused: bool | None = None,
+        fp32_newton_schulz: bool | None = None,
     ) -> None:
         groups = list(params)
         if groups and not isinstance(groups[0], dict):
@@ -93,7 +158,10 @@ class MuonAdamW(torch.optim.Optimizer):
         self.adamw = torch.optim.AdamW(
             adamw_groups or [{"params": []}], lr=lr, betas=betas, eps=eps, weight_decay=weight_decay, fused=fused
         )
-        self.muon = torch.optim.Muon(muon_groups, lr=muon_lr, weight_decay=weight_decay, momentum=momentum)
+        if fp32_newton_schulz is None:
+            fp32_newton_schulz = not native_bf16(muon_groups[0]["params"][0].device.type)
+        muon = Fp32Muon if fp32_newton_schulz else torch.optim.Muon
+        self.muon = muon(muon_groups, lr=muon_lr, weight_decay=weight_decay, momentum=momentum)
         # The very group dicts of the two optimizers, so a scheduler that sets group["lr"] reaches both.
         super().__init__([*self.adamw.param_groups, *self.muon.param_groups], defaults={})
         self._share_groups_and_state()
@@ -135,4 +203,4 @@ def muon_adamw_kwargs(model: PreTrainedModel, args: TrainingArguments) -> dict[s
     }
 
 
-__all__ = ["MUON", "MuonAdamW", "hidden_matrices", "muon_adamw_kwargs"]
+__all__ = ["MUON", "Fp32Muon", "MuonAdamW", "hidden_matrices", "muon_adamw_kwargs", "newton_schulz"]

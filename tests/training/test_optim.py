@@ -17,7 +17,8 @@ from modeling_pg_gpt2.cli.arguments import make_parser, parse_arguments
 from modeling_pg_gpt2.data.corpus import CorpusArguments
 from modeling_pg_gpt2.data.tokenizer import TokenizerArguments, train_tokenizer
 from modeling_pg_gpt2.training.arguments import CLMTrainingArguments
-from modeling_pg_gpt2.training.optim import MuonAdamW, muon_adamw_kwargs
+from modeling_pg_gpt2.training.hardware import native_bf16
+from modeling_pg_gpt2.training.optim import Fp32Muon, MuonAdamW, hidden_matrices, muon_adamw_kwargs
 
 HIDDEN = ("attn.c_attn.weight", "attn.c_proj.weight", "mlp.c_fc.weight", "mlp.c_proj.weight")
 
@@ -135,3 +136,47 @@ def test_run_clm_with_muon_resumes_to_the_same_weights(tmp_path):
     assert reference.keys() == result.keys()
     for name in reference:
         assert torch.equal(reference[name], result[name]), name
+
+
+def _muon_steps(muon: type[torch.optim.Muon], adjust_lr_fn: str | None, nesterov: bool) -> tuple[torch.Tensor, ...]:
+    """(start, end): three Muon steps on a tall and a wide matrix (the Gram matrix built either way)."""
+    generator = torch.Generator().manual_seed(3)
+    matrices = [torch.nn.Parameter(torch.randn(shape, generator=generator)) for shape in ((48, 16), (16, 48))]
+    start = torch.cat([matrix.detach().flatten() for matrix in matrices])
+    optimizer = muon(matrices, lr=0.02, weight_decay=0.1, nesterov=nesterov, adjust_lr_fn=adjust_lr_fn)
+    for _ in range(3):
+        for matrix in matrices:
+            matrix.grad = torch.randn(matrix.shape, generator=generator)
+        optimizer.step()
+    return start, torch.cat([matrix.detach().flatten() for matrix in matrices])
+
+
+@pytest.mark.parametrize(("adjust_lr_fn", "nesterov"), [(None, True), ("match_rms_adamw", False)])
+def test_fp32_muon_makes_torchs_update(adjust_lr_fn, nesterov):
+    """Fp32Muon against torch's Muon: the same updates, up to the bf16 rounding of torch's iterations."""
+    start, ours = _muon_steps(Fp32Muon, adjust_lr_fn, nesterov)
+    _, theirs = _muon_steps(torch.optim.Muon, adjust_lr_fn, nesterov)
+    moved = (theirs - start).abs().max()
+    assert moved > 0.01  # the steps moved the weights
+    assert (ours - theirs).abs().max() < 0.03 * moved  # bf16 keeps 8 bits: differences of ~1% of a step
+
+
+def test_fp32_muon_where_bf16_is_emulated_and_checkpoints_load_across(tmp_path):
+    """MuonAdamW takes torch's Muon where the CPU multiplies bf16 natively, Fp32Muon elsewhere; their state is one."""
+    trainer = _trainer(tmp_path)
+    model, optimizer = trainer.model.train(), trainer.create_optimizer()
+    native = native_bf16("cpu")
+    assert type(optimizer.muon) is (torch.optim.Muon if native else Fp32Muon)
+    _train(model, optimizer, 2)
+    # A checkpoint of this machine's kind resumes on the other kind: the state loads and the steps go on.
+    kwargs = {**muon_adamw_kwargs(model, trainer.args), "fp32_newton_schulz": native}
+    groups = [{**group, "params": list(group["params"])} for group in optimizer.adamw.param_groups]
+    groups += [{**group, "params": list(group["params"])} for group in optimizer.muon.param_groups]
+    other = MuonAdamW(groups, **kwargs)
+    assert type(other.muon) is (Fp32Muon if native else torch.optim.Muon)
+    other.load_state_dict(copy.deepcopy(optimizer.state_dict()))
+    for matrix in hidden_matrices(model):
+        assert torch.equal(other.state[matrix]["momentum_buffer"], optimizer.state[matrix]["momentum_buffer"])
+    before = model.transformer.h[0].mlp.c_fc.weight.detach().clone()
+    _train(model, other, 1)
+    assert not torch.equal(model.transformer.h[0].mlp.c_fc.weight, before)
