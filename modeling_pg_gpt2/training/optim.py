@@ -47,6 +47,14 @@ def hidden_matrices(model: PreTrainedModel) -> list[nn.Parameter]:
     return matrices
 
 
+def _closure_loss(closure: Any) -> Any:
+    """The loss of an optimizer's `closure` (which recomputes it with gradients), or None without one."""
+    if closure is None:
+        return None
+    with torch.enable_grad():
+        return closure()
+
+
 def newton_schulz(
     matrix: torch.Tensor, coefficients: tuple[float, float, float], steps: int, eps: float
 ) -> torch.Tensor:
@@ -77,10 +85,7 @@ class Fp32Muon(torch.optim.Muon):
     @torch.no_grad()
     def step(self, closure=None):
         """One Muon update of every parameter that has a gradient."""
-        loss = None
-        if closure is not None:
-            with torch.enable_grad():
-                loss = closure()
+        loss = _closure_loss(closure)
         for group in self.param_groups:
             params, grads, buffers = [], [], []
             self._init_group(group, params, grads, buffers)  # torch's checks and momentum buffers
@@ -176,10 +181,7 @@ class MuonAdamW(torch.optim.Optimizer):
     @torch.no_grad()
     def step(self, closure=None):
         """One update of every parameter: Muon's for the hidden matrices, AdamW's for the rest."""
-        loss = None
-        if closure is not None:
-            with torch.enable_grad():
-                loss = closure()
+        loss = _closure_loss(closure)
         self.adamw.step()
         self.muon.step()
         return loss
