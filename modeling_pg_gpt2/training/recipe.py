@@ -52,7 +52,7 @@ PARAMETERS_PER_CORPUS_TOKEN = 5
 # Muon for the hidden matrices (optim.py) when its step, timed alone, costs at most this many AdamW steps: at
 # 1 MB and 8 minutes it ended 3.7% lower in bits per byte than AdamW in the same minutes although the timing
 # put its step at 1.47x AdamW's (in a whole training step the difference is smaller; bench/RESULTS.md, "Your
-# own text"). Where the CPU has no bf16 instructions Muon orthogonalises in fp32 (optim.Fp32Muon): 1.4x.
+# own text"). Where the CPU has no bf16 instructions Muon orthogonalises in fp32 (optim.Fp32Muon): 1.2-1.6x.
 MUON_MAX_COST = 2.0
 ADAMW = "adamw_torch_fused"
 # Dropout 0 below the first number of passes (as estimated from the timing, which runs ahead of a real run by up
@@ -154,7 +154,7 @@ class Speed:
     one's mostly arithmetic, so one measured shape cannot predict both: [`measure_speed`] times two. It
     also times eager against sdpa attention (`attention`: on a CPU in bf16, eager's plain products were
     faster), a Muon step against an AdamW step (`muon_cost`: its orthogonalisation runs in bf16 where the
-    hardware multiplies bf16, in fp32 elsewhere; 1.4-1.5x either way) and a step with dropout against one
+    hardware multiplies bf16, in fp32 elsewhere; 1.2-1.6x either way) and a step with dropout against one
     without (`dropout_cost`: drawing the masks cost 1.6x on a 2-core CPU); the rates are without dropout.
     """
 
