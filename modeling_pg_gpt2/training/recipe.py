@@ -57,8 +57,10 @@ MUON_MAX_COST = 2.0
 ADAMW = "adamw_torch_fused"
 # Dropout 0 below the first number of passes (as estimated from the timing, which runs ahead of a real run by up
 # to 2x), 0.1 below the second, 0.2 above. On a CPU dropout makes a step ~1.5x as long (drawing the masks), so it
-# must buy more than it costs: at 1 MB (~18 passes estimated) none won (2.259 bits per byte, 2.344 with 0.2); at
-# 0.25 MB (~90) 0.1 won (2.769-2.817 against 2.823 with 0.2 and 2.842 with none, which peaked after 5 passes).
+# must buy more than it costs: at 1 MB (~18 passes estimated) none won (2.259 bits per byte, 2.344 with 0.2), and
+# at 0.44 MB (~27, fp32) none ended at the pass limit with 5 of 8 minutes left and still won (2.558; 2.632 with
+# 0.1 to the clock); at 0.25 MB (~90) 0.1 won (2.769-2.817 against 2.823 with 0.2 and 2.842 with none, which
+# peaked after 5 passes).
 DROPOUT_PASSES = (32, 256)
 # A run with a time budget makes at most this many passes through a corpus, plus PASSES_PER_DROPOUT x its dropout
 # (0.1: 40), and then stops, its learning rate decayed: past them the model memorises and validation gets worse
